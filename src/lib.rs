@@ -1,0 +1,64 @@
+//! # tower-shield
+//!
+//! Composable API-security middleware for [tower]: independent layers — IP filter, auth,
+//! throttle, quota, input sanitizer, audit — and a builder, [`Shield`], that stacks them in a
+//! safe order, so any axum, hyper or tonic service can adopt them one at a time.
+//!
+//! ```
+//! use axum::{Router, routing::get};
+//! use tower_shield::{ClientIpResolver, IpFilterLayer, Shield};
+//!
+//! let shield = Shield::builder()
+//!     .client_ip(ClientIpResolver::builder().trusted_proxy("10.0.0.0/8").unwrap().build())
+//!     .ip_filter(IpFilterLayer::builder().deny("203.0.113.0/24").unwrap().build())
+//!     .build()
+//!     .unwrap();
+//! let app: Router = Router::new().route("/", get(|| async { "ok" })).layer(shield);
+//! # let _ = app;
+//! ```
+//!
+//! ## How the pieces meet
+//! Layers never import each other. They meet in typed request and response extensions
+//! defined here, on the ground floor:
+//! - [`ClientIp`] and [`MatchedRoute`] — inserted by the context stage;
+//! - [`Principal`] — inserted by auth, read by throttle, quota and audit;
+//! - [`Denial`] — attached to the response of every refused request, read by audit.
+//!
+//! Every layer keeps the inner service's body type (through [`BodyFromBytes`]) and error
+//! type, which is what lets one layer fit axum, tonic and hyper alike.
+//!
+//! ## Features
+//! `ip-filter` (default), `auth`, `throttle`, `quota`, `sanitize`, `audit`, `redis`,
+//! `axum`, `tonic`, `full`.
+
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod body;
+pub mod client_ip;
+pub mod clock;
+pub mod config;
+pub mod context;
+pub mod denial;
+pub mod error;
+pub mod future;
+#[cfg(feature = "ip-filter")]
+pub mod ip_filter;
+pub mod principal;
+pub mod ratelimit;
+pub mod route;
+pub mod shield;
+pub mod store;
+
+pub use body::BodyFromBytes;
+pub use client_ip::{CidrSet, ClientIp, ClientIpResolver, ForwardedHeader};
+pub use config::ShieldConfig;
+pub use context::{Context, ContextLayer};
+pub use denial::{Denial, DenialRenderer, GrpcCodeMap, Renderer, RequestHead};
+pub use error::ConfigError;
+#[cfg(feature = "ip-filter")]
+pub use ip_filter::{IpFilter, IpFilterLayer, UnknownIp};
+pub use principal::{CredentialKind, Principal};
+pub use route::{MatchedRoute, RoutePattern, RouteSet};
+pub use shield::{Shield, ShieldBuilder, ShieldLayer, ShieldService};
