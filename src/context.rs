@@ -95,10 +95,12 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> S::Future {
         if let Some(ip) = self.layer.resolver.resolve(&req) {
+            crate::facts::record_client_ip(req.extensions(), ClientIp(ip));
             req.extensions_mut().insert(ClientIp(ip));
         }
         if let Some(routes) = &self.layer.routes {
             if let Some(m) = routes.matched_route(req.method(), req.uri().path()) {
+                crate::facts::record_route(req.extensions(), &m);
                 req.extensions_mut().insert(m);
             }
         }

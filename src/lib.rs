@@ -22,7 +22,9 @@
 //! defined here, on the ground floor:
 //! - [`ClientIp`] and [`MatchedRoute`] — inserted by the context stage;
 //! - [`Principal`] — inserted by auth, read by throttle, quota and audit;
-//! - [`Denial`] — attached to the response of every refused request, read by audit.
+//! - [`Denial`] — attached to the response of every refused request, read by audit;
+//! - [`RequestFacts`] — a shared record an outer observer (audit) inserts and inner layers
+//!   fill in (client ip, route, principal, sanitizer findings, shadow denials).
 //!
 //! Every layer keeps the inner service's body type (through [`BodyFromBytes`]) and error
 //! type, which is what lets one layer fit axum, tonic and hyper alike.
@@ -42,6 +44,7 @@ pub mod config;
 pub mod context;
 pub mod denial;
 pub mod error;
+pub mod facts;
 pub mod future;
 #[cfg(feature = "ip-filter")]
 pub mod ip_filter;
@@ -57,6 +60,7 @@ pub use config::ShieldConfig;
 pub use context::{Context, ContextLayer};
 pub use denial::{Denial, DenialRenderer, GrpcCodeMap, Renderer, RequestHead};
 pub use error::ConfigError;
+pub use facts::{InputFinding, RequestFacts};
 #[cfg(feature = "ip-filter")]
 pub use ip_filter::{IpFilter, IpFilterLayer, UnknownIp};
 pub use principal::{CredentialKind, Principal};
