@@ -53,7 +53,12 @@ fn benches(c: &mut Criterion) {
     });
     let shield = Shield::builder()
         .client_ip(resolver.build())
-        .routes(["GET /products", "GET /products/{id}", "POST /cart", "/admin/*"])
+        .routes([
+            "GET /products",
+            "GET /products/{id}",
+            "POST /cart",
+            "/admin/*",
+        ])
         .ip_filter(filter.build())
         .build()
         .unwrap();
@@ -69,7 +74,9 @@ fn benches(c: &mut Criterion) {
     bench(
         c,
         "shield: ip filter, allowed",
-        ServiceBuilder::new().layer(shield.clone()).service(bare.clone()),
+        ServiceBuilder::new()
+            .layer(shield.clone())
+            .service(bare.clone()),
         peer,
     );
     bench(

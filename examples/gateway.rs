@@ -39,11 +39,7 @@ fn parse_args() -> Result<Args, String> {
         let mut value = || it.next().ok_or(format!("{flag} needs a value"));
         match flag.as_str() {
             "--config" => args.config = value()?,
-            "--listen" => {
-                args.listen = value()?
-                    .parse()
-                    .map_err(|e| format!("--listen: {e}"))?
-            }
+            "--listen" => args.listen = value()?.parse().map_err(|e| format!("--listen: {e}"))?,
             "--upstream" => {
                 let uri: Uri = value()?.parse().map_err(|e| format!("--upstream: {e}"))?;
                 if uri.scheme_str() != Some("http") || uri.authority().is_none() {
@@ -52,7 +48,10 @@ fn parse_args() -> Result<Args, String> {
                 args.upstream = Some(uri);
             }
             "-h" | "--help" => {
-                return Err("usage: gateway [--config FILE] [--listen ADDR] [--upstream http://HOST:PORT]".into());
+                return Err(
+                    "usage: gateway [--config FILE] [--listen ADDR] [--upstream http://HOST:PORT]"
+                        .into(),
+                );
             }
             other => return Err(format!("unknown argument {other:?} (try --help)")),
         }
@@ -62,13 +61,43 @@ fn parse_args() -> Result<Args, String> {
 
 fn demo_shop() -> Router {
     Router::new()
-        .route("/products", get(|| async { Json(json!([{"id": 1, "name": "Espresso cup"}, {"id": 2, "name": "Kettle"}])) }))
-        .route("/products/{id}", get(|Path(id): Path<u32>| async move { Json(json!({"id": id, "name": "Espresso cup", "stock": 12})) }))
-        .route("/cart", post(|| async { (StatusCode::CREATED, Json(json!({"cart": "updated"}))) }))
-        .route("/checkout", post(|| async { Json(json!({"order": "placed"})) }))
-        .route("/login", post(|| async { (StatusCode::UNAUTHORIZED, Json(json!({"error": "bad credentials"}))) }))
-        .route("/admin/stats", get(|| async { Json(json!({"orders_today": 42})) }))
-        .route("/promo/apply", post(|| async { Json(json!({"discount": "10%"})) }))
+        .route(
+            "/products",
+            get(|| async {
+                Json(json!([{"id": 1, "name": "Espresso cup"}, {"id": 2, "name": "Kettle"}]))
+            }),
+        )
+        .route(
+            "/products/{id}",
+            get(|Path(id): Path<u32>| async move {
+                Json(json!({"id": id, "name": "Espresso cup", "stock": 12}))
+            }),
+        )
+        .route(
+            "/cart",
+            post(|| async { (StatusCode::CREATED, Json(json!({"cart": "updated"}))) }),
+        )
+        .route(
+            "/checkout",
+            post(|| async { Json(json!({"order": "placed"})) }),
+        )
+        .route(
+            "/login",
+            post(|| async {
+                (
+                    StatusCode::UNAUTHORIZED,
+                    Json(json!({"error": "bad credentials"})),
+                )
+            }),
+        )
+        .route(
+            "/admin/stats",
+            get(|| async { Json(json!({"orders_today": 42})) }),
+        )
+        .route(
+            "/promo/apply",
+            post(|| async { Json(json!({"discount": "10%"})) }),
+        )
 }
 
 type Proxy = Client<HttpConnector, Body>;
@@ -85,7 +114,11 @@ const HOP_BY_HOP: [&str; 8] = [
 ];
 
 async fn forward(State((client, upstream)): State<(Proxy, Uri)>, mut req: Request) -> Response {
-    let path = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
     let uri = format!(
         "{}://{}{}",
         upstream.scheme_str().unwrap_or("http"),
@@ -135,7 +168,9 @@ async fn main() -> ExitCode {
         None => demo_shop(),
         Some(up) => {
             let client: Proxy = Client::builder(TokioExecutor::new()).build_http();
-            Router::new().fallback(forward).with_state((client, up.clone()))
+            Router::new()
+                .fallback(forward)
+                .with_state((client, up.clone()))
         }
     }
     .layer(shield);
@@ -147,17 +182,30 @@ async fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
-    println!("tower-shield gateway listening on http://{addr} (config: {})", args.config);
+    let addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    println!(
+        "tower-shield gateway listening on http://{addr} (config: {})",
+        args.config
+    );
     match &args.upstream {
         Some(up) => println!("protecting upstream {up}"),
         None => {
             println!("try:");
             println!("  curl -i http://{addr}/products");
-            println!("  curl -i -H 'X-Forwarded-For: 203.0.113.7' http://{addr}/products   # denied client IP: 403 problem+json");
+            println!(
+                "  curl -i -H 'X-Forwarded-For: 203.0.113.7' http://{addr}/products   # denied client IP: 403 problem+json"
+            );
         }
     }
-    if let Err(e) = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await {
+    if let Err(e) = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .await
+    {
         eprintln!("server error: {e}");
         return ExitCode::from(1);
     }
