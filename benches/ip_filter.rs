@@ -64,19 +64,17 @@ fn benches(c: &mut Criterion) {
         .unwrap();
     let empty = Shield::builder().build().unwrap();
 
-    bench(c, "bare service_fn", bare.clone(), peer);
+    bench(c, "bare service_fn", bare, peer);
     bench(
         c,
         "shield: nothing configured",
-        ServiceBuilder::new().layer(empty).service(bare.clone()),
+        ServiceBuilder::new().layer(empty).service(bare),
         peer,
     );
     bench(
         c,
         "shield: ip filter, allowed",
-        ServiceBuilder::new()
-            .layer(shield.clone())
-            .service(bare.clone()),
+        ServiceBuilder::new().layer(shield.clone()).service(bare),
         peer,
     );
     bench(
