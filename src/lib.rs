@@ -53,6 +53,8 @@ pub mod ratelimit;
 pub mod route;
 pub mod shield;
 pub mod store;
+#[cfg(feature = "sanitize")]
+pub mod sanitize;
 
 pub use body::BodyFromBytes;
 pub use client_ip::{CidrSet, ClientIp, ClientIpResolver, ForwardedHeader};

@@ -1,0 +1,3 @@
+//! Sanitize layer: normalize, limit and inspect every input.
+
+pub mod detect;
