@@ -43,18 +43,16 @@ impl<'a> JsonPath<'a> {
         }
     }
 
-    /// Whether the last key (for array elements: the nearest enclosing key) is `name`.
-    pub(crate) fn last_name_is(&self, name: &str) -> bool {
+    /// Whether the location is inside a member named `name` (at any depth).
+    pub(crate) fn has_name(&self, name: &str) -> bool {
         self.segs
             .iter()
-            .rev()
-            .find(|s| matches!(s, Seg::Key { .. }))
-            .is_some_and(|s| self.key_eq(s, name))
+            .any(|s| matches!(s, Seg::Key { .. }) && self.key_eq(s, name))
     }
 
-    /// Whether the path matches a pointer pattern (`*` matches any one segment).
+    /// Whether the location is at or below a pointer pattern (`*` matches any one segment).
     pub(crate) fn matches(&self, pattern: &[String]) -> bool {
-        pattern.len() == self.segs.len()
+        pattern.len() <= self.segs.len()
             && pattern
                 .iter()
                 .zip(self.segs)

@@ -426,7 +426,7 @@ impl FieldRule {
             (FieldName::Any, _) => true,
             (FieldName::Name(n), Loc::Query(k) | Loc::Header(k) | Loc::Cookie(k)) => n == k,
             (FieldName::Name(n), Loc::BodyField(k)) => n == k,
-            (FieldName::Name(n), Loc::Json(p)) => p.last_name_is(n),
+            (FieldName::Name(n), Loc::Json(p)) => p.has_name(n),
             (FieldName::Pointer(p), Loc::BodyField(k)) => p.len() == 1 && p[0] == *k,
             (FieldName::Pointer(p), Loc::Json(j)) => j.matches(p),
             _ => false,
@@ -985,5 +985,261 @@ where
         ResponseFuture {
             kind: Kind2::Buffered { fut: Box::pin(fut) },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::Full;
+    use std::convert::Infallible;
+    use std::sync::Mutex;
+    use tower::ServiceExt;
+
+    #[derive(Default, Clone)]
+    struct Seen(Arc<Mutex<Option<(http::HeaderMap, Bytes, Option<Findings>)>>>);
+
+    async fn run(layer: &SanitizeLayer, req: Request<Full<Bytes>>) -> (Response<Full<Bytes>>, Seen) {
+        let seen = Seen::default();
+        let s2 = seen.clone();
+        let svc = layer.clone().layer(tower::service_fn(move |req: Request<Full<Bytes>>| {
+            let s = s2.clone();
+            async move {
+                let (parts, body) = req.into_parts();
+                let bytes = body.collect().await.unwrap().to_bytes();
+                *s.0.lock().unwrap() = Some((
+                    parts.headers,
+                    bytes,
+                    parts.extensions.get::<Findings>().cloned(),
+                ));
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+            }
+        }));
+        (svc.oneshot(req).await.unwrap(), seen)
+    }
+
+    fn post(uri: &str, ct: &str, body: impl Into<Bytes>) -> Request<Full<Bytes>> {
+        Request::post(uri)
+            .header("content-type", ct)
+            .body(Full::new(body.into()))
+            .unwrap()
+    }
+
+    async fn problem(res: Response<Full<Bytes>>) -> Value {
+        assert_eq!(res.headers()["content-type"], "application/problem+json");
+        let b = res.into_body().collect().await.unwrap().to_bytes();
+        serde_json::from_slice(&b).unwrap()
+    }
+
+    fn layer() -> SanitizeLayer {
+        SanitizeLayer::builder().build().unwrap()
+    }
+
+    #[tokio::test]
+    async fn nosql_operator_keys_are_rejected_with_their_location() {
+        let l = layer();
+        let (res, seen) = run(
+            &l,
+            post("/login", "application/json", r#"{"user":"bob","password":{"$ne":"x1"}}"#),
+        )
+        .await;
+        assert_eq!(res.status(), 400);
+        assert_eq!(res.extensions().get::<Denial>().unwrap().reason(), "injection_detected");
+        let p = problem(res).await;
+        assert_eq!(p["location"], "body./password/$ne");
+        assert_eq!(p["kind"], "nosql");
+        assert!(!p.to_string().contains("x1"));
+        assert!(seen.0.lock().unwrap().is_none(), "inner service must not run");
+
+        let (res, _) = run(&l, Request::get("/u?user%5B%24ne%5D=1").body(Full::default()).unwrap()).await;
+        assert_eq!(problem(res).await["location"], "query.user[$ne]");
+        let (res, _) = run(
+            &l,
+            post("/login", "application/x-www-form-urlencoded", "user=bob&password[$gt]="),
+        )
+        .await;
+        assert_eq!(problem(res).await["location"], "body.password[$gt]");
+    }
+
+    #[tokio::test]
+    async fn structure_limits_each_name_the_limit() {
+        let l = SanitizeLayer::builder()
+            .limits(Limits {
+                max_body_bytes: 4096,
+                max_keys: 3,
+                max_array_len: 3,
+                max_string_len: 10,
+                ..Limits::default()
+            })
+            .build()
+            .unwrap();
+        let cases = [
+            ("[".repeat(2000), 400, "json_too_deep", "max_depth"),
+            (r#"{"a":1,"b":2,"c":3,"d":4}"#.into(), 400, "json_too_many_keys", "max_keys"),
+            ("[1,2,3,4]".into(), 400, "json_array_too_long", "max_array_len"),
+            (r#"{"a":"0123456789x"}"#.into(), 400, "string_too_long", "max_string_len"),
+            (r#"{"a":1,"a":2}"#.into(), 400, "json_duplicate_key", "reject_duplicate_keys"),
+            (format!("[\"{}\"]", "a".repeat(5000)), 413, "body_too_large", "max_body_bytes"),
+        ];
+        for (body, status, reason, limit) in cases {
+            let (res, seen) = run(&l, post("/x", "application/json", body)).await;
+            assert_eq!(res.status(), status, "{reason}");
+            assert_eq!(res.extensions().get::<Denial>().unwrap().reason(), reason);
+            let p = problem(res).await;
+            assert_eq!(p["limit"], limit);
+            assert!(p["detail"].as_str().unwrap().contains(limit));
+            assert!(seen.0.lock().unwrap().is_none());
+        }
+        let (res, _) = run(&l, post("/x", "application/json", "{\"a\":")).await;
+        assert_eq!(res.extensions().get::<Denial>().unwrap().reason(), "malformed_json");
+    }
+
+    #[tokio::test]
+    async fn invalid_utf8_anywhere_inspected_is_400() {
+        let l = layer();
+        for req in [
+            post("/x", "application/json", &b"{\"a\":\"\xc0\xaf\"}"[..]),
+            post("/x", "text/plain", &b"\xff\xfe"[..]),
+            post("/x", "application/x-www-form-urlencoded", "a=%c0%af"),
+            post("/x", "application/json", r#"{"a":"\ud800"}"#),
+            Request::get("/x?q=%ff").body(Full::default()).unwrap(),
+            Request::get("/a%c0%af").body(Full::default()).unwrap(),
+            Request::get("/")
+                .header("user-agent", HeaderValue::from_bytes(b"caf\xe9").unwrap())
+                .body(Full::default())
+                .unwrap(),
+        ] {
+            let (res, _) = run(&l, req).await;
+            assert_eq!(res.status(), 400);
+            assert_eq!(res.extensions().get::<Denial>().unwrap().reason(), "invalid_encoding");
+        }
+    }
+
+    #[tokio::test]
+    async fn sanitize_rewrites_selected_fields_and_content_length() {
+        let l = SanitizeLayer::builder()
+            .route(
+                "POST /products/{id}/reviews",
+                RoutePolicy::new()
+                    .field(FieldRule::new("body.review").unwrap().sanitize(SanitizeMode::Rich))
+                    .field(FieldRule::new("body./meta/title").unwrap().sanitize(SanitizeMode::Escape)),
+            )
+            .unwrap()
+            .build()
+            .unwrap();
+        let body = r#"{"review":"<b>good</b><script>alert(1)</script>","meta":{"title":"a<b"},"name":"O'Brien <x>"}"#;
+        let (res, seen) = run(&l, post("/products/7/reviews", "application/json", body)).await;
+        assert_eq!(res.status(), 200);
+        let (headers, got, _) = seen.0.lock().unwrap().take().unwrap();
+        let expected = r#"{"review":"<b>good</b>","meta":{"title":"a&lt;b"},"name":"O'Brien <x>"}"#;
+        assert_eq!(got, expected);
+        assert_eq!(headers["content-length"], expected.len().to_string());
+
+        // form bodies too; non-inspected content types are untouched
+        let l = SanitizeLayer::builder()
+            .route("POST /f", RoutePolicy::new().sanitize(SanitizeMode::Escape))
+            .unwrap()
+            .build()
+            .unwrap();
+        let (_, seen) = run(&l, post("/f", "application/x-www-form-urlencoded", "a=1&b=%3Ci%3E&c")).await;
+        assert_eq!(seen.0.lock().unwrap().take().unwrap().1, "a=1&b=%26lt%3Bi%26gt%3B&c=");
+        let raw = Bytes::from_static(b"\x00<i>\xff");
+        let (_, seen) = run(&l, post("/f", "application/octet-stream", raw.clone())).await;
+        assert_eq!(seen.0.lock().unwrap().take().unwrap().1, raw);
+        let (_, seen) = run(&l, post("/f", "application/json", r#"{"a" : "plain" }"#)).await;
+        assert_eq!(seen.0.lock().unwrap().take().unwrap().1, r#"{"a" : "plain" }"#);
+    }
+
+    #[tokio::test]
+    async fn monitor_lets_through_and_records_findings() {
+        let l = SanitizeLayer::builder()
+            .route("/admin/*", RoutePolicy::new().action(Action::Monitor))
+            .unwrap()
+            .build()
+            .unwrap();
+        let facts = Arc::new(crate::RequestFacts::default());
+        let mut req = post("/admin/users", "application/json", r#"{"filter":{"$where":"1"}}"#);
+        req.extensions_mut().insert(facts.clone());
+        let (res, seen) = run(&l, req).await;
+        assert_eq!(res.status(), 200);
+        let expected = InputFinding {
+            location: "body./filter/$where".into(),
+            kind: "nosql",
+            rule: "nosql.operator_key",
+            action: "monitor",
+        };
+        let (_, _, found) = seen.0.lock().unwrap().take().unwrap();
+        assert_eq!(found.unwrap().0, vec![expected.clone()]);
+        assert_eq!(facts.findings(), vec![expected]);
+        // elsewhere it is rejected, and the rejection is recorded too
+        let facts = Arc::new(crate::RequestFacts::default());
+        let mut req = post("/users", "application/json", r#"{"filter":{"$where":"1"}}"#);
+        req.extensions_mut().insert(facts.clone());
+        let (res, _) = run(&l, req).await;
+        assert_eq!(res.status(), 400);
+        assert_eq!(facts.findings()[0].action, "reject");
+    }
+
+    #[tokio::test]
+    async fn exemptions_per_field_and_route() {
+        let l = SanitizeLayer::builder()
+            .field(FieldRule::new("body./query").unwrap().exempt(Kind::Nosql))
+            .route("POST /raw", RoutePolicy::new().exempt_all())
+            .unwrap()
+            .build()
+            .unwrap();
+        let body = r#"{"query":{"$gt":1}}"#;
+        assert_eq!(run(&l, post("/search", "application/json", body)).await.0.status(), 200);
+        let body2 = r#"{"other":{"$gt":1}}"#;
+        assert_eq!(run(&l, post("/search", "application/json", body2)).await.0.status(), 400);
+        assert_eq!(run(&l, post("/raw", "application/json", body2)).await.0.status(), 200);
+        // limits still apply on an exempt route
+        let (res, _) = run(&l, post("/raw", "application/json", r#"{"a":1,"a":1}"#)).await;
+        assert_eq!(res.status(), 400);
+    }
+
+    #[tokio::test]
+    async fn content_type_policies() {
+        let l = SanitizeLayer::builder()
+            .other_content_types(ContentPolicy::Refuse)
+            .build()
+            .unwrap();
+        let (res, _) = run(&l, post("/x", "application/octet-stream", "x")).await;
+        assert_eq!(res.status(), 415);
+        let (res, _) = run(&l, Request::get("/x").body(Full::default()).unwrap()).await;
+        assert_eq!(res.status(), 200, "no body, nothing to refuse");
+        let (res, seen) = run(&l, post("/g.S/M", "application/grpc", &b"\x00\x00\x00\x00\x02{}"[..])).await;
+        assert_eq!(res.status(), 200);
+        assert_eq!(seen.0.lock().unwrap().take().unwrap().1, &b"\x00\x00\x00\x00\x02{}"[..]);
+        let (res, _) = run(&l, post("/x", "multipart/form-data", "x")).await;
+        assert_eq!(res.extensions().get::<Denial>().unwrap().reason(), "malformed_body");
+    }
+
+    #[tokio::test]
+    async fn multipart_fields_are_inspected_files_are_not() {
+        let l = layer();
+        let ct = "multipart/form-data; boundary=b0";
+        let ok = b"--b0\r\nContent-Disposition: form-data; name=\"t\"\r\n\r\nhello\r\n--b0\r\nContent-Disposition: form-data; name=\"$where\"; filename=\"x\"\r\n\r\n\xff\r\n--b0--\r\n";
+        let (res, _) = run(&l, post("/up", ct, ok.to_vec())).await;
+        assert_eq!(res.status(), 400, "operator field name");
+        let ok = b"--b0\r\nContent-Disposition: form-data; name=\"t\"\r\n\r\nhello\r\n--b0\r\nContent-Disposition: form-data; name=\"f\"; filename=\"x\"\r\n\r\n\xff\xfe\r\n--b0--\r\n";
+        let (res, seen) = run(&l, post("/up", ct, ok.to_vec())).await;
+        assert_eq!(res.status(), 200);
+        assert_eq!(seen.0.lock().unwrap().take().unwrap().1, &ok[..]);
+        let bad = b"--b0\r\nContent-Disposition: form-data; name=\"t\"\r\n\r\n\xff\r\n--b0--\r\n";
+        let (res, _) = run(&l, post("/up", ct, bad.to_vec())).await;
+        assert_eq!(res.extensions().get::<Denial>().unwrap().reason(), "invalid_encoding");
+    }
+
+    #[test]
+    fn field_selectors() {
+        for bad in ["", "bodyx", "query", "query.", "path.x", "header./a", "cookie"] {
+            assert!(Field::parse(bad, "k").is_err(), "{bad}");
+        }
+        assert_eq!(Field::parse("header.Referer", "k").unwrap().name, FieldName::Name("referer".into()));
+        assert_eq!(
+            Field::parse("body./a~1b/*", "k").unwrap().name,
+            FieldName::Pointer(vec!["a/b".into(), "*".into()])
+        );
     }
 }

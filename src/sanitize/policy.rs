@@ -59,7 +59,8 @@ pub(crate) enum Source {
 /// A field selector: `path`, `query.q`, `header.referer`, `cookie.session`, `body`
 /// (the whole body), `body.description` (a field of that name at any depth: JSON key, form
 /// or multipart field), `body./items/*/note` (a JSON pointer, `*` matching one segment),
-/// or `<source>.*` (every field of that source).
+/// or `<source>.*` (every field of that source). A JSON selector covers the member and
+/// everything inside it (its keys and nested values).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Field {
     pub(crate) source: Source,
