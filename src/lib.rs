@@ -51,10 +51,10 @@ pub mod ip_filter;
 pub mod principal;
 pub mod ratelimit;
 pub mod route;
-pub mod shield;
-pub mod store;
 #[cfg(feature = "sanitize")]
 pub mod sanitize;
+pub mod shield;
+pub mod store;
 
 pub use body::BodyFromBytes;
 pub use client_ip::{CidrSet, ClientIp, ClientIpResolver, ForwardedHeader};

@@ -46,7 +46,9 @@ use serde::Deserialize;
 
 use crate::error::ConfigError;
 
-use super::policy::{Action, ContentPolicy, Exempt, Field, FieldRule, Limits, RoutePolicy, SanitizeMode, parse_kind};
+use super::policy::{
+    Action, ContentPolicy, Exempt, Field, FieldRule, Limits, RoutePolicy, SanitizeMode, parse_kind,
+};
 use super::{SanitizeBuilder, SanitizeLayer};
 
 /// `[sanitize]`
@@ -295,14 +297,19 @@ exempt = ["sqli"]                 # or ["*"]: not inspected at all
     fn errors_name_the_key() {
         assert!(err("[[routes]]\nroute = \"GET x\"").starts_with("sanitize.routes[0].route"));
         assert!(
-            err("[[routes]]\nroute = \"/a\"\nfields = [{ field = \"body\" }, { field = \"query\" }]")
-                .starts_with("sanitize.routes[0].fields[1].field")
+            err(
+                "[[routes]]\nroute = \"/a\"\nfields = [{ field = \"body\" }, { field = \"query\" }]"
+            )
+            .starts_with("sanitize.routes[0].fields[1].field")
         );
         assert!(
-            err("[[fields]]\nfield = \"body.x\"\nmode = \"rich\"").starts_with("sanitize.fields[0].mode")
+            err("[[fields]]\nfield = \"body.x\"\nmode = \"rich\"")
+                .starts_with("sanitize.fields[0].mode")
         );
-        assert!(err("[[fields]]\nfield = \"body.x\"\nexempt = [\"xss\", \"html\"]")
-            .starts_with("sanitize.fields[0].exempt[1]"));
+        assert!(
+            err("[[fields]]\nfield = \"body.x\"\nexempt = [\"xss\", \"html\"]")
+                .starts_with("sanitize.fields[0].exempt[1]")
+        );
         assert!(err("headers = [\"bad header\"]").starts_with("sanitize.headers[0]"));
         assert!(err("[limits]\nmax_depth = 0").starts_with("sanitize.limits.max_depth"));
         assert!(toml::from_str::<SanitizeConfig>("actoin = \"reject\"").is_err());

@@ -211,7 +211,10 @@ pub(crate) fn form_encode(value: &str, out: &mut String) {
 pub(crate) fn clean(value: &str, mode: SanitizeMode) -> Option<String> {
     match mode {
         SanitizeMode::Escape => {
-            if !value.bytes().any(|c| matches!(c, b'&' | b'<' | b'>' | b'"' | b'\'')) {
+            if !value
+                .bytes()
+                .any(|c| matches!(c, b'&' | b'<' | b'>' | b'"' | b'\''))
+            {
                 return None;
             }
             let mut out = String::with_capacity(value.len() + 16);
@@ -258,12 +261,33 @@ mod tests {
 
     #[test]
     fn prefilter_lets_plain_tokens_skip_the_detectors() {
-        for plain in ["42", "john.doe@example.com", "2024-01-31", "a1b2-c3d4", "v1.2.3"] {
+        for plain in [
+            "42",
+            "john.doe@example.com",
+            "2024-01-31",
+            "a1b2-c3d4",
+            "v1.2.3",
+        ] {
             assert!(!candidate(plain), "{plain}");
         }
         for cand in [
-            "O'Brien", "a b", "../etc", "<b>", "1;ls", "a|b", "$ne", "%27", "a&b", "f(x)",
-            "/etc/passwd", "ｓｅｌｅｃｔ", "a\u{0}b", "{{7*7}}", "a\r\nb", "x=1", "`id`",
+            "O'Brien",
+            "a b",
+            "../etc",
+            "<b>",
+            "1;ls",
+            "a|b",
+            "$ne",
+            "%27",
+            "a&b",
+            "f(x)",
+            "/etc/passwd",
+            "ｓｅｌｅｃｔ",
+            "a\u{0}b",
+            "{{7*7}}",
+            "a\r\nb",
+            "x=1",
+            "`id`",
         ] {
             assert!(candidate(cand), "{cand}");
         }

@@ -192,8 +192,9 @@ fn scan_string(b: &[u8], mut i: usize) -> Result<(usize, bool), JsonError> {
 }
 
 fn hex4(s: &[u8]) -> u32 {
-    s.iter()
-        .fold(0, |acc, &c| acc * 16 + (c as char).to_digit(16).unwrap_or(0))
+    s.iter().fold(0, |acc, &c| {
+        acc * 16 + (c as char).to_digit(16).unwrap_or(0)
+    })
 }
 
 /// Decodes the raw content of a string with escapes (already grammar-checked).
@@ -222,8 +223,7 @@ pub(crate) fn unescape(raw: &str, out: &mut String) -> Result<(), JsonError> {
                 let hi = hex4(&b[i..i + 4]);
                 i += 4;
                 let cp = if (0xD800..0xDC00).contains(&hi) {
-                    if b.get(i) == Some(&b'\\') && b.get(i + 1) == Some(&b'u') && i + 6 <= b.len()
-                    {
+                    if b.get(i) == Some(&b'\\') && b.get(i + 1) == Some(&b'u') && i + 6 <= b.len() {
                         let lo = hex4(&b[i + 2..i + 6]);
                         if !(0xDC00..0xE000).contains(&lo) {
                             return Err(JsonError::InvalidEscape);
@@ -354,10 +354,7 @@ pub(crate) fn scan<V: JsonVisitor>(
                 } else {
                     raw
                 };
-                let path = JsonPath {
-                    input,
-                    segs: &segs,
-                };
+                let path = JsonPath { input, segs: &segs };
                 if let Some(new) = visitor.visit(path, value, false).map_err(ScanError::Stop)? {
                     edits.push(Edit {
                         range: i..end + 1,
@@ -513,7 +510,10 @@ mod tests {
     #[test]
     fn visits_keys_and_values_with_pointers() {
         let v = run(r#" {"a": [1, "x", {"b~/": "y\u00e9\n"}], "c": null, "d": -1.5e3} "#).unwrap();
-        let got: Vec<_> = v.iter().map(|(l, v, k)| (l.as_str(), v.as_str(), *k)).collect();
+        let got: Vec<_> = v
+            .iter()
+            .map(|(l, v, k)| (l.as_str(), v.as_str(), *k))
+            .collect();
         assert_eq!(
             got,
             vec![
@@ -530,9 +530,31 @@ mod tests {
     #[test]
     fn agrees_with_serde_json_on_validity() {
         for s in [
-            "1", "-0", "01", "1.", ".5", "1e", "\"a", "[1,]", "{\"a\":1,}", "{\"a\" 1}", "[1 2]",
-            "tru", "nul", "[]", "{}", "[[[]]]", "\"\\x\"", "\"\\ud800\"", "\"\t\"", "{1:2}",
-            "[1]x", "", " ", "\"\\ud83d\\ude00\"", "{\"a\":{\"b\":[true,false,null]}}",
+            "1",
+            "-0",
+            "01",
+            "1.",
+            ".5",
+            "1e",
+            "\"a",
+            "[1,]",
+            "{\"a\":1,}",
+            "{\"a\" 1}",
+            "[1 2]",
+            "tru",
+            "nul",
+            "[]",
+            "{}",
+            "[[[]]]",
+            "\"\\x\"",
+            "\"\\ud800\"",
+            "\"\t\"",
+            "{1:2}",
+            "[1]x",
+            "",
+            " ",
+            "\"\\ud83d\\ude00\"",
+            "{\"a\":{\"b\":[true,false,null]}}",
         ] {
             let ours = run(s).is_ok();
             let serde = serde_json::from_str::<serde_json::Value>(s).is_ok();
@@ -558,7 +580,10 @@ mod tests {
         assert_eq!(e(r#"{"a":1,"b":2,"c":3}"#, &mut c), Some(JsonError::Keys));
         assert_eq!(e("[1,2,3,4]", &mut c), Some(JsonError::ArrayLen));
         assert_eq!(e(r#"["abcdefg"]"#, &mut c), Some(JsonError::StringLen));
-        assert_eq!(e(r#"{"a":1,"\u0061":2}"#, &mut c), Some(JsonError::DuplicateKey));
+        assert_eq!(
+            e(r#"{"a":1,"\u0061":2}"#, &mut c),
+            Some(JsonError::DuplicateKey)
+        );
         assert_eq!(e(r#"{"a":{"a":1},"b":[{"a":1},{"a":2}]}"#, &mut c), None);
     }
 

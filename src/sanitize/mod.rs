@@ -106,7 +106,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::body::BodyFromBytes;
-use crate::denial::{Denial, RequestHead, Renderer, is_grpc};
+use crate::denial::{Denial, Renderer, RequestHead, is_grpc};
 use crate::error::ConfigError;
 use crate::facts::{self, InputFinding};
 use crate::future::ShieldFuture;
@@ -203,7 +203,10 @@ impl SanitizeBuilder {
     /// A policy for one route (`"POST /reports"`, `"/admin/*"`). Unmatched requests use the
     /// layer's defaults.
     pub fn route(mut self, pattern: &str, policy: RoutePolicy) -> Result<Self, ConfigError> {
-        crate::route::RoutePattern::parse(pattern, &format!("sanitize.routes[{}]", self.routes.len()))?;
+        crate::route::RoutePattern::parse(
+            pattern,
+            &format!("sanitize.routes[{}]", self.routes.len()),
+        )?;
         self.routes.push((pattern.to_owned(), policy));
         Ok(self)
     }
@@ -466,7 +469,12 @@ fn kind_label(kind: Kind) -> &'static str {
     }
 }
 
-fn limit_denial(status: StatusCode, reason: &'static str, limit: &'static str, max: usize) -> Denial {
+fn limit_denial(
+    status: StatusCode,
+    reason: &'static str,
+    limit: &'static str,
+    max: usize,
+) -> Denial {
     Denial::new(status, "sanitize", reason)
         .with_detail(format!("The request exceeds the limit {limit} = {max}."))
         .with_member("limit", Value::from(limit))
@@ -545,14 +553,15 @@ impl<'a> Inspector<'a> {
         if finding.is_none() && !(self.has_rules && can_clean && !is_key) {
             return Ok(None);
         }
-        let rule = if self.has_rules { self.rule(&loc) } else { None };
+        let rule = if self.has_rules {
+            self.rule(&loc)
+        } else {
+            None
+        };
         let exempt = rule.map_or(self.policy.exempt, |r| r.exempt.union(self.policy.exempt));
         let (action, mode) = match rule.and_then(|r| r.action.map(|a| (a, r.mode))) {
             Some(am) => am,
-            None => (
-                self.policy.action.unwrap_or_default(),
-                self.policy.mode,
-            ),
+            None => (self.policy.action.unwrap_or_default(), self.policy.mode),
         };
         let finding = finding.filter(|f| !exempt.contains(f.kind));
         let cleanable = can_clean && !is_key && action == Action::Sanitize && !exempt.is_all();
@@ -655,7 +664,11 @@ impl<'a> Inspector<'a> {
             if body {
                 self.check_len(&v)?;
             }
-            let loc = if body { Loc::BodyField(&k) } else { Loc::Query(&k) };
+            let loc = if body {
+                Loc::BodyField(&k)
+            } else {
+                Loc::Query(&k)
+            };
             self.check(loc, &k, true, false)?;
             if let Some(c) = self.check(loc, &v, false, body)? {
                 cleaned.push((i, c));
@@ -698,8 +711,8 @@ impl<'a> Inspector<'a> {
                 if p.skip {
                     continue;
                 }
-                let v = std::str::from_utf8(&bytes[p.value])
-                    .map_err(|_| invalid_encoding("body"))?;
+                let v =
+                    std::str::from_utf8(&bytes[p.value]).map_err(|_| invalid_encoding("body"))?;
                 self.check_len(v)?;
                 self.check(Loc::BodyField(&p.name), v, false, false)?;
             }
@@ -797,8 +810,14 @@ fn plan(parts: &Parts, shared: &Shared, empty: bool) -> Result<BodyPlan, Denial>
             ContentPolicy::Refuse => BodyPlan::Refuse,
         });
     };
-    let ct = std::str::from_utf8(ct.as_bytes()).map_err(|_| invalid_encoding("header.content-type"))?;
-    let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let ct =
+        std::str::from_utf8(ct.as_bytes()).map_err(|_| invalid_encoding("header.content-type"))?;
+    let essence = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     let kind = if essence == "application/json"
         || (essence.starts_with("application/") && essence.ends_with("+json"))
     {
@@ -809,7 +828,10 @@ fn plan(parts: &Parts, shared: &Shared, empty: bool) -> Result<BodyPlan, Denial>
         BodyKind::Text
     } else if essence == "multipart/form-data" {
         BodyKind::Multipart(inputs::boundary(ct).ok_or_else(|| {
-            bad_request("malformed_body", "The multipart content type has no boundary.")
+            bad_request(
+                "malformed_body",
+                "The multipart content type has no boundary.",
+            )
         })?)
     } else {
         return Ok(match shared.other {
@@ -821,12 +843,21 @@ fn plan(parts: &Parts, shared: &Shared, empty: bool) -> Result<BodyPlan, Denial>
 }
 
 fn unsupported() -> Denial {
-    Denial::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "sanitize", "unsupported_media_type")
-        .with_detail("This content type is not accepted.")
+    Denial::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "sanitize",
+        "unsupported_media_type",
+    )
+    .with_detail("This content type is not accepted.")
 }
 
 fn too_large(max: usize) -> Denial {
-    limit_denial(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", "max_body_bytes", max)
+    limit_denial(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+        "max_body_bytes",
+        max,
+    )
 }
 
 fn publish(ext: &mut http::Extensions, findings: Vec<InputFinding>) {
@@ -905,13 +936,14 @@ where
                 facts::record_finding(&parts.extensions, f.clone());
             }
             tracing::debug!(reason = d.reason(), "sanitize denied request");
-            direct(ShieldFuture::denied(
-                renderer.respond_head(d, &RequestHead {
+            direct(ShieldFuture::denied(renderer.respond_head(
+                d,
+                &RequestHead {
                     method: &parts.method,
                     uri: &parts.uri,
                     headers: &parts.headers,
-                }),
-            ))
+                },
+            )))
         };
         if let Err(d) = ins.inspect_head(&parts) {
             return deny(d, &parts, &ins.findings, &self.layer.renderer);
@@ -950,11 +982,14 @@ where
                     facts::record_finding(&parts.extensions, f.clone());
                 }
                 tracing::debug!(reason = d.reason(), "sanitize denied request");
-                layer.renderer.respond_head(d, &RequestHead {
-                    method: &parts.method,
-                    uri: &parts.uri,
-                    headers: &parts.headers,
-                })
+                layer.renderer.respond_head(
+                    d,
+                    &RequestHead {
+                        method: &parts.method,
+                        uri: &parts.uri,
+                        headers: &parts.headers,
+                    },
+                )
             };
             let bytes = match collected {
                 Ok(c) => c.to_bytes(),
@@ -972,7 +1007,9 @@ where
             let bytes = match ins.inspect_body(&kind, &bytes) {
                 Ok(None) => bytes,
                 Ok(Some(new)) => {
-                    parts.headers.insert(CONTENT_LENGTH, HeaderValue::from(new.len()));
+                    parts
+                        .headers
+                        .insert(CONTENT_LENGTH, HeaderValue::from(new.len()));
                     parts.headers.remove(TRANSFER_ENCODING);
                     new
                 }
@@ -999,22 +1036,27 @@ mod tests {
     #[derive(Default, Clone)]
     struct Seen(Arc<Mutex<Option<(http::HeaderMap, Bytes, Option<Findings>)>>>);
 
-    async fn run(layer: &SanitizeLayer, req: Request<Full<Bytes>>) -> (Response<Full<Bytes>>, Seen) {
+    async fn run(
+        layer: &SanitizeLayer,
+        req: Request<Full<Bytes>>,
+    ) -> (Response<Full<Bytes>>, Seen) {
         let seen = Seen::default();
         let s2 = seen.clone();
-        let svc = layer.clone().layer(tower::service_fn(move |req: Request<Full<Bytes>>| {
-            let s = s2.clone();
-            async move {
-                let (parts, body) = req.into_parts();
-                let bytes = body.collect().await.unwrap().to_bytes();
-                *s.0.lock().unwrap() = Some((
-                    parts.headers,
-                    bytes,
-                    parts.extensions.get::<Findings>().cloned(),
-                ));
-                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
-            }
-        }));
+        let svc = layer
+            .clone()
+            .layer(tower::service_fn(move |req: Request<Full<Bytes>>| {
+                let s = s2.clone();
+                async move {
+                    let (parts, body) = req.into_parts();
+                    let bytes = body.collect().await.unwrap().to_bytes();
+                    *s.0.lock().unwrap() = Some((
+                        parts.headers,
+                        bytes,
+                        parts.extensions.get::<Findings>().cloned(),
+                    ));
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+                }
+            }));
         (svc.oneshot(req).await.unwrap(), seen)
     }
 
@@ -1040,22 +1082,42 @@ mod tests {
         let l = layer();
         let (res, seen) = run(
             &l,
-            post("/login", "application/json", r#"{"user":"bob","password":{"$ne":"x1"}}"#),
+            post(
+                "/login",
+                "application/json",
+                r#"{"user":"bob","password":{"$ne":"x1"}}"#,
+            ),
         )
         .await;
         assert_eq!(res.status(), 400);
-        assert_eq!(res.extensions().get::<Denial>().unwrap().reason(), "injection_detected");
+        assert_eq!(
+            res.extensions().get::<Denial>().unwrap().reason(),
+            "injection_detected"
+        );
         let p = problem(res).await;
         assert_eq!(p["location"], "body./password/$ne");
         assert_eq!(p["kind"], "nosql");
         assert!(!p.to_string().contains("x1"));
-        assert!(seen.0.lock().unwrap().is_none(), "inner service must not run");
+        assert!(
+            seen.0.lock().unwrap().is_none(),
+            "inner service must not run"
+        );
 
-        let (res, _) = run(&l, Request::get("/u?user%5B%24ne%5D=1").body(Full::default()).unwrap()).await;
+        let (res, _) = run(
+            &l,
+            Request::get("/u?user%5B%24ne%5D=1")
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await;
         assert_eq!(problem(res).await["location"], "query.user[$ne]");
         let (res, _) = run(
             &l,
-            post("/login", "application/x-www-form-urlencoded", "user=bob&password[$gt]="),
+            post(
+                "/login",
+                "application/x-www-form-urlencoded",
+                "user=bob&password[$gt]=",
+            ),
         )
         .await;
         assert_eq!(problem(res).await["location"], "body.password[$gt]");
@@ -1075,11 +1137,36 @@ mod tests {
             .unwrap();
         let cases = [
             ("[".repeat(2000), 400, "json_too_deep", "max_depth"),
-            (r#"{"a":1,"b":2,"c":3,"d":4}"#.into(), 400, "json_too_many_keys", "max_keys"),
-            ("[1,2,3,4]".into(), 400, "json_array_too_long", "max_array_len"),
-            (r#"{"a":"0123456789x"}"#.into(), 400, "string_too_long", "max_string_len"),
-            (r#"{"a":1,"a":2}"#.into(), 400, "json_duplicate_key", "reject_duplicate_keys"),
-            (format!("[\"{}\"]", "a".repeat(5000)), 413, "body_too_large", "max_body_bytes"),
+            (
+                r#"{"a":1,"b":2,"c":3,"d":4}"#.into(),
+                400,
+                "json_too_many_keys",
+                "max_keys",
+            ),
+            (
+                "[1,2,3,4]".into(),
+                400,
+                "json_array_too_long",
+                "max_array_len",
+            ),
+            (
+                r#"{"a":"0123456789x"}"#.into(),
+                400,
+                "string_too_long",
+                "max_string_len",
+            ),
+            (
+                r#"{"a":1,"a":2}"#.into(),
+                400,
+                "json_duplicate_key",
+                "reject_duplicate_keys",
+            ),
+            (
+                format!("[\"{}\"]", "a".repeat(5000)),
+                413,
+                "body_too_large",
+                "max_body_bytes",
+            ),
         ];
         for (body, status, reason, limit) in cases {
             let (res, seen) = run(&l, post("/x", "application/json", body)).await;
@@ -1091,7 +1178,10 @@ mod tests {
             assert!(seen.0.lock().unwrap().is_none());
         }
         let (res, _) = run(&l, post("/x", "application/json", "{\"a\":")).await;
-        assert_eq!(res.extensions().get::<Denial>().unwrap().reason(), "malformed_json");
+        assert_eq!(
+            res.extensions().get::<Denial>().unwrap().reason(),
+            "malformed_json"
+        );
     }
 
     #[tokio::test]
@@ -1111,7 +1201,10 @@ mod tests {
         ] {
             let (res, _) = run(&l, req).await;
             assert_eq!(res.status(), 400);
-            assert_eq!(res.extensions().get::<Denial>().unwrap().reason(), "invalid_encoding");
+            assert_eq!(
+                res.extensions().get::<Denial>().unwrap().reason(),
+                "invalid_encoding"
+            );
         }
     }
 
@@ -1121,8 +1214,16 @@ mod tests {
             .route(
                 "POST /products/{id}/reviews",
                 RoutePolicy::new()
-                    .field(FieldRule::new("body.review").unwrap().sanitize(SanitizeMode::Rich))
-                    .field(FieldRule::new("body./meta/title").unwrap().sanitize(SanitizeMode::Escape)),
+                    .field(
+                        FieldRule::new("body.review")
+                            .unwrap()
+                            .sanitize(SanitizeMode::Rich),
+                    )
+                    .field(
+                        FieldRule::new("body./meta/title")
+                            .unwrap()
+                            .sanitize(SanitizeMode::Escape),
+                    ),
             )
             .unwrap()
             .build()
@@ -1141,13 +1242,23 @@ mod tests {
             .unwrap()
             .build()
             .unwrap();
-        let (_, seen) = run(&l, post("/f", "application/x-www-form-urlencoded", "a=1&b=%3Ci%3E&c")).await;
-        assert_eq!(seen.0.lock().unwrap().take().unwrap().1, "a=1&b=%26lt%3Bi%26gt%3B&c=");
+        let (_, seen) = run(
+            &l,
+            post("/f", "application/x-www-form-urlencoded", "a=1&b=%3Ci%3E&c"),
+        )
+        .await;
+        assert_eq!(
+            seen.0.lock().unwrap().take().unwrap().1,
+            "a=1&b=%26lt%3Bi%26gt%3B&c="
+        );
         let raw = Bytes::from_static(b"\x00<i>\xff");
         let (_, seen) = run(&l, post("/f", "application/octet-stream", raw.clone())).await;
         assert_eq!(seen.0.lock().unwrap().take().unwrap().1, raw);
         let (_, seen) = run(&l, post("/f", "application/json", r#"{"a" : "plain" }"#)).await;
-        assert_eq!(seen.0.lock().unwrap().take().unwrap().1, r#"{"a" : "plain" }"#);
+        assert_eq!(
+            seen.0.lock().unwrap().take().unwrap().1,
+            r#"{"a" : "plain" }"#
+        );
     }
 
     #[tokio::test]
@@ -1158,7 +1269,11 @@ mod tests {
             .build()
             .unwrap();
         let facts = Arc::new(crate::RequestFacts::default());
-        let mut req = post("/admin/users", "application/json", r#"{"filter":{"$where":"1"}}"#);
+        let mut req = post(
+            "/admin/users",
+            "application/json",
+            r#"{"filter":{"$where":"1"}}"#,
+        );
         req.extensions_mut().insert(facts.clone());
         let (res, seen) = run(&l, req).await;
         assert_eq!(res.status(), 200);
@@ -1189,10 +1304,28 @@ mod tests {
             .build()
             .unwrap();
         let body = r#"{"query":{"$gt":1}}"#;
-        assert_eq!(run(&l, post("/search", "application/json", body)).await.0.status(), 200);
+        assert_eq!(
+            run(&l, post("/search", "application/json", body))
+                .await
+                .0
+                .status(),
+            200
+        );
         let body2 = r#"{"other":{"$gt":1}}"#;
-        assert_eq!(run(&l, post("/search", "application/json", body2)).await.0.status(), 400);
-        assert_eq!(run(&l, post("/raw", "application/json", body2)).await.0.status(), 200);
+        assert_eq!(
+            run(&l, post("/search", "application/json", body2))
+                .await
+                .0
+                .status(),
+            400
+        );
+        assert_eq!(
+            run(&l, post("/raw", "application/json", body2))
+                .await
+                .0
+                .status(),
+            200
+        );
         // limits still apply on an exempt route
         let (res, _) = run(&l, post("/raw", "application/json", r#"{"a":1,"a":1}"#)).await;
         assert_eq!(res.status(), 400);
@@ -1208,11 +1341,21 @@ mod tests {
         assert_eq!(res.status(), 415);
         let (res, _) = run(&l, Request::get("/x").body(Full::default()).unwrap()).await;
         assert_eq!(res.status(), 200, "no body, nothing to refuse");
-        let (res, seen) = run(&l, post("/g.S/M", "application/grpc", &b"\x00\x00\x00\x00\x02{}"[..])).await;
+        let (res, seen) = run(
+            &l,
+            post("/g.S/M", "application/grpc", &b"\x00\x00\x00\x00\x02{}"[..]),
+        )
+        .await;
         assert_eq!(res.status(), 200);
-        assert_eq!(seen.0.lock().unwrap().take().unwrap().1, &b"\x00\x00\x00\x00\x02{}"[..]);
+        assert_eq!(
+            seen.0.lock().unwrap().take().unwrap().1,
+            &b"\x00\x00\x00\x00\x02{}"[..]
+        );
         let (res, _) = run(&l, post("/x", "multipart/form-data", "x")).await;
-        assert_eq!(res.extensions().get::<Denial>().unwrap().reason(), "malformed_body");
+        assert_eq!(
+            res.extensions().get::<Denial>().unwrap().reason(),
+            "malformed_body"
+        );
     }
 
     #[tokio::test]
@@ -1228,15 +1371,29 @@ mod tests {
         assert_eq!(seen.0.lock().unwrap().take().unwrap().1, &ok[..]);
         let bad = b"--b0\r\nContent-Disposition: form-data; name=\"t\"\r\n\r\n\xff\r\n--b0--\r\n";
         let (res, _) = run(&l, post("/up", ct, bad.to_vec())).await;
-        assert_eq!(res.extensions().get::<Denial>().unwrap().reason(), "invalid_encoding");
+        assert_eq!(
+            res.extensions().get::<Denial>().unwrap().reason(),
+            "invalid_encoding"
+        );
     }
 
     #[test]
     fn field_selectors() {
-        for bad in ["", "bodyx", "query", "query.", "path.x", "header./a", "cookie"] {
+        for bad in [
+            "",
+            "bodyx",
+            "query",
+            "query.",
+            "path.x",
+            "header./a",
+            "cookie",
+        ] {
             assert!(Field::parse(bad, "k").is_err(), "{bad}");
         }
-        assert_eq!(Field::parse("header.Referer", "k").unwrap().name, FieldName::Name("referer".into()));
+        assert_eq!(
+            Field::parse("header.Referer", "k").unwrap().name,
+            FieldName::Name("referer".into())
+        );
         assert_eq!(
             Field::parse("body./a~1b/*", "k").unwrap().name,
             FieldName::Pointer(vec!["a/b".into(), "*".into()])

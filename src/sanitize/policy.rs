@@ -81,7 +81,10 @@ impl Field {
     /// Parses a selector; `key` names it in errors.
     pub fn parse(selector: &str, key: &str) -> Result<Self, ConfigError> {
         let err = |reason: &str| {
-            ConfigError::invalid(key, format!("invalid field selector {selector:?}: {reason}"))
+            ConfigError::invalid(
+                key,
+                format!("invalid field selector {selector:?}: {reason}"),
+            )
         };
         let (src, rest) = match selector.split_once('.') {
             Some((s, r)) => (s, Some(r)),
