@@ -3,6 +3,8 @@
 //! may ask for values to be replaced. No `serde_json::Value` is built and nothing recurses:
 //! a body of 100 000 `[` is refused at the depth limit without touching the stack.
 
+use std::borrow::Cow;
+use std::collections::HashSet;
 use std::ops::Range;
 
 use super::policy::Limits;
@@ -134,12 +136,17 @@ pub(crate) trait JsonVisitor {
     ) -> Result<Option<String>, Self::Stop>;
 }
 
-struct Frame {
+struct Frame<'a> {
     is_obj: bool,
     count: usize,
-    /// Hashes of the keys seen (objects only), for duplicate detection.
-    keys: Vec<(u64, u32, u32, bool)>,
+    /// The keys seen (raw content ranges, escaped flag), for duplicate detection: compared
+    /// linearly while the object is small, then through a hash set.
+    keys: Vec<(u32, u32, bool)>,
+    set: Option<HashSet<Cow<'a, str>>>,
 }
+
+/// Objects with more keys than this switch from linear comparison to a hash set.
+const LINEAR_KEYS: usize = 16;
 
 #[inline]
 fn skip_ws(b: &[u8], mut i: usize) -> usize {
@@ -168,6 +175,20 @@ static STOP: [bool; 256] = {
 fn scan_string(b: &[u8], mut i: usize) -> Result<(usize, bool), JsonError> {
     let mut escaped = false;
     loop {
+        // 8 bytes at a time while none is `"`, `\` or a control character
+        while i + 8 <= b.len() {
+            let x = u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
+            const LO: u64 = 0x0101_0101_0101_0101;
+            const HI: u64 = 0x8080_8080_8080_8080;
+            let has_zero = |v: u64| v.wrapping_sub(LO) & !v & HI;
+            let special = has_zero(x ^ (LO * b'"' as u64))
+                | has_zero(x ^ (LO * b'\\' as u64))
+                | (x.wrapping_sub(LO * 0x20) & !x & HI);
+            if special != 0 {
+                break;
+            }
+            i += 8;
+        }
         while i < b.len() && !STOP[b[i] as usize] {
             i += 1;
         }
@@ -247,16 +268,6 @@ pub(crate) fn unescape(raw: &str, out: &mut String) -> Result<(), JsonError> {
     Ok(())
 }
 
-fn hash(s: &str) -> u64 {
-    // FNV-1a: keys are short; collisions are resolved by comparing the keys.
-    let mut h: u64 = 0xcbf29ce484222325;
-    for &c in s.as_bytes() {
-        h ^= c as u64;
-        h = h.wrapping_mul(0x100000001b3);
-    }
-    h
-}
-
 fn scan_number(b: &[u8], mut i: usize) -> Result<usize, JsonError> {
     if b.get(i) == Some(&b'-') {
         i += 1;
@@ -307,8 +318,8 @@ pub(crate) fn scan<V: JsonVisitor>(
     if b.len() > u32::MAX as usize {
         return Err(JsonError::StringLen.into());
     }
-    let mut frames: Vec<Frame> = Vec::new();
-    let mut pool: Vec<Vec<(u64, u32, u32, bool)>> = Vec::new();
+    let mut frames: Vec<Frame<'_>> = Vec::new();
+    let mut pool: Vec<Vec<(u32, u32, bool)>> = Vec::new();
     let mut segs: Vec<Seg> = Vec::new();
     let mut edits = Vec::new();
     let mut scratch = String::new();
@@ -332,6 +343,7 @@ pub(crate) fn scan<V: JsonVisitor>(
                         is_obj,
                         count: 1,
                         keys,
+                        set: None,
                     });
                     if is_obj {
                         i = member(b, input, i, limits, &mut frames, &mut segs, visitor)?;
@@ -411,12 +423,12 @@ pub(crate) fn scan<V: JsonVisitor>(
 
 /// Parses `"key" :` at `i` (inside the top object), checks duplicates, visits the key,
 /// pushes its segment, and returns the index of the value.
-fn member<V: JsonVisitor>(
+fn member<'a, V: JsonVisitor>(
     b: &[u8],
-    input: &str,
+    input: &'a str,
     i: usize,
     limits: &Limits,
-    frames: &mut [Frame],
+    frames: &mut [Frame<'a>],
     segs: &mut Vec<Seg>,
     visitor: &mut V,
 ) -> Result<usize, ScanError<V::Stop>> {
@@ -436,24 +448,41 @@ fn member<V: JsonVisitor>(
         raw
     };
     if limits.reject_duplicate_keys {
-        let h = hash(key);
         let top = frames.last_mut().expect("member inside an object");
-        for &(kh, s, e, esc) in &top.keys {
-            if kh == h {
-                let other = &input[s as usize..e as usize];
-                let same = if esc {
-                    let mut o = String::new();
-                    unescape(other, &mut o)?;
-                    o == key
+        let decoded = |s: u32, e: u32, esc: bool| -> Result<Cow<'a, str>, JsonError> {
+            let raw = &input[s as usize..e as usize];
+            Ok(if esc {
+                let mut o = String::new();
+                unescape(raw, &mut o)?;
+                Cow::Owned(o)
+            } else {
+                Cow::Borrowed(raw)
+            })
+        };
+        if let Some(set) = &mut top.set {
+            if !set.insert(decoded((i + 1) as u32, end as u32, escaped)?) {
+                return Err(JsonError::DuplicateKey.into());
+            }
+        } else {
+            for &(s, e, esc) in &top.keys {
+                let dup = if !esc && !escaped {
+                    &input[s as usize..e as usize] == key
                 } else {
-                    other == key
+                    decoded(s, e, esc)? == key
                 };
-                if same {
+                if dup {
                     return Err(JsonError::DuplicateKey.into());
                 }
             }
+            top.keys.push(((i + 1) as u32, end as u32, escaped));
+            if top.keys.len() > LINEAR_KEYS {
+                let mut set = HashSet::with_capacity(top.keys.len() * 2);
+                for &(s, e, esc) in &top.keys {
+                    set.insert(decoded(s, e, esc)?);
+                }
+                top.set = Some(set);
+            }
         }
-        top.keys.push((h, (i + 1) as u32, end as u32, escaped));
     }
     segs.push(Seg::Key {
         start: (i + 1) as u32,
@@ -585,6 +614,32 @@ mod tests {
             Some(JsonError::DuplicateKey)
         );
         assert_eq!(e(r#"{"a":{"a":1},"b":[{"a":1},{"a":2}]}"#, &mut c), None);
+    }
+
+    #[test]
+    fn long_strings_and_large_objects() {
+        // every position of a special byte inside a long string (the 8-byte fast path)
+        for pos in 0..24 {
+            let mut v = "abcdefghijklmnopqrstuvwxyzé".to_string();
+            v.insert_str(pos, "\\\"\\n");
+            let doc = format!("[\"{v}\"]");
+            let got = run(&doc).unwrap();
+            let want: Vec<String> = serde_json::from_str(&doc).unwrap();
+            assert_eq!(got[0].1, want[0]);
+            let raw = format!("[\"{}\u{1}\"]", &"x".repeat(pos));
+            assert_eq!(run(&raw), Err(JsonError::Syntax));
+        }
+        // duplicates found in the linear phase and in the hash-set phase, escaped or not
+        for n in [3, 16, 17, 40] {
+            let mut doc: Vec<String> = (0..n).map(|i| format!("\"k{i}\":{i}")).collect();
+            assert!(run(&format!("{{{}}}", doc.join(","))).is_ok());
+            doc.push("\"k\\u0030\":0".into());
+            assert_eq!(
+                run(&format!("{{{}}}", doc.join(","))),
+                Err(JsonError::DuplicateKey),
+                "{n}"
+            );
+        }
     }
 
     #[test]
