@@ -447,14 +447,16 @@ struct Inspector<'a> {
     findings: Vec<InputFinding>,
 }
 
-fn finding_denial(loc: &str, kind: Kind) -> Denial {
-    Denial::new(StatusCode::BAD_REQUEST, "sanitize", "injection_detected")
-        .with_detail(format!(
-            "The input at {loc} was rejected: it looks like {} injection.",
-            kind_label(kind)
-        ))
-        .with_member("location", Value::from(loc))
-        .with_member("kind", Value::from(kind.as_str()))
+fn finding_denial(loc: &str, kind: Kind) -> Deny {
+    Box::new(
+        Denial::new(StatusCode::BAD_REQUEST, "sanitize", "injection_detected")
+            .with_detail(format!(
+                "The input at {loc} was rejected: it looks like {} injection.",
+                kind_label(kind)
+            ))
+            .with_member("location", Value::from(loc))
+            .with_member("kind", Value::from(kind.as_str())),
+    )
 }
 
 fn kind_label(kind: Kind) -> &'static str {
@@ -469,26 +471,25 @@ fn kind_label(kind: Kind) -> &'static str {
     }
 }
 
-fn limit_denial(
-    status: StatusCode,
-    reason: &'static str,
-    limit: &'static str,
-    max: usize,
-) -> Denial {
-    Denial::new(status, "sanitize", reason)
-        .with_detail(format!("The request exceeds the limit {limit} = {max}."))
-        .with_member("limit", Value::from(limit))
-        .with_member("max", Value::from(max))
+fn limit_denial(status: StatusCode, reason: &'static str, limit: &'static str, max: usize) -> Deny {
+    Box::new(
+        Denial::new(status, "sanitize", reason)
+            .with_detail(format!("The request exceeds the limit {limit} = {max}."))
+            .with_member("limit", Value::from(limit))
+            .with_member("max", Value::from(max)),
+    )
 }
 
-fn bad_request(reason: &'static str, detail: &'static str) -> Denial {
-    Denial::new(StatusCode::BAD_REQUEST, "sanitize", reason).with_detail(detail)
+fn bad_request(reason: &'static str, detail: &'static str) -> Deny {
+    Box::new(Denial::new(StatusCode::BAD_REQUEST, "sanitize", reason).with_detail(detail))
 }
 
-fn invalid_encoding(loc: &str) -> Denial {
-    Denial::new(StatusCode::BAD_REQUEST, "sanitize", "invalid_encoding")
-        .with_detail(format!("The input at {loc} is not valid UTF-8."))
-        .with_member("location", Value::from(loc))
+fn invalid_encoding(loc: &str) -> Deny {
+    Box::new(
+        Denial::new(StatusCode::BAD_REQUEST, "sanitize", "invalid_encoding")
+            .with_detail(format!("The input at {loc} is not valid UTF-8."))
+            .with_member("location", Value::from(loc)),
+    )
 }
 
 impl<'a> Inspector<'a> {
@@ -532,7 +533,7 @@ impl<'a> Inspector<'a> {
         value: &str,
         is_key: bool,
         can_clean: bool,
-    ) -> Result<Option<String>, Denial> {
+    ) -> Result<Option<String>, Deny> {
         let d = &self.shared.detectors;
         let operator = is_key
             && match loc {
@@ -594,7 +595,7 @@ impl<'a> Inspector<'a> {
         }
     }
 
-    fn check_len(&self, value: &str) -> Result<(), Denial> {
+    fn check_len(&self, value: &str) -> Result<(), Deny> {
         if value.len() > self.shared.limits.max_string_len {
             return Err(limit_denial(
                 StatusCode::BAD_REQUEST,
@@ -607,7 +608,7 @@ impl<'a> Inspector<'a> {
     }
 
     /// Path, query, headers, cookies.
-    fn inspect_head(&mut self, parts: &http::request::Parts) -> Result<(), Denial> {
+    fn inspect_head(&mut self, parts: &http::request::Parts) -> Result<(), Deny> {
         let path = parts.uri.path();
         self.check_len(path)?;
         let decoded = inputs::decode(path, false).ok_or_else(|| invalid_encoding("path"))?;
@@ -646,7 +647,7 @@ impl<'a> Inspector<'a> {
     }
 
     /// Query string or form body pairs. Returns the rewritten form when a value was cleaned.
-    fn inspect_pairs(&mut self, s: &str, body: bool) -> Result<Option<String>, Denial> {
+    fn inspect_pairs(&mut self, s: &str, body: bool) -> Result<Option<String>, Deny> {
         let mut cleaned: Vec<(usize, String)> = Vec::new();
         let where_ = if body { "body" } else { "query" };
         for (i, (raw_k, raw_v)) in inputs::pairs(s).enumerate() {
@@ -691,7 +692,7 @@ impl<'a> Inspector<'a> {
     }
 
     /// Inspects a buffered body. Returns the rewritten body when values were cleaned.
-    fn inspect_body(&mut self, kind: &BodyKind, bytes: &[u8]) -> Result<Option<Bytes>, Denial> {
+    fn inspect_body(&mut self, kind: &BodyKind, bytes: &[u8]) -> Result<Option<Bytes>, Deny> {
         if let BodyKind::Multipart(boundary) = kind {
             let parts = inputs::multipart(bytes, boundary, self.shared.limits.max_keys)
                 .ok_or_else(|| bad_request("malformed_body", "The multipart body is malformed."))?;
@@ -736,7 +737,7 @@ impl<'a> Inspector<'a> {
     }
 }
 
-fn json_denial(e: json::JsonError, l: &Limits) -> Denial {
+fn json_denial(e: json::JsonError, l: &Limits) -> Deny {
     use json::JsonError::*;
     let bad = StatusCode::BAD_REQUEST;
     match e {
@@ -749,11 +750,13 @@ fn json_denial(e: json::JsonError, l: &Limits) -> Denial {
         Keys => limit_denial(bad, "json_too_many_keys", "max_keys", l.max_keys),
         ArrayLen => limit_denial(bad, "json_array_too_long", "max_array_len", l.max_array_len),
         StringLen => limit_denial(bad, "string_too_long", "max_string_len", l.max_string_len),
-        DuplicateKey => bad_request(
-            "json_duplicate_key",
-            "The JSON body has an object with a duplicate key (limit reject_duplicate_keys).",
-        )
-        .with_member("limit", Value::from("reject_duplicate_keys")),
+        DuplicateKey => Box::new(
+            Denial::new(bad, "sanitize", "json_duplicate_key")
+                .with_detail(
+                    "The JSON body has an object with a duplicate key (limit reject_duplicate_keys).",
+                )
+                .with_member("limit", Value::from("reject_duplicate_keys")),
+        ),
     }
 }
 
@@ -762,13 +765,13 @@ struct JsonInspector<'i, 'a> {
 }
 
 impl JsonVisitor for JsonInspector<'_, '_> {
-    type Stop = Denial;
+    type Stop = Deny;
     fn visit(
         &mut self,
         path: JsonPath<'_>,
         value: &str,
         is_key: bool,
-    ) -> Result<Option<String>, Denial> {
+    ) -> Result<Option<String>, Deny> {
         let cleaned = self.ins.check(Loc::Json(path), value, is_key, true)?;
         Ok(cleaned.map(|c| serde_json::to_string(&c).unwrap_or_else(|_| "\"\"".into())))
     }
@@ -791,7 +794,7 @@ enum BodyPlan {
     Refuse,
 }
 
-fn plan(parts: &Parts, shared: &Shared, empty: bool) -> Result<BodyPlan, Denial> {
+fn plan(parts: &Parts, shared: &Shared, empty: bool) -> Result<BodyPlan, Deny> {
     if is_grpc(&parts.headers) {
         return Ok(match shared.grpc {
             ContentPolicy::Pass => BodyPlan::Pass,
@@ -843,16 +846,18 @@ fn plan(parts: &Parts, shared: &Shared, empty: bool) -> Result<BodyPlan, Denial>
     Ok(BodyPlan::Inspect(kind))
 }
 
-fn unsupported() -> Denial {
-    Denial::new(
-        StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        "sanitize",
-        "unsupported_media_type",
+fn unsupported() -> Deny {
+    Box::new(
+        Denial::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "sanitize",
+            "unsupported_media_type",
+        )
+        .with_detail("This content type is not accepted."),
     )
-    .with_detail("This content type is not accepted.")
 }
 
-fn too_large(max: usize) -> Denial {
+fn too_large(max: usize) -> Deny {
     limit_denial(
         StatusCode::PAYLOAD_TOO_LARGE,
         "body_too_large",
@@ -872,6 +877,8 @@ fn publish(ext: &mut http::Extensions, findings: Vec<InputFinding>) {
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// A denial, boxed: it travels through `Result`s on the inspection path.
+type Deny = Box<Denial>;
 type BoxFuture<B, E> = Pin<Box<dyn Future<Output = Result<Response<B>, E>> + Send>>;
 
 pin_project! {
@@ -932,13 +939,13 @@ where
             .and_then(|r| r.at(req.method(), req.uri().path()).map(|m| *m.value));
         let (mut parts, body) = req.into_parts();
         let mut ins = Inspector::new(shared, route);
-        let deny = |d: Denial, parts: &Parts, findings: &[InputFinding], renderer: &Renderer| {
+        let deny = |d: Deny, parts: &Parts, findings: &[InputFinding], renderer: &Renderer| {
             for f in findings {
                 facts::record_finding(&parts.extensions, f.clone());
             }
             tracing::debug!(reason = d.reason(), "sanitize denied request");
             direct(ShieldFuture::denied(renderer.respond_head(
-                d,
+                *d,
                 &RequestHead {
                     method: &parts.method,
                     uri: &parts.uri,
@@ -978,13 +985,13 @@ where
         let fut = async move {
             let shared = &*layer.shared;
             let collected = Limited::new(body, max).collect().await;
-            let render = |d: Denial, parts: &Parts, findings: &[InputFinding]| {
+            let render = |d: Deny, parts: &Parts, findings: &[InputFinding]| {
                 for f in findings {
                     facts::record_finding(&parts.extensions, f.clone());
                 }
                 tracing::debug!(reason = d.reason(), "sanitize denied request");
                 layer.renderer.respond_head(
-                    d,
+                    *d,
                     &RequestHead {
                         method: &parts.method,
                         uri: &parts.uri,
@@ -1034,8 +1041,11 @@ mod tests {
     use std::sync::Mutex;
     use tower::ServiceExt;
 
+    /// What the inner service received: headers, body, findings.
+    type Received = (http::HeaderMap, Bytes, Option<Findings>);
+
     #[derive(Default, Clone)]
-    struct Seen(Arc<Mutex<Option<(http::HeaderMap, Bytes, Option<Findings>)>>>);
+    struct Seen(Arc<Mutex<Option<Received>>>);
 
     async fn run(
         layer: &SanitizeLayer,
