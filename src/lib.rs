@@ -51,6 +51,8 @@ pub mod ip_filter;
 pub mod principal;
 pub mod ratelimit;
 pub mod route;
+#[cfg(feature = "sanitize")]
+pub mod sanitize;
 pub mod shield;
 pub mod store;
 
@@ -65,4 +67,6 @@ pub use facts::{InputFinding, RequestFacts};
 pub use ip_filter::{IpFilter, IpFilterLayer, UnknownIp};
 pub use principal::{CredentialKind, Principal};
 pub use route::{MatchedRoute, RoutePattern, RouteSet};
+#[cfg(feature = "sanitize")]
+pub use sanitize::{Sanitize, SanitizeLayer};
 pub use shield::{Shield, ShieldBuilder, ShieldLayer, ShieldService};

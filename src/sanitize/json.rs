@@ -1,0 +1,658 @@
+//! A streaming, iterative JSON scanner: validates the grammar, enforces the structure
+//! limits, and hands every string (keys and values) with its location to a visitor, which
+//! may ask for values to be replaced. No `serde_json::Value` is built and nothing recurses:
+//! a body of 100 000 `[` is refused at the depth limit without touching the stack.
+
+use std::borrow::Cow;
+use std::collections::HashSet;
+use std::ops::Range;
+
+use super::policy::Limits;
+
+/// One segment of the location of a string.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Seg {
+    /// An object member; the raw key content (between the quotes) in the input.
+    Key { start: u32, end: u32, escaped: bool },
+    /// An array element.
+    Index(u32),
+}
+
+/// The location of a string inside the document.
+#[derive(Clone, Copy)]
+pub(crate) struct JsonPath<'a> {
+    input: &'a str,
+    segs: &'a [Seg],
+}
+
+impl<'a> JsonPath<'a> {
+    fn key_eq(&self, seg: &Seg, name: &str) -> bool {
+        match *seg {
+            Seg::Key {
+                start,
+                end,
+                escaped,
+            } => {
+                let raw = &self.input[start as usize..end as usize];
+                if escaped {
+                    let mut s = String::new();
+                    unescape(raw, &mut s).is_ok() && s == name
+                } else {
+                    raw == name
+                }
+            }
+            Seg::Index(i) => name.parse::<u32>().ok() == Some(i) && !name.starts_with('+'),
+        }
+    }
+
+    /// Whether the location is inside a member named `name` (at any depth).
+    pub(crate) fn has_name(&self, name: &str) -> bool {
+        self.segs
+            .iter()
+            .any(|s| matches!(s, Seg::Key { .. }) && self.key_eq(s, name))
+    }
+
+    /// Whether the location is at or below a pointer pattern (`*` matches any one segment).
+    pub(crate) fn matches(&self, pattern: &[String]) -> bool {
+        pattern.len() <= self.segs.len()
+            && pattern
+                .iter()
+                .zip(self.segs)
+                .all(|(p, s)| p == "*" || self.key_eq(s, p))
+    }
+
+    /// Appends the JSON pointer (RFC 6901) of this location to `out`.
+    pub(crate) fn render(&self, out: &mut String, mut segment: impl FnMut(&str, &mut String)) {
+        if self.segs.is_empty() {
+            return;
+        }
+        let mut tmp = String::new();
+        for s in self.segs {
+            out.push('/');
+            match *s {
+                Seg::Key {
+                    start,
+                    end,
+                    escaped,
+                } => {
+                    let raw = &self.input[start as usize..end as usize];
+                    tmp.clear();
+                    if escaped {
+                        let _ = unescape(raw, &mut tmp);
+                    } else {
+                        tmp.push_str(raw);
+                    }
+                    segment(&tmp.replace('~', "~0").replace('/', "~1"), out);
+                }
+                Seg::Index(i) => out.push_str(&i.to_string()),
+            }
+        }
+    }
+}
+
+/// A violated structure limit or a grammar error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum JsonError {
+    Syntax,
+    InvalidEscape,
+    Depth,
+    Keys,
+    ArrayLen,
+    StringLen,
+    DuplicateKey,
+}
+
+/// Why a scan stopped.
+#[derive(Debug)]
+pub(crate) enum ScanError<S> {
+    Json(JsonError),
+    Stop(S),
+}
+
+impl<S> From<JsonError> for ScanError<S> {
+    fn from(e: JsonError) -> Self {
+        ScanError::Json(e)
+    }
+}
+
+/// A replacement of one string token (quotes included) by an encoded JSON string.
+#[derive(Debug)]
+pub(crate) struct Edit {
+    pub(crate) range: Range<usize>,
+    pub(crate) replacement: String,
+}
+
+/// Receives every string of the document.
+pub(crate) trait JsonVisitor {
+    /// Why the visitor stops the scan.
+    type Stop;
+    /// A key (`is_key`, path: the member being defined) or a string value. Returning a new
+    /// value (values only) replaces it in the output.
+    fn visit(
+        &mut self,
+        path: JsonPath<'_>,
+        value: &str,
+        is_key: bool,
+    ) -> Result<Option<String>, Self::Stop>;
+}
+
+struct Frame<'a> {
+    is_obj: bool,
+    count: usize,
+    /// The keys seen (raw content ranges, escaped flag), for duplicate detection: compared
+    /// linearly while the object is small, then through a hash set.
+    keys: Vec<(u32, u32, bool)>,
+    set: Option<HashSet<Cow<'a, str>>>,
+}
+
+/// Objects with more keys than this switch from linear comparison to a hash set.
+const LINEAR_KEYS: usize = 16;
+
+#[inline]
+fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    while i < b.len() && matches!(b[i], b' ' | b'\n' | b'\r' | b'\t') {
+        i += 1;
+    }
+    i
+}
+
+/// Bytes that end the fast part of a string: `"`, `\` and control characters.
+static STOP: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 0x20 {
+        t[i] = true;
+        i += 1;
+    }
+    t[b'"' as usize] = true;
+    t[b'\\' as usize] = true;
+    t
+};
+
+/// Scans a string token starting after the opening quote at `i`. Returns the end of the
+/// raw content (index of the closing quote) and whether it contains escapes.
+#[inline]
+fn scan_string(b: &[u8], mut i: usize) -> Result<(usize, bool), JsonError> {
+    let mut escaped = false;
+    loop {
+        // 8 bytes at a time while none is `"`, `\` or a control character
+        while i + 8 <= b.len() {
+            let x = u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
+            const LO: u64 = 0x0101_0101_0101_0101;
+            const HI: u64 = 0x8080_8080_8080_8080;
+            let has_zero = |v: u64| v.wrapping_sub(LO) & !v & HI;
+            let special = has_zero(x ^ (LO * b'"' as u64))
+                | has_zero(x ^ (LO * b'\\' as u64))
+                | (x.wrapping_sub(LO * 0x20) & !x & HI);
+            if special != 0 {
+                break;
+            }
+            i += 8;
+        }
+        while i < b.len() && !STOP[b[i] as usize] {
+            i += 1;
+        }
+        match b.get(i) {
+            Some(b'"') => return Ok((i, escaped)),
+            Some(b'\\') => {
+                escaped = true;
+                match b.get(i + 1) {
+                    Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => i += 2,
+                    Some(b'u') => {
+                        if i + 6 > b.len() || !b[i + 2..i + 6].iter().all(u8::is_ascii_hexdigit) {
+                            return Err(JsonError::InvalidEscape);
+                        }
+                        i += 6;
+                    }
+                    _ => return Err(JsonError::InvalidEscape),
+                }
+            }
+            _ => return Err(JsonError::Syntax),
+        }
+    }
+}
+
+fn hex4(s: &[u8]) -> u32 {
+    s.iter().fold(0, |acc, &c| {
+        acc * 16 + (c as char).to_digit(16).unwrap_or(0)
+    })
+}
+
+/// Decodes the raw content of a string with escapes (already grammar-checked).
+pub(crate) fn unescape(raw: &str, out: &mut String) -> Result<(), JsonError> {
+    let b = raw.as_bytes();
+    let mut i = 0;
+    let mut run = 0;
+    while i < b.len() {
+        if b[i] != b'\\' {
+            i += 1;
+            continue;
+        }
+        out.push_str(&raw[run..i]);
+        let c = b[i + 1];
+        i += 2;
+        let ch = match c {
+            b'"' => '"',
+            b'\\' => '\\',
+            b'/' => '/',
+            b'b' => '\u{8}',
+            b'f' => '\u{c}',
+            b'n' => '\n',
+            b'r' => '\r',
+            b't' => '\t',
+            b'u' => {
+                let hi = hex4(&b[i..i + 4]);
+                i += 4;
+                let cp = if (0xD800..0xDC00).contains(&hi) {
+                    if b.get(i) == Some(&b'\\') && b.get(i + 1) == Some(&b'u') && i + 6 <= b.len() {
+                        let lo = hex4(&b[i + 2..i + 6]);
+                        if !(0xDC00..0xE000).contains(&lo) {
+                            return Err(JsonError::InvalidEscape);
+                        }
+                        i += 6;
+                        0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00)
+                    } else {
+                        return Err(JsonError::InvalidEscape);
+                    }
+                } else {
+                    hi
+                };
+                char::from_u32(cp).ok_or(JsonError::InvalidEscape)?
+            }
+            _ => return Err(JsonError::InvalidEscape),
+        };
+        out.push(ch);
+        run = i;
+    }
+    out.push_str(&raw[run..]);
+    Ok(())
+}
+
+fn scan_number(b: &[u8], mut i: usize) -> Result<usize, JsonError> {
+    if b.get(i) == Some(&b'-') {
+        i += 1;
+    }
+    match b.get(i) {
+        Some(b'0') => i += 1,
+        Some(b'1'..=b'9') => {
+            while i < b.len() && b[i].is_ascii_digit() {
+                i += 1;
+            }
+        }
+        _ => return Err(JsonError::Syntax),
+    }
+    if b.get(i) == Some(&b'.') {
+        i += 1;
+        let s = i;
+        while i < b.len() && b[i].is_ascii_digit() {
+            i += 1;
+        }
+        if i == s {
+            return Err(JsonError::Syntax);
+        }
+    }
+    if matches!(b.get(i), Some(b'e' | b'E')) {
+        i += 1;
+        if matches!(b.get(i), Some(b'+' | b'-')) {
+            i += 1;
+        }
+        let s = i;
+        while i < b.len() && b[i].is_ascii_digit() {
+            i += 1;
+        }
+        if i == s {
+            return Err(JsonError::Syntax);
+        }
+    }
+    Ok(i)
+}
+
+/// Scans a whole document (valid UTF-8, already size-checked). Returns the edits the visitor
+/// asked for, in document order.
+pub(crate) fn scan<V: JsonVisitor>(
+    input: &str,
+    limits: &Limits,
+    visitor: &mut V,
+) -> Result<Vec<Edit>, ScanError<V::Stop>> {
+    let b = input.as_bytes();
+    if b.len() > u32::MAX as usize {
+        return Err(JsonError::StringLen.into());
+    }
+    let mut frames: Vec<Frame<'_>> = Vec::new();
+    let mut pool: Vec<Vec<(u32, u32, bool)>> = Vec::new();
+    let mut segs: Vec<Seg> = Vec::new();
+    let mut edits = Vec::new();
+    let mut scratch = String::new();
+    let mut i = skip_ws(b, 0);
+    // expecting a value at `i`
+    'value: loop {
+        match b.get(i) {
+            Some(b'{') | Some(b'[') => {
+                let is_obj = b[i] == b'{';
+                if frames.len() >= limits.max_depth {
+                    return Err(JsonError::Depth.into());
+                }
+                i = skip_ws(b, i + 1);
+                let close = if is_obj { b'}' } else { b']' };
+                if b.get(i) == Some(&close) {
+                    i += 1;
+                } else {
+                    let mut keys = pool.pop().unwrap_or_default();
+                    keys.clear();
+                    frames.push(Frame {
+                        is_obj,
+                        count: 1,
+                        keys,
+                        set: None,
+                    });
+                    if is_obj {
+                        i = member(b, input, i, limits, &mut frames, &mut segs, visitor)?;
+                    } else {
+                        segs.push(Seg::Index(0));
+                    }
+                    continue 'value;
+                }
+            }
+            Some(b'"') => {
+                let (end, escaped) = scan_string(b, i + 1)?;
+                if end - (i + 1) > limits.max_string_len {
+                    return Err(JsonError::StringLen.into());
+                }
+                let raw = &input[i + 1..end];
+                let value = if escaped {
+                    scratch.clear();
+                    unescape(raw, &mut scratch)?;
+                    scratch.as_str()
+                } else {
+                    raw
+                };
+                let path = JsonPath { input, segs: &segs };
+                if let Some(new) = visitor.visit(path, value, false).map_err(ScanError::Stop)? {
+                    edits.push(Edit {
+                        range: i..end + 1,
+                        replacement: new,
+                    });
+                }
+                i = end + 1;
+            }
+            Some(b't') if b[i..].starts_with(b"true") => i += 4,
+            Some(b'f') if b[i..].starts_with(b"false") => i += 5,
+            Some(b'n') if b[i..].starts_with(b"null") => i += 4,
+            Some(b'-' | b'0'..=b'9') => i = scan_number(b, i)?,
+            _ => return Err(JsonError::Syntax.into()),
+        }
+        // after a value
+        loop {
+            i = skip_ws(b, i);
+            let Some(top) = frames.last_mut() else {
+                if i != b.len() {
+                    return Err(JsonError::Syntax.into());
+                }
+                return Ok(edits);
+            };
+            match (top.is_obj, b.get(i)) {
+                (_, Some(b',')) => {
+                    top.count += 1;
+                    i = skip_ws(b, i + 1);
+                    segs.pop();
+                    if top.is_obj {
+                        if top.count > limits.max_keys {
+                            return Err(JsonError::Keys.into());
+                        }
+                        i = member(b, input, i, limits, &mut frames, &mut segs, visitor)?;
+                    } else {
+                        if top.count > limits.max_array_len {
+                            return Err(JsonError::ArrayLen.into());
+                        }
+                        segs.push(Seg::Index((top.count - 1) as u32));
+                    }
+                    continue 'value;
+                }
+                (true, Some(b'}')) | (false, Some(b']')) => {
+                    i += 1;
+                    segs.pop();
+                    if let Some(f) = frames.pop() {
+                        pool.push(f.keys);
+                    }
+                }
+                _ => return Err(JsonError::Syntax.into()),
+            }
+        }
+    }
+}
+
+/// Parses `"key" :` at `i` (inside the top object), checks duplicates, visits the key,
+/// pushes its segment, and returns the index of the value.
+fn member<'a, V: JsonVisitor>(
+    b: &[u8],
+    input: &'a str,
+    i: usize,
+    limits: &Limits,
+    frames: &mut [Frame<'a>],
+    segs: &mut Vec<Seg>,
+    visitor: &mut V,
+) -> Result<usize, ScanError<V::Stop>> {
+    if b.get(i) != Some(&b'"') {
+        return Err(JsonError::Syntax.into());
+    }
+    let (end, escaped) = scan_string(b, i + 1)?;
+    if end - (i + 1) > limits.max_string_len {
+        return Err(JsonError::StringLen.into());
+    }
+    let raw = &input[i + 1..end];
+    let mut owned = String::new();
+    let key = if escaped {
+        unescape(raw, &mut owned)?;
+        owned.as_str()
+    } else {
+        raw
+    };
+    if limits.reject_duplicate_keys {
+        let top = frames.last_mut().expect("member inside an object");
+        let decoded = |s: u32, e: u32, esc: bool| -> Result<Cow<'a, str>, JsonError> {
+            let raw = &input[s as usize..e as usize];
+            Ok(if esc {
+                let mut o = String::new();
+                unescape(raw, &mut o)?;
+                Cow::Owned(o)
+            } else {
+                Cow::Borrowed(raw)
+            })
+        };
+        if let Some(set) = &mut top.set {
+            if !set.insert(decoded((i + 1) as u32, end as u32, escaped)?) {
+                return Err(JsonError::DuplicateKey.into());
+            }
+        } else {
+            for &(s, e, esc) in &top.keys {
+                let dup = if !esc && !escaped {
+                    &input[s as usize..e as usize] == key
+                } else {
+                    decoded(s, e, esc)? == key
+                };
+                if dup {
+                    return Err(JsonError::DuplicateKey.into());
+                }
+            }
+            top.keys.push(((i + 1) as u32, end as u32, escaped));
+            if top.keys.len() > LINEAR_KEYS {
+                let mut set = HashSet::with_capacity(top.keys.len() * 2);
+                for &(s, e, esc) in &top.keys {
+                    set.insert(decoded(s, e, esc)?);
+                }
+                top.set = Some(set);
+            }
+        }
+    }
+    segs.push(Seg::Key {
+        start: (i + 1) as u32,
+        end: end as u32,
+        escaped,
+    });
+    let path = JsonPath { input, segs };
+    visitor.visit(path, key, true).map_err(ScanError::Stop)?;
+    let j = skip_ws(b, end + 1);
+    if b.get(j) != Some(&b':') {
+        return Err(JsonError::Syntax.into());
+    }
+    Ok(skip_ws(b, j + 1))
+}
+
+/// Applies edits (in document order) to the input.
+pub(crate) fn apply(input: &str, edits: &[Edit]) -> String {
+    let extra: usize = edits.iter().map(|e| e.replacement.len()).sum();
+    let mut out = String::with_capacity(input.len() + extra);
+    let mut at = 0;
+    for e in edits {
+        out.push_str(&input[at..e.range.start]);
+        out.push_str(&e.replacement);
+        at = e.range.end;
+    }
+    out.push_str(&input[at..]);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Collect(Vec<(String, String, bool)>);
+    impl JsonVisitor for Collect {
+        type Stop = ();
+        fn visit(&mut self, p: JsonPath<'_>, v: &str, k: bool) -> Result<Option<String>, ()> {
+            let mut loc = String::new();
+            p.render(&mut loc, |s, o| o.push_str(s));
+            self.0.push((loc, v.to_owned(), k));
+            Ok(None)
+        }
+    }
+
+    fn run(s: &str) -> Result<Vec<(String, String, bool)>, JsonError> {
+        let mut c = Collect(Vec::new());
+        match scan(s, &Limits::default(), &mut c) {
+            Ok(_) => Ok(c.0),
+            Err(ScanError::Json(e)) => Err(e),
+            Err(ScanError::Stop(())) => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn visits_keys_and_values_with_pointers() {
+        let v = run(r#" {"a": [1, "x", {"b~/": "y\u00e9\n"}], "c": null, "d": -1.5e3} "#).unwrap();
+        let got: Vec<_> = v
+            .iter()
+            .map(|(l, v, k)| (l.as_str(), v.as_str(), *k))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("/a", "a", true),
+                ("/a/1", "x", false),
+                ("/a/2/b~0~1", "b~/", true),
+                ("/a/2/b~0~1", "yé\n", false),
+                ("/c", "c", true),
+                ("/d", "d", true),
+            ]
+        );
+    }
+
+    #[test]
+    fn agrees_with_serde_json_on_validity() {
+        for s in [
+            "1",
+            "-0",
+            "01",
+            "1.",
+            ".5",
+            "1e",
+            "\"a",
+            "[1,]",
+            "{\"a\":1,}",
+            "{\"a\" 1}",
+            "[1 2]",
+            "tru",
+            "nul",
+            "[]",
+            "{}",
+            "[[[]]]",
+            "\"\\x\"",
+            "\"\\ud800\"",
+            "\"\t\"",
+            "{1:2}",
+            "[1]x",
+            "",
+            " ",
+            "\"\\ud83d\\ude00\"",
+            "{\"a\":{\"b\":[true,false,null]}}",
+        ] {
+            let ours = run(s).is_ok();
+            let serde = serde_json::from_str::<serde_json::Value>(s).is_ok();
+            assert_eq!(ours, serde, "{s:?}");
+        }
+    }
+
+    #[test]
+    fn limits_are_enforced_iteratively() {
+        let deep = "[".repeat(100_000);
+        assert_eq!(run(&deep), Err(JsonError::Depth));
+        let l = Limits {
+            max_keys: 2,
+            max_array_len: 3,
+            max_string_len: 6,
+            ..Limits::default()
+        };
+        let mut c = Collect(Vec::new());
+        let e = |s: &str, c: &mut Collect| match scan(s, &l, c) {
+            Err(ScanError::Json(e)) => Some(e),
+            _ => None,
+        };
+        assert_eq!(e(r#"{"a":1,"b":2,"c":3}"#, &mut c), Some(JsonError::Keys));
+        assert_eq!(e("[1,2,3,4]", &mut c), Some(JsonError::ArrayLen));
+        assert_eq!(e(r#"["abcdefg"]"#, &mut c), Some(JsonError::StringLen));
+        assert_eq!(
+            e(r#"{"a":1,"\u0061":2}"#, &mut c),
+            Some(JsonError::DuplicateKey)
+        );
+        assert_eq!(e(r#"{"a":{"a":1},"b":[{"a":1},{"a":2}]}"#, &mut c), None);
+    }
+
+    #[test]
+    fn long_strings_and_large_objects() {
+        // every position of a special byte inside a long string (the 8-byte fast path)
+        for pos in 0..24 {
+            let mut v = "abcdefghijklmnopqrstuvwxyzé".to_string();
+            v.insert_str(pos, "\\\"\\n");
+            let doc = format!("[\"{v}\"]");
+            let got = run(&doc).unwrap();
+            let want: Vec<String> = serde_json::from_str(&doc).unwrap();
+            assert_eq!(got[0].1, want[0]);
+            let raw = format!("[\"{}\u{1}\"]", &"x".repeat(pos));
+            assert_eq!(run(&raw), Err(JsonError::Syntax));
+        }
+        // duplicates found in the linear phase and in the hash-set phase, escaped or not
+        for n in [3, 16, 17, 40] {
+            let mut doc: Vec<String> = (0..n).map(|i| format!("\"k{i}\":{i}")).collect();
+            assert!(run(&format!("{{{}}}", doc.join(","))).is_ok());
+            doc.push("\"k\\u0030\":0".into());
+            assert_eq!(
+                run(&format!("{{{}}}", doc.join(","))),
+                Err(JsonError::DuplicateKey),
+                "{n}"
+            );
+        }
+    }
+
+    #[test]
+    fn edits_are_applied() {
+        struct Up;
+        impl JsonVisitor for Up {
+            type Stop = ();
+            fn visit(&mut self, _: JsonPath<'_>, v: &str, k: bool) -> Result<Option<String>, ()> {
+                Ok((!k).then(|| serde_json::to_string(&v.to_uppercase()).unwrap()))
+            }
+        }
+        let s = r#"{"a":"x<","b":["y\n",2]}"#;
+        let edits = scan(s, &Limits::default(), &mut Up).unwrap();
+        assert_eq!(apply(s, &edits), r#"{"a":"X<","b":["Y\n",2]}"#);
+    }
+}
