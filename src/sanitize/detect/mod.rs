@@ -2,6 +2,19 @@
 //!
 //! INTERFACE CONTRACT between the sanitize layer and the detectors (owned by the detector
 //! work; the layer codes only against `Detectors`, `Finding` and `Kind`).
+//!
+//! Every value goes through one bounded normalization pass (`normalize`), then through
+//! the enabled grammar-based detectors in a fixed order: SQL injection, XSS, command
+//! injection, path traversal, CRLF, template/JNDI, NoSQL operators. The first finding
+//! wins. Values longer than [`MAX_INSPECT`] bytes are inspected in overlapping windows,
+//! so the cost stays linear in the input length.
+
+mod cmdi;
+mod misc;
+mod normalize;
+mod sqli;
+mod traversal;
+mod xss;
 
 /// Class of attack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -78,8 +91,56 @@ impl Detectors {
     /// percent-decoding, HTML entities, Unicode compatibility folding, control characters)
     /// happens inside. Returns the first finding, if any.
     pub fn inspect(&self, value: &str) -> Option<Finding> {
-        // placeholder until the detector work lands
-        let _ = value;
+        if value.len() <= MAX_INSPECT {
+            return self.inspect_window(value);
+        }
+        // Long values: overlapping windows (an attack shorter than the overlap is always
+        // entirely inside one window).
+        let mut start = 0;
+        while start < value.len() {
+            let mut end = (start + MAX_INSPECT).min(value.len());
+            while !value.is_char_boundary(end) {
+                end -= 1;
+            }
+            if let Some(f) = self.inspect_window(&value[start..end]) {
+                return Some(f);
+            }
+            if end == value.len() {
+                break;
+            }
+            let mut next = end - WINDOW_OVERLAP;
+            while !value.is_char_boundary(next) {
+                next -= 1;
+            }
+            start = next;
+        }
+        None
+    }
+
+    fn inspect_window(&self, value: &str) -> Option<Finding> {
+        let norm = normalize::normalize(value);
+        let s: &str = &norm;
+        let checks: [(Kind, fn(&str) -> Option<&'static str>); 7] = [
+            (Kind::Sqli, sqli::detect),
+            (Kind::Xss, xss::detect),
+            (Kind::Cmdi, cmdi::detect),
+            (Kind::Traversal, traversal::detect),
+            (Kind::Crlf, misc::detect_crlf),
+            (Kind::Template, misc::detect_template),
+            (Kind::Nosql, misc::detect_nosql),
+        ];
+        for (kind, f) in checks {
+            if self.is_enabled(kind) {
+                if let Some(rule) = f(s) {
+                    return Some(Finding { kind, rule });
+                }
+            }
+        }
         None
     }
 }
+
+/// Values longer than this many bytes are inspected in overlapping windows.
+pub const MAX_INSPECT: usize = 8 * 1024;
+/// Overlap between consecutive windows of a long value.
+const WINDOW_OVERLAP: usize = 1024;

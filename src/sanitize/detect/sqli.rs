@@ -1,0 +1,808 @@
+//! SQL injection: a SQL tokenizer (strings, numbers, keywords, function calls, operators,
+//! comments, variables) run in three contexts — as is, and as if the value were placed
+//! inside a `'…'` or `"…"` literal (the string-break context) — then grammar rules over
+//! the token sequence. One keyword in English text never fires: every rule needs a
+//! structure (keyword + expression, logic operator + comparison, string break + SQL
+//! continuation, statement after `;`, …).
+
+/// Token class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum T {
+    /// String literal; `closed` when its closing quote was seen.
+    Str { closed: bool },
+    Num,
+    /// Plain word (identifier or unclassified English word).
+    Word,
+    /// SQL keyword.
+    Kw(K),
+    /// `name(` (the name's keyword class, `K::None` when unknown).
+    Func(F),
+    /// AND, OR, XOR, NOT, &&, ||
+    Logic,
+    /// =, ==, <, >, <=, >=, <>, !=, <=>, LIKE, RLIKE, REGEXP, SOUNDS
+    Cmp,
+    /// Arithmetic or other operator.
+    Op,
+    LParen,
+    RParen,
+    Comma,
+    Semi,
+    /// `--`, `#`, `/* */` comment.
+    Comment,
+    /// `@var`, `@@var`, `:var`.
+    Var,
+    Star,
+}
+
+/// Keyword classes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum K {
+    Select,
+    Union,
+    All,
+    From,
+    Where,
+    Insert,
+    Into,
+    Update,
+    Set,
+    Delete,
+    Drop,
+    Table,
+    Exec,
+    Declare,
+    Waitfor,
+    Delay,
+    Order,
+    Group,
+    By,
+    Having,
+    Limit,
+    Case,
+    When,
+    Then,
+    Else,
+    End,
+    Null,
+    As,
+    In,
+    Is,
+    Between,
+    Procedure,
+    Begin,
+    Shutdown,
+    Create,
+    Alter,
+    Truncate,
+    If,
+    True,
+    Top,
+    Values,
+    Exists,
+    Outfile,
+}
+
+/// Function classes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum F {
+    /// Time-based blind functions (sleep, benchmark, pg_sleep, receive_message, …).
+    Time,
+    /// Functions characteristic of SQL (cast, concat, char, extractvalue, …).
+    Sql,
+    /// Anything else.
+    Other,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Tok {
+    t: T,
+    start: usize,
+    end: usize,
+}
+
+fn keyword(w: &str) -> Option<T> {
+    // `w` is lowercase ASCII.
+    let k = match w {
+        "select" => K::Select,
+        "union" => K::Union,
+        "all" | "distinct" => K::All,
+        "from" => K::From,
+        "where" => K::Where,
+        "insert" => K::Insert,
+        "into" => K::Into,
+        "update" => K::Update,
+        "set" => K::Set,
+        "delete" => K::Delete,
+        "drop" => K::Drop,
+        "table" | "database" | "schema" | "user" | "view" | "procedure_" => K::Table,
+        "exec" | "execute" | "xp_cmdshell" | "sp_executesql" => K::Exec,
+        "declare" => K::Declare,
+        "waitfor" => K::Waitfor,
+        "delay" | "time" => K::Delay,
+        "order" => K::Order,
+        "group" => K::Group,
+        "by" => K::By,
+        "having" => K::Having,
+        "limit" | "offset" => K::Limit,
+        "case" => K::Case,
+        "when" => K::When,
+        "then" => K::Then,
+        "else" => K::Else,
+        "end" => K::End,
+        "null" => K::Null,
+        "as" => K::As,
+        "in" => K::In,
+        "is" => K::Is,
+        "between" => K::Between,
+        "procedure" => K::Procedure,
+        "begin" => K::Begin,
+        "shutdown" => K::Shutdown,
+        "create" => K::Create,
+        "alter" => K::Alter,
+        "truncate" => K::Truncate,
+        "if" => K::If,
+        "true" | "false" => K::True,
+        "top" => K::Top,
+        "values" => K::Values,
+        "exists" => K::Exists,
+        "outfile" | "dumpfile" => K::Outfile,
+        "and" | "or" | "xor" | "not" | "div" => return Some(T::Logic),
+        "like" | "rlike" | "regexp" | "sounds" | "glob" => return Some(T::Cmp),
+        _ => return None,
+    };
+    Some(T::Kw(k))
+}
+
+fn function_class(name: &str) -> F {
+    // `name` is lowercase; may be dotted (dbms_pipe.receive_message); judge last part too.
+    let last = name.rsplit('.').next().unwrap_or(name);
+    match last {
+        "sleep" | "benchmark" | "pg_sleep" | "receive_message" | "randomblob"
+        | "generate_series" | "dbms_lock" | "waitfor" => F::Time,
+        "char" | "chr" | "concat" | "concat_ws" | "group_concat" | "cast" | "convert"
+        | "extractvalue" | "updatexml" | "elt" | "make_set" | "substring" | "substr"
+        | "mid" | "ascii" | "ord" | "hex" | "unhex" | "md5" | "sha1" | "load_file"
+        | "version" | "database" | "user" | "current_user" | "system_user" | "iif"
+        | "if" | "ifnull" | "isnull" | "nullif" | "coalesce" | "nvl" | "rand" | "floor"
+        | "count" | "exp" | "json_keys" | "gtid_subset" | "row" | "xmltype"
+        | "sqlid_to_sqlhash" | "sn" | "utl_inaddr" | "get_host_address" | "char_length"
+        | "length" | "len" | "repeat" | "replicate" | "regexp_substring" | "crypt_key"
+        | "left" | "right" | "instr" | "locate" | "position" | "quote_ident" | "pg_ls_dir"
+        | "lower" | "upper" | "strcmp" | "db_name" | "schema_name" | "user_name"
+        | "suser_name" | "table_name" | "column_name" | "exec" | "execute" | "select"
+        | "values" | "exists" | "in" | "md5_" | "uuid" | "hextoraw" | "rawtohex"
+        | "to_char" | "tochar" | "cot" | "ln" | "abs" | "reverse" | "min" | "max" | "sum"
+        | "avg" | "zeroblob" | "typeof" | "unicode" | "sqlite_version" | "last_insert_rowid"
+        | "changes" | "dbms_utility" | "drithsx" | "ctxsys" | "pg_sleep_for" | "dblink"
+        | "xp_cmdshell" | "openrowset" | "opendatasource" | "ltrim" | "rtrim" | "trim"
+        | "bin" | "conv" | "oct" | "field" | "find_in_set" | "make_set_" | "st_latfromgeohash"
+        | "polygon" | "multipoint" | "geometrycollection" | "linestring" | "multilinestring"
+        | "multipolygon" | "name_const" | "procedure_analyse" | "analyse" | "benchmark_" => F::Sql,
+        _ => F::Other,
+    }
+}
+
+const MAX_TOKENS: usize = 512;
+
+/// Tokenizes `s`. With `quote = Some(q)`, the value is treated as if it started inside a
+/// `q`-quoted literal (string-break context): the first token is the string up to the
+/// first unescaped `q`.
+fn tokenize(s: &str, quote: Option<u8>, toks: &mut Vec<Tok>, lower: &mut String) -> bool {
+    toks.clear();
+    let b = s.as_bytes();
+    let n = b.len();
+    let mut i = 0;
+    if let Some(q) = quote {
+        let end = find_quote_end(b, 0, q);
+        match end {
+            Some(e) => {
+                toks.push(Tok { t: T::Str { closed: true }, start: 0, end: e });
+                i = e + 1;
+            }
+            None => return false,
+        }
+    }
+    while i < n && toks.len() < MAX_TOKENS {
+        let c = b[i];
+        let start = i;
+        match c {
+            b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c | 0xa0 => {
+                i += 1;
+                continue;
+            }
+            b'\'' | b'"' | b'`' => {
+                if c == b'`' {
+                    // MySQL quoted identifier
+                    let e = memchr::memchr(b'`', &b[i + 1..]).map(|p| i + 1 + p);
+                    i = e.map(|e| e + 1).unwrap_or(n);
+                    toks.push(Tok { t: T::Word, start, end: i });
+                    continue;
+                }
+                match find_quote_end(b, i + 1, c) {
+                    Some(e) => {
+                        toks.push(Tok { t: T::Str { closed: true }, start, end: e + 1 });
+                        i = e + 1;
+                    }
+                    None => {
+                        toks.push(Tok { t: T::Str { closed: false }, start, end: n });
+                        i = n;
+                    }
+                }
+            }
+            b'0'..=b'9' | b'.'
+                if c != b'.' || (i + 1 < n && b[i + 1].is_ascii_digit()) =>
+            {
+                if c == b'0' && i + 1 < n && (b[i + 1] | 0x20) == b'x' {
+                    i += 2;
+                    while i < n && b[i].is_ascii_hexdigit() {
+                        i += 1;
+                    }
+                } else {
+                    while i < n && (b[i].is_ascii_digit() || b[i] == b'.') {
+                        i += 1;
+                    }
+                    if i < n && (b[i] | 0x20) == b'e' && i + 1 < n && b[i + 1].is_ascii_digit() {
+                        i += 1;
+                        while i < n && b[i].is_ascii_digit() {
+                            i += 1;
+                        }
+                    }
+                }
+                // `1e`, `5x`: a word glued to a number is a word (e.g. `2nd`, `10ft`)
+                if i < n && is_word_byte(b[i]) {
+                    while i < n && is_word_byte(b[i]) {
+                        i += 1;
+                    }
+                    toks.push(Tok { t: T::Word, start, end: i });
+                } else {
+                    toks.push(Tok { t: T::Num, start, end: i });
+                }
+            }
+            b'-' if i + 1 < n && b[i + 1] == b'-' => {
+                i = memchr::memchr(b'\n', &b[i..]).map(|p| i + p).unwrap_or(n);
+                toks.push(Tok { t: T::Comment, start, end: i });
+            }
+            b'#' => {
+                i = memchr::memchr(b'\n', &b[i..]).map(|p| i + p).unwrap_or(n);
+                toks.push(Tok { t: T::Comment, start, end: i });
+            }
+            b'/' if i + 1 < n && b[i + 1] == b'*' => {
+                if i + 2 < n && b[i + 2] == b'!' {
+                    // MySQL executable comment: its content is code; skip version digits.
+                    i += 3;
+                    while i < n && b[i].is_ascii_digit() {
+                        i += 1;
+                    }
+                    toks.push(Tok { t: T::Comment, start, end: start + 3 });
+                    continue;
+                }
+                let e = find_sub(&b[i + 2..], b"*/").map(|p| i + 2 + p + 2).unwrap_or(n);
+                i = e;
+                toks.push(Tok { t: T::Comment, start, end: i });
+            }
+            b'*' if i + 1 < n && b[i + 1] == b'/' => {
+                // end of an executable comment or stray close: treat as comment
+                i += 2;
+                toks.push(Tok { t: T::Comment, start, end: i });
+            }
+            b'(' => {
+                i += 1;
+                toks.push(Tok { t: T::LParen, start, end: i });
+            }
+            b')' => {
+                i += 1;
+                toks.push(Tok { t: T::RParen, start, end: i });
+            }
+            b',' => {
+                i += 1;
+                toks.push(Tok { t: T::Comma, start, end: i });
+            }
+            b';' => {
+                i += 1;
+                toks.push(Tok { t: T::Semi, start, end: i });
+            }
+            b'*' => {
+                i += 1;
+                toks.push(Tok { t: T::Star, start, end: i });
+            }
+            b'@' => {
+                i += 1;
+                while i < n && (b[i] == b'@') {
+                    i += 1;
+                }
+                while i < n && is_word_byte(b[i]) {
+                    i += 1;
+                }
+                toks.push(Tok { t: T::Var, start, end: i });
+            }
+            b'=' | b'<' | b'>' | b'!' => {
+                i += 1;
+                while i < n && matches!(b[i], b'=' | b'<' | b'>' | b'!') && i - start < 3 {
+                    i += 1;
+                }
+                let t = if &b[start..i] == b"!" { T::Logic } else { T::Cmp };
+                toks.push(Tok { t, start, end: i });
+            }
+            b'|' | b'&' => {
+                i += 1;
+                if i < n && b[i] == c {
+                    i += 1;
+                    toks.push(Tok { t: T::Logic, start, end: i });
+                } else {
+                    toks.push(Tok { t: T::Op, start, end: i });
+                }
+            }
+            b'+' | b'-' | b'/' | b'%' | b'^' | b'~' | b':' => {
+                i += 1;
+                if c == b':' && i < n && b[i] == b':' {
+                    i += 1; // postgres cast
+                }
+                toks.push(Tok { t: T::Op, start, end: i });
+            }
+            _ if is_word_byte(c) => {
+                while i < n && (is_word_byte(b[i]) || b[i] == b'.' || b[i] == b'$') {
+                    i += 1;
+                }
+                // trailing dots are punctuation, not part of the word
+                while i > start + 1 && b[i - 1] == b'.' {
+                    i -= 1;
+                }
+                lower.clear();
+                lower.push_str(&s[start..i]);
+                lower.make_ascii_lowercase();
+                // function call? (allow whitespace / comments before the paren)
+                let mut j = i;
+                while j < n && matches!(b[j], b' ' | b'\t' | b'\n' | b'\r') {
+                    j += 1;
+                }
+                if j + 1 < n && b[j] == b'/' && b[j + 1] == b'*' {
+                    if let Some(p) = find_sub(&b[j + 2..], b"*/") {
+                        j = j + 2 + p + 2;
+                    }
+                }
+                let t = if j < n && b[j] == b'(' {
+                    match keyword(lower) {
+                        Some(T::Logic) => T::Logic,
+                        Some(T::Kw(k))
+                            if !matches!(
+                                k,
+                                K::If | K::Values | K::Exists | K::In | K::Table
+                            ) =>
+                        {
+                            T::Kw(k)
+                        }
+                        _ => T::Func(function_class(lower)),
+                    }
+                } else {
+                    keyword(lower).unwrap_or(T::Word)
+                };
+                toks.push(Tok { t, start, end: i });
+            }
+            _ => {
+                // other punctuation / non-ASCII: advance one char
+                i += 1;
+                while i < n && (b[i] & 0xc0) == 0x80 {
+                    i += 1;
+                }
+                toks.push(Tok { t: T::Op, start, end: i });
+            }
+        }
+    }
+    true
+}
+
+fn is_word_byte(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || c == b'_' || c >= 0x80
+}
+
+fn find_quote_end(b: &[u8], from: usize, q: u8) -> Option<usize> {
+    let mut i = from;
+    while i < b.len() {
+        if b[i] == b'\\' {
+            i += 2;
+            continue;
+        }
+        if b[i] == q {
+            // doubled quote is an escaped quote
+            if i + 1 < b.len() && b[i + 1] == q {
+                i += 2;
+                continue;
+            }
+            return Some(i);
+        }
+        i += 1;
+    }
+    None
+}
+
+fn find_sub(h: &[u8], needle: &[u8]) -> Option<usize> {
+    memchr::memmem::find(h, needle)
+}
+
+/// Cheap pre-check: can this value possibly be SQL injection?
+fn candidate(s: &str) -> bool {
+    s.bytes().any(|c| {
+        matches!(
+            c,
+            b'\'' | b'"' | b'=' | b'(' | b';' | b'#' | b'-' | b'/' | b',' | b'<' | b'>' | b'|'
+                | b'&' | b'@' | b'`' | b'*'
+        )
+    }) || contains_ci(s, "union") || contains_ci(s, "select")
+}
+
+fn contains_ci(s: &str, needle: &str) -> bool {
+    let n = needle.as_bytes();
+    s.as_bytes().windows(n.len()).any(|w| w.eq_ignore_ascii_case(n))
+}
+
+/// Returns the rule id of the first matching rule.
+pub(crate) fn detect(s: &str) -> Option<&'static str> {
+    if !candidate(s) {
+        return None;
+    }
+    let mut toks = Vec::with_capacity(32);
+    let mut lower = String::new();
+    tokenize(s, None, &mut toks, &mut lower);
+    if let Some(r) = rules(s, &toks, false) {
+        return Some(r);
+    }
+    for q in [b'\'', b'"'] {
+        if memchr::memchr(q, s.as_bytes()).is_some() && tokenize(s, Some(q), &mut toks, &mut lower) {
+            if let Some(r) = rules(s, &toks, true) {
+                return Some(r);
+            }
+        }
+    }
+    None
+}
+
+fn text<'a>(s: &'a str, t: &Tok) -> &'a str {
+    &s[t.start..t.end]
+}
+
+fn is_operand(t: T) -> bool {
+    matches!(
+        t,
+        T::Num | T::Str { .. } | T::Func(_) | T::LParen | T::Var | T::Kw(K::Null) | T::Kw(K::True)
+    )
+}
+
+/// Operand that is clearly not English: number, string, SQL function, variable.
+fn is_value(t: T) -> bool {
+    matches!(t, T::Num | T::Str { .. } | T::Var | T::Kw(K::Null) | T::Kw(K::True))
+}
+
+/// Token starts an expression (what may follow SELECT in real SQL).
+fn is_expr_start(t: T) -> bool {
+    matches!(
+        t,
+        T::Num
+            | T::Str { .. }
+            | T::Func(_)
+            | T::LParen
+            | T::Var
+            | T::Star
+            | T::Kw(K::Null | K::Case | K::All | K::Top | K::True)
+    )
+}
+
+fn literal_eq(s: &str, a: &Tok, b: &Tok) -> bool {
+    let ta = text(s, a).trim_matches(|c| c == '\'' || c == '"');
+    let tb = text(s, b).trim_matches(|c| c == '\'' || c == '"');
+    ta.eq_ignore_ascii_case(tb)
+}
+
+/// Grammar rules over one token sequence. `brk`: the first token is the broken string.
+fn rules(s: &str, toks: &[Tok], brk: bool) -> Option<&'static str> {
+    let n = toks.len();
+    let t = |i: usize| toks.get(i).map(|t| t.t);
+    // Skip comment tokens when looking at neighbours.
+    let next = |mut i: usize| -> Option<usize> {
+        i += 1;
+        while i < n && toks[i].t == T::Comment && text(s, &toks[i]).starts_with("/*") {
+            i += 1;
+        }
+        (i < n).then_some(i)
+    };
+    let has_comment = toks.iter().any(|t| t.t == T::Comment);
+
+    for i in 0..n {
+        let ti = toks[i].t;
+        match ti {
+            // UNION [ALL|DISTINCT] [(] SELECT
+            T::Kw(K::Union) => {
+                let mut j = next(i);
+                if let Some(k) = j {
+                    if t(k) == Some(T::Kw(K::All)) {
+                        j = next(k);
+                    }
+                }
+                while let Some(k) = j {
+                    if t(k) == Some(T::LParen) {
+                        j = next(k);
+                    } else {
+                        break;
+                    }
+                }
+                if let Some(k) = j {
+                    if t(k) == Some(T::Kw(K::Select)) {
+                        return Some("sqli.union_select");
+                    }
+                }
+            }
+            // SELECT <expr> … : expression after SELECT, followed by SQL continuation.
+            T::Kw(K::Select) => {
+                if let Some(k) = next(i) {
+                    let tk = toks[k].t;
+                    if is_expr_start(tk) {
+                        let after = next(k).map(|a| toks[a].t);
+                        let sqlish_after = matches!(
+                            after,
+                            None | Some(
+                                T::Comma
+                                    | T::Kw(_)
+                                    | T::Comment
+                                    | T::RParen
+                                    | T::Op
+                                    | T::Cmp
+                                    | T::Star
+                                    | T::Logic
+                                    | T::Semi
+                                    | T::LParen
+                                    | T::Word
+                            )
+                        );
+                        let strong = matches!(tk, T::Func(_) | T::LParen | T::Star | T::Var | T::Kw(_));
+                        let prev_sql = i > 0
+                            && matches!(toks[i - 1].t, T::LParen | T::Semi | T::Comment | T::Op | T::Cmp | T::Logic);
+                        if (strong && (prev_sql || sqlish_after && after.is_some()))
+                            || (sqlish_after && (prev_sql || brk))
+                        {
+                            return Some("sqli.select_expression");
+                        }
+                    }
+                    // SELECT name FROM …
+                    if matches!(tk, T::Word) {
+                        if let Some(a) = next(k) {
+                            if t(a) == Some(T::Kw(K::From)) && (i > 0 && matches!(toks[i - 1].t, T::LParen | T::Semi) || brk) {
+                                return Some("sqli.select_expression");
+                            }
+                        }
+                    }
+                }
+            }
+            // ; <statement>
+            T::Semi => {
+                if let Some(k) = next(i) {
+                    let a1 = next(k).map(|a| toks[a].t);
+                    let hit = match toks[k].t {
+                        T::Kw(K::Select) => a1.map(is_expr_start).unwrap_or(false),
+                        T::Kw(K::Insert) => a1 == Some(T::Kw(K::Into)),
+                        T::Kw(K::Delete) => a1 == Some(T::Kw(K::From)),
+                        T::Kw(K::Drop | K::Create | K::Alter | K::Truncate) => {
+                            a1 == Some(T::Kw(K::Table))
+                        }
+                        T::Kw(K::Update) => {
+                            let a2 = next(k).and_then(next).map(|a| toks[a].t);
+                            a1 == Some(T::Word) && a2 == Some(T::Kw(K::Set))
+                        }
+                        T::Kw(K::Exec) => matches!(a1, Some(T::Word | T::Func(_) | T::LParen | T::Var | T::Kw(_))),
+                        T::Kw(K::Declare) => a1 == Some(T::Var),
+                        T::Kw(K::Shutdown) => a1.is_none() || matches!(a1, Some(T::Comment | T::Semi)),
+                        T::Kw(K::Waitfor) => a1 == Some(T::Kw(K::Delay)),
+                        T::Kw(K::Begin) => matches!(a1, Some(T::Word | T::Func(_))) && has_kw(toks, K::End),
+                        T::Kw(K::If) => matches!(a1, Some(T::LParen)),
+                        T::Func(F::Time | F::Sql) => true,
+                        _ => false,
+                    };
+                    if hit {
+                        return Some("sqli.stacked_query");
+                    }
+                }
+            }
+            // Time-based blind functions: sleep(5), benchmark(…), pg_sleep(…), …
+            T::Func(F::Time) => {
+                if let Some(k) = next(i) {
+                    if let Some(a) = next(k) {
+                        if matches!(toks[a].t, T::Num | T::Str { .. } | T::Func(_) | T::LParen | T::Var) {
+                            return Some("sqli.time_based");
+                        }
+                    }
+                }
+            }
+            T::Kw(K::Waitfor) => {
+                if let Some(k) = next(i) {
+                    if t(k) == Some(T::Kw(K::Delay))
+                        && matches!(next(k).map(|a| toks[a].t), Some(T::Str { .. } | T::Num))
+                    {
+                        return Some("sqli.time_based");
+                    }
+                }
+            }
+            // CASE WHEN … THEN
+            T::Kw(K::Case) => {
+                if let Some(k) = next(i) {
+                    if t(k) == Some(T::Kw(K::When)) && toks[k..].iter().any(|x| x.t == T::Kw(K::Then)) {
+                        return Some("sqli.case_when");
+                    }
+                }
+            }
+            // Comparison: value CMP value, identical literals, or after a logic operator.
+            T::Cmp => {
+                if i == 0 || i + 1 >= n {
+                    continue;
+                }
+                let l = i - 1;
+                let Some(r) = next(i) else { continue };
+                let (lt, rt) = (toks[l].t, toks[r].t);
+                // identical literal tautology: 1=1, 'a'='a'
+                if is_value(lt) && is_value(rt) && literal_eq(s, &toks[l], &toks[r]) && text(s, &toks[i]) != "<" && text(s, &toks[i]) != ">" {
+                    let num_ok = !(lt == T::Num && text(s, &toks[l]).len() < 1);
+                    if num_ok {
+                        return Some("sqli.tautology");
+                    }
+                }
+                // logic operator before the left operand (skipping parens): OR 1=…, AND x LIKE …
+                let mut p = l as isize - 1;
+                while p >= 0 && toks[p as usize].t == T::LParen {
+                    p -= 1;
+                }
+                let logic_before = p >= 0 && toks[p as usize].t == T::Logic;
+                if logic_before && is_operand(lt) || logic_before && lt == T::RParen {
+                    let rsql = matches!(rt, T::Func(F::Sql | F::Time))
+                        || (rt == T::LParen && next(r).map(|a| toks[a].t) == Some(T::Kw(K::Select)));
+                    if rsql {
+                        return Some("sqli.logic_comparison");
+                    }
+                    // In a string-break context, any comparison after a logic operator.
+                    if brk && is_operand(rt) && first_after_break_is(toks, s, p as usize) {
+                        return Some("sqli.break_logic");
+                    }
+                    // OR 1=1-- : comparison terminated by a comment
+                    if is_value(lt) && is_value(rt) && next(r).map(|a| toks[a].t) == Some(T::Comment) {
+                        return Some("sqli.logic_comparison");
+                    }
+                }
+                // value = (SELECT …)  /  value IN (SELECT …)
+                if rt == T::LParen && next(r).map(|a| toks[a].t) == Some(T::Kw(K::Select)) && is_operand(lt) {
+                    return Some("sqli.subquery");
+                }
+            }
+            T::Kw(K::In) => {
+                if let Some(r) = next(i) {
+                    if t(r) == Some(T::LParen) && next(r).map(|a| toks[a].t) == Some(T::Kw(K::Select)) {
+                        return Some("sqli.subquery");
+                    }
+                }
+            }
+            // AND/OR followed by SQL function: OR EXTRACTVALUE(…), AND ELT(…)
+            T::Logic => {
+                if let Some(r) = next(i) {
+                    if matches!(t(r), Some(T::Func(F::Sql | F::Time))) && (brk || i > 0 && is_operand_end(toks[i - 1].t)) {
+                        return Some("sqli.logic_function");
+                    }
+                    if brk && first_after_break_is(toks, s, i) {
+                        // ' OR 1-- / ' OR 'x' LIKE … / ' AND (…)
+                        let a = next(r).map(|a| toks[a].t);
+                        if matches!(t(r), Some(T::Num | T::Kw(K::True) | T::Var)) && matches!(a, None | Some(T::Comment | T::Semi | T::Kw(K::Group | K::Order | K::Limit | K::Having | K::Procedure)))
+                        {
+                            return Some("sqli.break_logic");
+                        }
+                        if t(r) == Some(T::LParen) && matches!(a, Some(T::Kw(K::Select)) | Some(T::Func(_)) | Some(T::Num) | Some(T::Str { .. })) {
+                            // opened paren after break-logic: hi') or ('a'='a handled by Cmp
+                            if has_cmp_after(toks, r) {
+                                return Some("sqli.break_logic");
+                            }
+                        }
+                    }
+                }
+            }
+            T::Kw(K::Order | K::Group) => {
+                if let (Some(k), true) = (next(i), brk || i > 0 && matches!(toks[i - 1].t, T::Num | T::RParen | T::Str { .. })) {
+                    if t(k) == Some(T::Kw(K::By)) {
+                        let a = next(k).map(|a| toks[a].t);
+                        let a2 = next(k).and_then(next).map(|a| toks[a].t);
+                        if (brk && first_after_break_is(toks, s, i) || i > 0 && toks[i - 1].t == T::RParen)
+                            && matches!(a, Some(T::Num | T::Func(_) | T::Word))
+                            && matches!(a2, None | Some(T::Comment | T::Comma | T::Kw(_) | T::Semi))
+                        {
+                            return Some("sqli.order_by");
+                        }
+                        if matches!(a, Some(T::Num)) && matches!(a2, Some(T::Comment)) {
+                            return Some("sqli.order_by");
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    if brk && n >= 2 {
+        // String break followed directly by a comment, ;, or a SQL operator + expression.
+        let mut k = 1;
+        while k < n && toks[k].t == T::RParen {
+            k += 1;
+        }
+        if k < n {
+            match toks[k].t {
+                T::Comment if k + 1 == n || (k + 1 < n && !text(s, &toks[k]).starts_with("/*")) => {
+                    // admin'-- / admin')# ; only when nothing but junk follows
+                    return Some("sqli.break_comment");
+                }
+                T::Semi if k + 1 == n || matches!(toks[k + 1].t, T::Comment | T::Kw(_) | T::Func(_)) => {
+                    return Some("sqli.break_stacked");
+                }
+                T::Logic | T::Op | T::Cmp if text(s, &toks[k]).len() >= 1 => {
+                    // '||(SELECT…)||' ; '+(SELECT…)+'
+                    let mut a = k + 1;
+                    while a < n && toks[a].t == T::LParen {
+                        a += 1;
+                    }
+                    if a < n && matches!(toks[a].t, T::Kw(K::Select) | T::Func(F::Sql | F::Time)) {
+                        return Some("sqli.break_expression");
+                    }
+                }
+                T::Kw(K::Union | K::Having | K::Limit | K::Procedure | K::Into | K::Where) if k + 1 < n && matches!(toks[k + 1].t, T::Num | T::Kw(_) | T::Func(_) | T::Var | T::LParen) => {
+                    return Some("sqli.break_clause");
+                }
+                _ => {}
+            }
+        }
+    }
+    let _ = has_comment;
+    None
+}
+
+fn has_kw(toks: &[Tok], k: K) -> bool {
+    toks.iter().any(|t| t.t == T::Kw(k))
+}
+
+fn has_cmp_after(toks: &[Tok], from: usize) -> bool {
+    toks[from..].iter().take(8).any(|t| t.t == T::Cmp)
+}
+
+fn is_operand_end(t: T) -> bool {
+    matches!(t, T::Num | T::Str { .. } | T::RParen | T::Word | T::Var | T::Kw(K::Null | K::True))
+}
+
+/// Whether the token at `i` comes right after the broken string (only `)` between).
+fn first_after_break_is(toks: &[Tok], _s: &str, i: usize) -> bool {
+    let mut k = 1;
+    while k < toks.len() && matches!(toks[k].t, T::RParen | T::Comment) {
+        k += 1;
+    }
+    k == i
+}
+
+#[cfg(test)]
+mod tests {
+    use super::detect;
+
+    #[test]
+    fn basics() {
+        for a in [
+            "' OR 1=1 -- 1",
+            "admin'--",
+            "1 UNION SELECT NULL,NULL#",
+            "1' AND SLEEP(5)#",
+            "'; DROP TABLE users--",
+            "2' or '2'='2",
+            "hi') or ('a'='a",
+        ] {
+            assert!(detect(a).is_some(), "{a}");
+        }
+        for b in [
+            "O'Brien",
+            "select your size",
+            "drop me a line",
+            "It's either 'A' or 'B'",
+            "5 < 6 and 7 > 3",
+            "1 < 2 && 3 > 2",
+            "choose 'OR' to combine filters",
+            "Order by phone: 555-0100",
+        ] {
+            assert!(detect(b).is_none(), "{b}");
+        }
+    }
+}

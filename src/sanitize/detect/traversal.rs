@@ -1,0 +1,123 @@
+//! Path traversal and local file inclusion, on the normalized value (percent layers,
+//! overlong UTF-8 and fullwidth forms already folded): path segments that climb
+//! (`..`, `...`, `....//`, `..;`), with either separator, absolute paths into system
+//! directories, and stream wrappers that reach files (`file://`, `php://filter`, …).
+
+/// System locations a climbing path or absolute path reaches for.
+const SYSTEM_DIRS: &[&[u8]] = &[
+    b"etc/", b"proc/", b"sys/", b"root/", b"var/log/", b"var/lib/", b"var/www/",
+    b"var/run/", b"var/mail/", b"var/spool/", b"dev/", b"boot/", b"usr/local/", b"usr/lib/",
+    b"usr/share/", b"usr/bin/", b"bin/", b"sbin/", b"opt/", b"srv/", b"tmp/", b"home/",
+    b"windows/", b"winnt/", b"inetpub/", b"boot.ini", b"win.ini", b"system.ini",
+    b"web-inf/", b"meta-inf/", b".ssh/", b".env", b".htaccess", b".htpasswd", b".git/",
+    b"wp-config", b"config/", b"app/etc/", b"program files", b"programdata/", b"users/",
+    b"documents and settings/", b"autoexec.bat", b"system32/", b"sam", b"shadow",
+    b"passwd", b".bash_history", b".aws/", b".docker/", b".kube/",
+];
+
+/// Absolute system paths that are suspicious even without climbing.
+const ABS_SYSTEM: &[&[u8]] = &[
+    b"/etc/", b"/proc/", b"/sys/", b"/root/", b"/var/log/", b"/var/lib/", b"/dev/",
+    b"/boot/", b"/usr/local/etc/", b"c:/windows/", b"c:/winnt/", b"c:/boot.ini",
+    b"/windows/", b"/winnt/", b"c:/inetpub/", b"/web-inf/", b"/meta-inf/", b"/.ssh/",
+    b"c:/system32/", b"/var/www/", b"/opt/", b"c:/program files", b"c:/users/",
+    b"/home/", b"/usr/", b"/bin/", b"/tmp/", b"c:/",
+];
+
+const WRAPPERS: &[&[u8]] = &[
+    b"file:/", b"php://", b"zip://", b"phar://", b"expect://", b"jar:", b"glob://",
+    b"data://", b"compress.zlib://", b"compress.bzip2://", b"zlib:", b"ogg://", b"rar://",
+    b"ssh2.", b"netdoc:", b"gopher://", b"dict://",
+];
+
+fn candidate(s: &str) -> bool {
+    s.bytes().any(|c| matches!(c, b'.' | b'/' | b'\\' | b':'))
+}
+
+pub(crate) fn detect(s: &str) -> Option<&'static str> {
+    if !candidate(s) {
+        return None;
+    }
+    // Canonical form: lowercase, `\` as `/`, drop blanks.
+    let mut p: Vec<u8> = Vec::with_capacity(s.len());
+    for c in s.bytes().take(16 * 1024) {
+        match c {
+            b'\\' => p.push(b'/'),
+            b' ' | b'\t' | b'\n' | b'\r' => {}
+            _ => p.push(c.to_ascii_lowercase()),
+        }
+    }
+    let n = p.len();
+    // Count climbing segments.
+    let mut steps = 0;
+    let mut first_step_end = None;
+    let mut i = 0;
+    while i < n {
+        if p[i] == b'.' {
+            let s0 = i;
+            while i < n && p[i] == b'.' {
+                i += 1;
+            }
+            let dots = i - s0;
+            let at_seg_start = s0 == 0 || matches!(p[s0 - 1], b'/' | b'=' | b':' | b'%' | b'?' | b'&');
+            let mut j = i;
+            if j < n && p[j] == b';' {
+                j += 1;
+            }
+            let sep = j < n && p[j] == b'/';
+            let end = j >= n;
+            if dots >= 2 && (sep || (end && s0 > 0 && p[s0 - 1] == b'/')) && (dots == 2 || at_seg_start) {
+                steps += 1;
+                if first_step_end.is_none() {
+                    first_step_end = Some(j);
+                }
+            }
+        } else {
+            i += 1;
+        }
+    }
+    let target_sensitive = |from: usize| -> bool {
+        let tail = &p[from.min(n)..];
+        SYSTEM_DIRS.iter().any(|d| memchr::memmem::find(tail, d).is_some())
+    };
+    if steps >= 2 {
+        return Some("traversal.dot_dot");
+    }
+    if steps == 1 {
+        let from = first_step_end.unwrap_or(0);
+        if target_sensitive(from) || p.starts_with(b"..") && p.len() > 3 && !p[3..].contains(&b'/') && p.ends_with(b".ini") {
+            return Some("traversal.dot_dot");
+        }
+    }
+    for w in WRAPPERS {
+        if let Some(pos) = memchr::memmem::find(&p, w) {
+            let at_start = pos == 0 || matches!(p[pos - 1], b'=' | b'"' | b'\'' | b'(' | b'/' | b':');
+            let after = &p[pos + w.len()..];
+            if at_start && !after.is_empty() && (*w != b"jar:" || after.starts_with(b"file:") || after.starts_with(b"http")) && (*w != b"data://" || after.contains(&b'/')) {
+                return Some("traversal.stream_wrapper");
+            }
+        }
+    }
+    // Absolute system path: the value is (or has a parameter that is) a path.
+    for a in ABS_SYSTEM {
+        if let Some(pos) = memchr::memmem::find(&p, a) {
+            let at_start = pos == 0 || matches!(p[pos - 1], b'=' | b'"' | b'\'' | b'(' | b'%' | b'/');
+            let after = &p[pos + a.len()..];
+            // a file or directory name follows, and the value is path-shaped (no prose)
+            let name_follows = after.first().map(|c| c.is_ascii_alphanumeric() || *c == b'.' || *c == b'_').unwrap_or(false);
+            let raw_has_space = s.trim().contains(' ');
+            let generic = matches!(*a, b"/home/" | b"/usr/" | b"/bin/" | b"/tmp/" | b"c:/" | b"/opt/" | b"c:/users/" | b"/var/www/");
+            if at_start && name_follows && !raw_has_space {
+                if generic {
+                    // only when it reaches a sensitive file below
+                    if target_sensitive(pos + a.len()) && !after.starts_with(b"users/public") {
+                        return Some("traversal.system_path");
+                    }
+                    continue;
+                }
+                return Some("traversal.system_path");
+            }
+        }
+    }
+    None
+}
