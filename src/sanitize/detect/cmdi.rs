@@ -31,7 +31,15 @@ const STRONG: &[&str] = &[
     "rev", "strings", "nl", "fold", "split", "diff", "cmp", "true", "false", "yes", "seq",
     "test", "read", "let", "declare", "local", "jobs", "fg", "bg", "wait", "trap",
     "logout", "exit", "history", "fc", "umask", "ulimit", "getfacl", "setfacl", "chattr",
-    "lsattr", "id.exe", "bash.exe", "sh.exe", "nc.exe", "ping.exe", "ver.exe",
+    "lsattr", "printf", "id.exe", "bash.exe", "sh.exe", "nc.exe", "ping.exe", "ver.exe",
+];
+
+/// Windows commands (case-insensitive shell).
+const WINDOWS: &[&str] = &[
+    "ver", "dir", "set", "type", "net", "ipconfig", "systeminfo", "tasklist", "whoami",
+    "ping", "echo", "cmd", "powershell", "copy", "del", "timeout", "hostname", "netstat",
+    "nslookup", "certutil", "wmic", "reg", "sc", "iex", "start", "move", "ren", "attrib",
+    "cmd.exe", "powershell.exe", "taskkill", "query", "whoami.exe",
 ];
 
 /// Commands that are also common English words (or bench/pipeline commands seen in
@@ -71,9 +79,14 @@ pub(crate) fn detect(s: &str) -> Option<&'static str> {
     let n = b.len();
     // Shellshock: `() {` function definition prefix.
     if let Some(p) = memchr::memmem::find(b, b"() {") {
-        if b[p + 4..].iter().take(40).any(|c| *c == b';') && b[p + 4..].contains(&b'}') {
+        let body = &b[p + 4..];
+        let semi = body.iter().take(6).position(|c| *c == b';');
+        if semi.is_some_and(|k| body[k + 1..].iter().take(3).any(|c| *c == b'}')) {
             return Some("cmdi.shellshock");
         }
+    }
+    if let Some(r) = glob_path(b) {
+        return Some(r);
     }
     let mut budget = 64;
     let mut i = 0;
@@ -89,6 +102,11 @@ pub(crate) fn detect(s: &str) -> Option<&'static str> {
                     (Op::Pipe, i + 1)
                 }
             }
+            b'&' if is_entity_ref(&b[i..]) => {
+                i += 1;
+                continue;
+            }
+            b'<' if i + 1 < n && b[i + 1] == b'(' => (Op::Subst, i + 2),
             b'&' => {
                 if i + 1 < n && b[i + 1] == b'&' {
                     (Op::And, i + 2)
@@ -208,6 +226,12 @@ fn command_after(b: &[u8], op_at: usize, after: usize, op: Op) -> Option<&'stati
     if start >= n {
         return None;
     }
+    if matches!(op, Op::Subst) && b[start] == b'<' {
+        return Some("cmdi.substitution"); // $(<file)
+    }
+    if b[start] == b'$' && start + 1 < n && (b[start + 1] == b'0' || starts_with_ci(&b[start + 1..], b"shell") || starts_with_ci(&b[start + 1..], b"bash")) {
+        return Some("cmdi.command_chain"); // $0 -c …
+    }
     let mut word = Vec::new();
     let end = shell_word(b, start, &mut word);
     if word.is_empty() {
@@ -220,6 +244,10 @@ fn command_after(b: &[u8], op_at: usize, after: usize, op: Op) -> Option<&'stati
     };
     let path_prog = word[0] == b'/' && word.len() > 1 && (word.starts_with(b"/bin/") || word.starts_with(b"/usr/") || word.starts_with(b"/sbin/") || word.starts_with(b"/tmp/") || word.starts_with(b"/dev/"));
     let base = std::str::from_utf8(base).unwrap_or("");
+    // Unix commands are lowercase; only Windows commands may be written in capitals.
+    if b[start..end].iter().any(|c| c.is_ascii_uppercase()) && !WINDOWS.contains(&base) {
+        return None;
+    }
     let known = STRONG.contains(&base);
     if !known && !path_prog {
         return None;
@@ -231,7 +259,7 @@ fn command_after(b: &[u8], op_at: usize, after: usize, op: Op) -> Option<&'stati
     }
     let rest = &b[j..];
     let next = rest.first().copied();
-    let word_boundary = end >= n || !(b[end].is_ascii_alphanumeric());
+    let word_boundary = end >= n || !(b[end].is_ascii_alphanumeric() || b[end] == b'#');
     if !word_boundary {
         return None;
     }
@@ -256,13 +284,18 @@ fn command_after(b: &[u8], op_at: usize, after: usize, op: Op) -> Option<&'stati
     // What precedes the operator: a value that was "closed" by a quote/paren, or data.
     let before = &b[..op_at];
     let prefix_is_command = first_word_is_command(before);
-    if benign_pipeline && matches!(op, Op::Pipe | Op::And | Op::Or) && (prefix_is_command || !ends_command) {
+    let sys_path_arg = rest.windows(5).take(80).any(|w| w == b"/etc/" || w == b"/var/" || w == b"/tmp/");
+    if benign_pipeline && matches!(op, Op::Pipe | Op::And | Op::Or) && (prefix_is_command || !ends_command) && !sys_path_arg {
         return None;
     }
     if path_prog && (ends_command || arg_shell || next.map(|c| c.is_ascii_alphanumeric()).unwrap_or(false) || next == Some(b' ')) {
         return Some("cmdi.command_path");
     }
-    if closed_subst && (!weak || ends_command || arg_shell) {
+    let subst_closer = matches!(next, Some(b'`' | b')' | b'}'));
+    if matches!(op, Op::Group) && next == Some(b',') && b[op_at] == b'{' {
+        return Some("cmdi.brace_expansion");
+    }
+    if closed_subst && (!weak || ends_command || arg_shell || subst_closer) {
         return Some("cmdi.substitution");
     }
     match op {
@@ -280,6 +313,9 @@ fn command_after(b: &[u8], op_at: usize, after: usize, op: Op) -> Option<&'stati
                 }
                 return Some("cmdi.command_chain");
             }
+            if data_prefix(before) && short_command_line(rest) {
+                return Some("cmdi.command_chain");
+            }
             if !weak && next.map(|c| c.is_ascii_alphabetic() || c == b'\'' || c == b'"').unwrap_or(false) {
                 // `; bash -i`, `& powershell IEX(...)`, `| php -r '...'`: strong command with
                 // word argument
@@ -290,6 +326,54 @@ fn command_after(b: &[u8], op_at: usize, after: usize, op: Op) -> Option<&'stati
     }
 }
 
+/// The text before the operator is one data token (an IP, a file name, an e-mail) or was
+/// closed by a quote / paren / backtick: the shape of an injected parameter.
+fn data_prefix(before: &[u8]) -> bool {
+    let t = before.trim_ascii();
+    t.is_empty()
+        || matches!(t.last(), Some(b'\'' | b'"' | b')' | b'`'))
+        || !t.iter().any(|c| c.is_ascii_whitespace())
+}
+
+/// Up to three lowercase argument words, then the end of the value or a control operator.
+fn short_command_line(rest: &[u8]) -> bool {
+    let end = rest
+        .iter()
+        .position(|c| matches!(c, b';' | b'|' | b'&' | b'`' | b'#' | b'\n' | b')' | b'>'))
+        .unwrap_or(rest.len());
+    let args = &rest[..end];
+    let words: Vec<&[u8]> = args.split(|c| *c == b' ').filter(|w| !w.is_empty()).collect();
+    !words.is_empty()
+        && words.len() <= 3
+        && words.iter().all(|w| {
+            w.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'-' | b'/' | b'.' | b':' | b'\\' | b'\'' | b'"'))
+        })
+}
+
+/// `&name;` is an HTML character reference, not a shell operator.
+fn is_entity_ref(b: &[u8]) -> bool {
+    let k = b[1..].iter().take(10).take_while(|c| c.is_ascii_alphanumeric() || **c == b'#').count();
+    k >= 2 && b.get(1 + k) == Some(&b';')
+}
+
+/// `/???/??t /???/p??s??`: path segments made only of glob wildcards resolve to programs.
+fn glob_path(b: &[u8]) -> Option<&'static str> {
+    let n = b.len();
+    let mut i = 0;
+    while let Some(p) = memchr::memchr(b'/', &b[i..]) {
+        let s = i + p;
+        let mut j = s + 1;
+        while j < n && matches!(b[j], b'?' | b'*') {
+            j += 1;
+        }
+        if j - s >= 3 && j < n && b[j] == b'/' {
+            return Some("cmdi.glob_path");
+        }
+        i = s + 1;
+    }
+    None
+}
+
 fn rest_has_closer(rest: &[u8], closers: &[u8]) -> bool {
     rest.iter().take(120).any(|c| closers.contains(c))
 }
@@ -297,12 +381,19 @@ fn rest_has_closer(rest: &[u8], closers: &[u8]) -> bool {
 /// Whether the text before the operator itself starts with a known command word (the value
 /// is a shell snippet written as text, e.g. `ls -la | grep foo`).
 fn first_word_is_command(before: &[u8]) -> bool {
-    let t: Vec<u8> = before
+    let trimmed: Vec<u8> = before
         .iter()
-        .skip_while(|c| c.is_ascii_whitespace() || **c == b'$')
-        .take_while(|c| c.is_ascii_alphanumeric() || **c == b'-' || **c == b'_')
-        .map(|c| c.to_ascii_lowercase())
+        .copied()
+        .skip_while(|c| c.is_ascii_whitespace() || *c == b'$')
         .collect();
-    let w = std::str::from_utf8(&t).unwrap_or("");
-    !w.is_empty() && STRONG.contains(&w) && before.iter().any(|c| *c == b' ')
+    let wl = trimmed
+        .iter()
+        .take_while(|c| c.is_ascii_alphanumeric() || **c == b'-' || **c == b'_')
+        .count();
+    if wl == 0 || wl >= trimmed.len() || trimmed[wl] != b' ' {
+        return false;
+    }
+    let w = trimmed[..wl].to_ascii_lowercase();
+    let w = std::str::from_utf8(&w).unwrap_or("");
+    STRONG.contains(&w)
 }

@@ -170,7 +170,7 @@ fn template_body_active(body: &[u8], code_block: bool) -> bool {
     }
     // a call inside an expression: {{ foo('x') }}
     if let Some(p) = lc.iter().position(|c| *c == b'(') {
-        if p > 0 && lc[p - 1].is_ascii_alphanumeric() && lc.contains(&b')') {
+        if p > 0 && (lc[p - 1].is_ascii_alphanumeric() || matches!(lc[p - 1], b']' | b')')) && lc.contains(&b')') {
             return true;
         }
     }
@@ -203,6 +203,11 @@ pub(crate) fn detect_nosql(s: &str) -> Option<&'static str> {
         }
         let op = b[i + 1..j].to_ascii_lowercase();
         if !OPS.contains(&op.as_slice()) {
+            continue;
+        }
+        // JSON text mentioning query operators is common (documentation, saved filters);
+        // only the query-string form `[$ne]` and server-side JavaScript operators count.
+        if prev != b'[' && !matches!(op.as_slice(), b"where" | b"function" | b"accumulator") {
             continue;
         }
         let close = if prev == b'[' { b']' } else { prev };

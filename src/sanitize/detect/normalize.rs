@@ -207,6 +207,20 @@ const NAMED: &[(&str, char)] = &[
     ("plus", '+'),
     ("vert", '|'),
     ("quest", '?'),
+    ("copy", '\u{a9}'),
+    ("reg", '\u{ae}'),
+    ("trade", '\u{2122}'),
+    ("hellip", '\u{2026}'),
+    ("mdash", '\u{2014}'),
+    ("ndash", '\u{2013}'),
+    ("laquo", '\u{ab}'),
+    ("raquo", '\u{bb}'),
+    ("euro", '\u{20ac}'),
+    ("pound", '\u{a3}'),
+    ("deg", '\u{b0}'),
+    ("times", '\u{d7}'),
+    ("middot", '\u{b7}'),
+    ("bull", '\u{2022}'),
 ];
 
 /// One entity-decoding pass; `None` when nothing was decoded.

@@ -115,7 +115,7 @@ fn keyword(w: &str) -> Option<T> {
         "delete" => K::Delete,
         "drop" => K::Drop,
         "table" | "database" | "schema" | "user" | "view" | "procedure_" => K::Table,
-        "exec" | "execute" | "xp_cmdshell" | "sp_executesql" => K::Exec,
+        "exec" | "execute" | "xp_cmdshell" | "sp_executesql" | "call" => K::Exec,
         "declare" => K::Declare,
         "waitfor" => K::Waitfor,
         "delay" | "time" => K::Delay,
@@ -213,9 +213,16 @@ fn tokenize(s: &str, quote: Option<u8>, toks: &mut Vec<Tok>, lower: &mut String)
             b'\'' | b'"' | b'`' => {
                 if c == b'`' {
                     // MySQL quoted identifier
-                    let e = memchr::memchr(b'`', &b[i + 1..]).map(|p| i + 1 + p);
-                    i = e.map(|e| e + 1).unwrap_or(n);
-                    toks.push(Tok { t: T::Word, start, end: i });
+                    match memchr::memchr(b'`', &b[i + 1..]) {
+                        Some(p) => {
+                            i = i + 1 + p + 1;
+                            toks.push(Tok { t: T::Word, start, end: i });
+                        }
+                        None => {
+                            i += 1;
+                            toks.push(Tok { t: T::Op, start, end: i });
+                        }
+                    }
                     continue;
                 }
                 match find_quote_end(b, i + 1, c) {
@@ -267,22 +274,8 @@ fn tokenize(s: &str, quote: Option<u8>, toks: &mut Vec<Tok>, lower: &mut String)
                 toks.push(Tok { t: T::Comment, start, end: i });
             }
             b'/' if i + 1 < n && b[i + 1] == b'*' => {
-                if i + 2 < n && b[i + 2] == b'!' {
-                    // MySQL executable comment: its content is code; skip version digits.
-                    i += 3;
-                    while i < n && b[i].is_ascii_digit() {
-                        i += 1;
-                    }
-                    toks.push(Tok { t: T::Comment, start, end: start + 3 });
-                    continue;
-                }
-                let e = find_sub(&b[i + 2..], b"*/").map(|p| i + 2 + p + 2).unwrap_or(n);
-                i = e;
-                toks.push(Tok { t: T::Comment, start, end: i });
-            }
-            b'*' if i + 1 < n && b[i + 1] == b'/' => {
-                // end of an executable comment or stray close: treat as comment
-                i += 2;
+                // only unterminated comments remain after strip_inline_comments
+                i = n;
                 toks.push(Tok { t: T::Comment, start, end: i });
             }
             b'(' => {
@@ -350,6 +343,16 @@ fn tokenize(s: &str, quote: Option<u8>, toks: &mut Vec<Tok>, lower: &mut String)
                 lower.clear();
                 lower.push_str(&s[start..i]);
                 lower.make_ascii_lowercase();
+                if keyword(lower).is_none() {
+                    if let Some(k) = split_glued(lower) {
+                        // `UNIONSELECT`, `OR4047`: keyword glued to the next token
+                        i = start + k;
+                        lower.truncate(k);
+                        let t = keyword(lower).unwrap_or(T::Word);
+                        toks.push(Tok { t, start, end: i });
+                        continue;
+                    }
+                }
                 // function call? (allow whitespace / comments before the paren)
                 let mut j = i;
                 while j < n && matches!(b[j], b' ' | b'\t' | b'\n' | b'\r') {
@@ -391,6 +394,41 @@ fn tokenize(s: &str, quote: Option<u8>, toks: &mut Vec<Tok>, lower: &mut String)
     true
 }
 
+/// Keywords that sqlmap-style "space removal" glues to what follows.
+const GLUE: &[&str] = &[
+    "select", "union", "where", "having", "when", "then", "else", "case", "from", "null",
+    "all", "like", "and", "xor", "or",
+];
+const MAJOR: &[&str] = &["select", "union", "where", "when", "then", "case", "from"];
+
+/// Length of a keyword prefix of a glued word, when the rest starts with a digit or is
+/// itself made of keywords (at least one of them a clause keyword).
+fn split_glued(w: &str) -> Option<usize> {
+    fn chain(w: &str, major: bool, depth: u8) -> bool {
+        if depth > 4 {
+            return false;
+        }
+        if keyword(w).is_some() {
+            return major || MAJOR.contains(&w);
+        }
+        GLUE.iter().any(|k| {
+            w.len() > k.len() && w.starts_with(k) && chain(&w[k.len()..], major || MAJOR.contains(k), depth + 1)
+        })
+    }
+    for k in GLUE {
+        if w.len() > k.len() && w.starts_with(k) {
+            let rest = &w[k.len()..];
+            if rest.as_bytes()[0].is_ascii_digit() && rest.bytes().all(|c| c.is_ascii_digit()) {
+                return Some(k.len());
+            }
+            if chain(rest, MAJOR.contains(k), 0) {
+                return Some(k.len());
+            }
+        }
+    }
+    None
+}
+
 fn is_word_byte(c: u8) -> bool {
     c.is_ascii_alphanumeric() || c == b'_' || c >= 0x80
 }
@@ -398,10 +436,6 @@ fn is_word_byte(c: u8) -> bool {
 fn find_quote_end(b: &[u8], from: usize, q: u8) -> Option<usize> {
     let mut i = from;
     while i < b.len() {
-        if b[i] == b'\\' {
-            i += 2;
-            continue;
-        }
         if b[i] == q {
             // doubled quote is an escaped quote
             if i + 1 < b.len() && b[i + 1] == q {
@@ -435,18 +469,68 @@ fn contains_ci(s: &str, needle: &str) -> bool {
     s.as_bytes().windows(n.len()).any(|w| w.eq_ignore_ascii_case(n))
 }
 
+/// Inline comments: `/*!50000 … */` executable comments lose their markers, a comment
+/// glued inside a word (`SEL/**/ECT`) is removed, any other becomes a space. An
+/// unterminated `/*` is kept (it truncates the rest of the query).
+fn strip_inline_comments(s: &str) -> std::borrow::Cow<'_, str> {
+    let b = s.as_bytes();
+    if memchr::memmem::find(b, b"/*").is_none() && memchr::memmem::find(b, b"*/").is_none() {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out: Vec<u8> = Vec::with_capacity(b.len());
+    let mut i = 0;
+    let n = b.len();
+    while i < n {
+        if b[i] == b'/' && i + 1 < n && b[i + 1] == b'*' {
+            if i + 2 < n && b[i + 2] == b'!' {
+                i += 3;
+                while i < n && b[i].is_ascii_digit() {
+                    i += 1;
+                }
+                out.push(b' ');
+                continue;
+            }
+            match find_sub(&b[i + 2..], b"*/") {
+                Some(p) => {
+                    let end = i + 2 + p + 2;
+                    let glued = out.last().is_some_and(|c| is_word_byte(*c))
+                        && end < n
+                        && is_word_byte(b[end]);
+                    if !glued {
+                        out.push(b' ');
+                    }
+                    i = end;
+                }
+                None => {
+                    out.extend_from_slice(&b[i..]);
+                    break;
+                }
+            }
+        } else if b[i] == b'*' && i + 1 < n && b[i + 1] == b'/' {
+            out.push(b' ');
+            i += 2;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    std::borrow::Cow::Owned(String::from_utf8_lossy(&out).into_owned())
+}
+
 /// Returns the rule id of the first matching rule.
 pub(crate) fn detect(s: &str) -> Option<&'static str> {
     if !candidate(s) {
         return None;
     }
+    let stripped = strip_inline_comments(s);
+    let s: &str = &stripped;
     let mut toks = Vec::with_capacity(32);
     let mut lower = String::new();
     tokenize(s, None, &mut toks, &mut lower);
     if let Some(r) = rules(s, &toks, false) {
         return Some(r);
     }
-    for q in [b'\'', b'"'] {
+    for q in [b'\'', b'"', b'`'] {
         if memchr::memchr(q, s.as_bytes()).is_some() && tokenize(s, Some(q), &mut toks, &mut lower) {
             if let Some(r) = rules(s, &toks, true) {
                 return Some(r);
@@ -532,8 +616,27 @@ fn rules(s: &str, toks: &[Tok], brk: bool) -> Option<&'static str> {
             }
             // SELECT <expr> … : expression after SELECT, followed by SQL continuation.
             T::Kw(K::Select) => {
-                if let Some(k) = next(i) {
+                let mut k0 = next(i);
+                if let Some(k) = k0 {
+                    if t(k) == Some(T::Kw(K::All)) {
+                        k0 = next(k);
+                    }
+                }
+                if let Some(k) = k0 {
                     let tk = toks[k].t;
+                    let after_from_ok = {
+                        // SELECT * FROM table <end | clause>, not "Select * from our menu"
+                        let a = next(k);
+                        match a.map(|a| toks[a].t) {
+                            Some(T::Kw(K::From)) => {
+                                let tb = a.and_then(next);
+                                let after_tb = tb.and_then(next).map(|x| toks[x].t);
+                                matches!(tb.map(|x| toks[x].t), Some(T::Word | T::LParen | T::Func(_)))
+                                    && matches!(after_tb, None | Some(T::Comment | T::Semi | T::Kw(_) | T::Comma | T::RParen | T::Logic | T::Op))
+                            }
+                            _ => true,
+                        }
+                    };
                     if is_expr_start(tk) {
                         let after = next(k).map(|a| toks[a].t);
                         let sqlish_after = matches!(
@@ -552,11 +655,14 @@ fn rules(s: &str, toks: &[Tok], brk: bool) -> Option<&'static str> {
                                     | T::Word
                             )
                         );
-                        let strong = matches!(tk, T::Func(_) | T::LParen | T::Star | T::Var | T::Kw(_));
+                        let sqlish_after = sqlish_after && !matches!(after, Some(T::Word) if tk != T::Func(F::Sql) && tk != T::Func(F::Time));
+                        let strong = matches!(tk, T::Func(_) | T::LParen | T::Var | T::Kw(K::Null | K::Case | K::Top));
                         let prev_sql = i > 0
                             && matches!(toks[i - 1].t, T::LParen | T::Semi | T::Comment | T::Op | T::Cmp | T::Logic);
-                        if (strong && (prev_sql || sqlish_after && after.is_some()))
-                            || (sqlish_after && (prev_sql || brk))
+                        if after_from_ok
+                            && ((strong && (prev_sql || after.is_some()))
+                                || (sqlish_after && after.is_some())
+                                || (prev_sql && after.is_none()))
                         {
                             return Some("sqli.select_expression");
                         }
@@ -613,18 +719,30 @@ fn rules(s: &str, toks: &[Tok], brk: bool) -> Option<&'static str> {
             T::Kw(K::Waitfor) => {
                 if let Some(k) = next(i) {
                     if t(k) == Some(T::Kw(K::Delay))
-                        && matches!(next(k).map(|a| toks[a].t), Some(T::Str { .. } | T::Num))
+                        && matches!(next(k).map(|a| toks[a].t), Some(T::Str { .. } | T::Num | T::Var))
                     {
                         return Some("sqli.time_based");
                     }
                 }
             }
-            // CASE WHEN … THEN
+            // CASE [operand] WHEN … THEN
             T::Kw(K::Case) => {
-                if let Some(k) = next(i) {
-                    if t(k) == Some(T::Kw(K::When)) && toks[k..].iter().any(|x| x.t == T::Kw(K::Then)) {
+                if let Some(w) = toks[i + 1..].iter().take(4).position(|x| x.t == T::Kw(K::When)) {
+                    if toks[i + 1 + w..].iter().any(|x| x.t == T::Kw(K::Then)) {
                         return Some("sqli.case_when");
                     }
+                }
+            }
+            // DECLARE @x TYPE
+            T::Kw(K::Declare) => {
+                if t(i + 1) == Some(T::Var) && matches!(t(i + 2), Some(T::Word | T::Func(_) | T::Kw(_))) {
+                    return Some("sqli.declare");
+                }
+            }
+            // PROCEDURE ANALYSE(…)
+            T::Kw(K::Procedure) => {
+                if matches!(t(i + 1), Some(T::Func(_))) {
+                    return Some("sqli.procedure_analyse");
                 }
             }
             // Comparison: value CMP value, identical literals, or after a logic operator.
@@ -636,11 +754,19 @@ fn rules(s: &str, toks: &[Tok], brk: bool) -> Option<&'static str> {
                 let Some(r) = next(i) else { continue };
                 let (lt, rt) = (toks[l].t, toks[r].t);
                 // identical literal tautology: 1=1, 'a'='a'
-                if is_value(lt) && is_value(rt) && literal_eq(s, &toks[l], &toks[r]) && text(s, &toks[i]) != "<" && text(s, &toks[i]) != ">" {
-                    let num_ok = !(lt == T::Num && text(s, &toks[l]).len() < 1);
-                    if num_ok {
-                        return Some("sqli.tautology");
-                    }
+                let cmp_text = text(s, &toks[i]);
+                let eqlike = !matches!(cmp_text, "<" | ">");
+                if is_value(lt) && is_value(rt) && literal_eq(s, &toks[l], &toks[r]) && eqlike {
+                    return Some("sqli.tautology");
+                }
+                // same function call or column on both sides: user()=user(), USER=USER
+                if eqlike
+                    && matches!((lt, rt), (T::Word, T::Word) | (T::RParen, T::Func(_)))
+                    && l > 0
+                    && matches!(toks[l - 1].t, T::Logic)
+                    && (lt == T::Word && literal_eq(s, &toks[l], &toks[r]))
+                {
+                    return Some("sqli.tautology");
                 }
                 // logic operator before the left operand (skipping parens): OR 1=…, AND x LIKE …
                 let mut p = l as isize - 1;
@@ -648,6 +774,12 @@ fn rules(s: &str, toks: &[Tok], brk: bool) -> Option<&'static str> {
                     p -= 1;
                 }
                 let logic_before = p >= 0 && toks[p as usize].t == T::Logic;
+                if logic_before && lt == T::Num && rt == T::Num && matches!(cmp_text, "=" | "!=" | "<>") {
+                    return Some("sqli.logic_comparison");
+                }
+                if brk && logic_before && lt == T::Word && is_operand(rt) && first_after_break_is(toks, s, p as usize) {
+                    return Some("sqli.break_logic");
+                }
                 if logic_before && is_operand(lt) || logic_before && lt == T::RParen {
                     let rsql = matches!(rt, T::Func(F::Sql | F::Time))
                         || (rt == T::LParen && next(r).map(|a| toks[a].t) == Some(T::Kw(K::Select)));
@@ -698,12 +830,13 @@ fn rules(s: &str, toks: &[Tok], brk: bool) -> Option<&'static str> {
                 }
             }
             T::Kw(K::Order | K::Group) => {
-                if let (Some(k), true) = (next(i), brk || i > 0 && matches!(toks[i - 1].t, T::Num | T::RParen | T::Str { .. })) {
+                if let (Some(k), true) = (next(i), brk || i == 0 || matches!(toks[i - 1].t, T::Num | T::RParen | T::Str { .. })) {
                     if t(k) == Some(T::Kw(K::By)) {
                         let a = next(k).map(|a| toks[a].t);
                         let a2 = next(k).and_then(next).map(|a| toks[a].t);
                         if (brk && first_after_break_is(toks, s, i) || i > 0 && toks[i - 1].t == T::RParen)
-                            && matches!(a, Some(T::Num | T::Func(_) | T::Word))
+                            && (matches!(a, Some(T::Num | T::Func(_)))
+                                || matches!(a, Some(T::Word)) && matches!(a2, None | Some(T::Comment)))
                             && matches!(a2, None | Some(T::Comment | T::Comma | T::Kw(_) | T::Semi))
                         {
                             return Some("sqli.order_by");
@@ -726,7 +859,7 @@ fn rules(s: &str, toks: &[Tok], brk: bool) -> Option<&'static str> {
         }
         if k < n {
             match toks[k].t {
-                T::Comment if k + 1 == n || (k + 1 < n && !text(s, &toks[k]).starts_with("/*")) => {
+                T::Comment if text(s, &toks[k]).len() <= 18 => {
                     // admin'-- / admin')# ; only when nothing but junk follows
                     return Some("sqli.break_comment");
                 }
@@ -743,7 +876,7 @@ fn rules(s: &str, toks: &[Tok], brk: bool) -> Option<&'static str> {
                         return Some("sqli.break_expression");
                     }
                 }
-                T::Kw(K::Union | K::Having | K::Limit | K::Procedure | K::Into | K::Where) if k + 1 < n && matches!(toks[k + 1].t, T::Num | T::Kw(_) | T::Func(_) | T::Var | T::LParen) => {
+                T::Kw(K::Having | K::Limit | K::Procedure | K::Into | K::Exec) if k + 1 < n && matches!(toks[k + 1].t, T::Num | T::Func(_) | T::Var | T::LParen | T::Word) => {
                     return Some("sqli.break_clause");
                 }
                 _ => {}

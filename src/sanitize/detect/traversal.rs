@@ -40,12 +40,33 @@ pub(crate) fn detect(s: &str) -> Option<&'static str> {
     }
     // Canonical form: lowercase, `\` as `/`, drop blanks.
     let mut p: Vec<u8> = Vec::with_capacity(s.len());
-    for c in s.bytes().take(16 * 1024) {
+    for c in s.chars().take(16 * 1024) {
         match c {
-            b'\\' => p.push(b'/'),
-            b' ' | b'\t' | b'\n' | b'\r' => {}
-            _ => p.push(c.to_ascii_lowercase()),
+            '\\' | '\u{2215}' | '\u{2216}' | '\u{2044}' | '\u{29f5}' | '\u{29f8}' | '\u{29f9}'
+            | '\u{ff0f}' | '\u{ff3c}' | '\u{efc8}' | '\u{f025}' => p.push(b'/'),
+            ' ' | '\t' | '\n' | '\r' => {}
+            c if c.is_ascii() => p.push(c.to_ascii_lowercase() as u8),
+            _ => p.push(b'_'),
         }
+    }
+    // hex-literal encoded dots and slashes: 0x2e0x2e0x2f
+    if memchr::memmem::find(&p, b"0x2e").is_some() {
+        let mut q = Vec::with_capacity(p.len());
+        let mut i = 0;
+        while i < p.len() {
+            let w = &p[i..];
+            if w.starts_with(b"0x2e") {
+                q.push(b'.');
+                i += 4;
+            } else if w.starts_with(b"0x2f") || w.starts_with(b"0x5c") {
+                q.push(b'/');
+                i += 4;
+            } else {
+                q.push(p[i]);
+                i += 1;
+            }
+        }
+        p = q;
     }
     let n = p.len();
     // Count climbing segments.
@@ -61,7 +82,7 @@ pub(crate) fn detect(s: &str) -> Option<&'static str> {
             let dots = i - s0;
             let at_seg_start = s0 == 0 || matches!(p[s0 - 1], b'/' | b'=' | b':' | b'%' | b'?' | b'&');
             let mut j = i;
-            if j < n && p[j] == b';' {
+            if j < n && matches!(p[j], b';' | b'%') {
                 j += 1;
             }
             let sep = j < n && p[j] == b'/';
@@ -80,7 +101,8 @@ pub(crate) fn detect(s: &str) -> Option<&'static str> {
         let tail = &p[from.min(n)..];
         SYSTEM_DIRS.iter().any(|d| memchr::memmem::find(tail, d).is_some())
     };
-    if steps >= 2 {
+    let prose = s.split_whitespace().count() > 3;
+    if steps >= 2 && (!prose || target_sensitive(first_step_end.unwrap_or(0))) {
         return Some("traversal.dot_dot");
     }
     if steps == 1 {

@@ -48,7 +48,45 @@ pub(crate) fn detect(s: &str) -> Option<&'static str> {
     if let Some(r) = script_breakout(b) {
         return Some(r);
     }
+    if memchr::memchr(b'\\', b).is_some() {
+        let d = js_unescape(b);
+        if d.len() != b.len() {
+            if let Some(r) = attribute_breakout(&d).or_else(|| script_breakout(&d)) {
+                return Some(r);
+            }
+        }
+    }
     None
+}
+
+/// Decodes JavaScript `\uXXXX`, `\u{X}` and `\xXX` escapes (lowercased result).
+fn js_unescape(b: &[u8]) -> Vec<u8> {
+    let hex = |c: u8| (c as char).to_digit(16);
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1] == b'x' {
+            if let (Some(h), Some(l)) = (hex(b[i + 2]), hex(b[i + 3])) {
+                out.push(((h << 4 | l) as u8).to_ascii_lowercase());
+                i += 4;
+                continue;
+            }
+        }
+        if b[i] == b'\\' && i + 5 < b.len() && b[i + 1] == b'u' {
+            let v = (2..6).map(|k| hex(b[i + k])).collect::<Option<Vec<u32>>>();
+            if let Some(v) = v {
+                let cp = v.iter().fold(0u32, |a, d| a << 4 | d);
+                if cp < 0x80 {
+                    out.push((cp as u8).to_ascii_lowercase());
+                    i += 6;
+                    continue;
+                }
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    out
 }
 
 fn is_ws(c: u8) -> bool {
@@ -84,8 +122,15 @@ fn tags(b: &[u8]) -> Option<&'static str> {
         if !tag_end_ok {
             continue;
         }
-        if SCRIPT_TAGS.contains(&name) {
+        if SCRIPT_TAGS.iter().any(|t| name.starts_with(t)) {
+            // `<script`, and `<scriptsrc=…` with the blank removed
             return Some("xss.script_tag");
+        }
+        // Handler glued to the tag name or another attribute (`<svgonload=…`,
+        // `<img src=xonerror=…>`): look for on<name>= inside the tag text.
+        let tag_text_end = memchr::memchr(b'>', &b[ns..]).map(|p| ns + p).unwrap_or(n).min(ns + 512);
+        if let Some(r) = glued_handler(&b[ns..tag_text_end]) {
+            return Some(r);
         }
         let active = ACTIVE_TAGS.contains(&name);
         // attributes
@@ -154,6 +199,32 @@ fn tags(b: &[u8]) -> Option<&'static str> {
         }
         if active && (has_attr_or_close || i >= n) {
             return Some("xss.active_tag");
+        }
+    }
+    None
+}
+
+fn glued_handler(t: &[u8]) -> Option<&'static str> {
+    let n = t.len();
+    let mut i = 0;
+    while let Some(p) = memchr::memmem::find(&t[i..], b"on") {
+        let s = i + p;
+        i = s + 2;
+        let mut j = s + 2;
+        while j < n && t[j].is_ascii_alphabetic() {
+            j += 1;
+        }
+        if j - s < 5 {
+            continue;
+        }
+        while j < n && is_ws(t[j]) {
+            j += 1;
+        }
+        if j < n && t[j] == b'=' {
+            let v = &t[j + 1..];
+            if has_sink(v) || v.iter().any(|c| matches!(c, b'(' | b'`')) {
+                return Some("xss.event_handler");
+            }
         }
     }
     None
@@ -300,14 +371,17 @@ fn script_breakout(b: &[u8]) -> Option<&'static str> {
     let n = b.len();
     let mut budget = 16;
     for (qi, &c) in b.iter().enumerate() {
-        if !matches!(c, b'\'' | b'"' | b'`') {
+        // a quote closing a JS string, or the very start of the value (`;alert(1);`)
+        let at_start = qi == 0 && matches!(c, b';' | b')' | b'}');
+        if !matches!(c, b'\'' | b'"' | b'`') && !at_start {
             continue;
         }
+        let qi = if at_start { usize::MAX } else { qi };
         budget -= 1;
         if budget == 0 {
             break;
         }
-        let mut j = qi + 1;
+        let mut j = qi.wrapping_add(1);
         while j < n && (is_ws(b[j]) || b[j] == b')') {
             j += 1;
         }
