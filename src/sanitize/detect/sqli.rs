@@ -655,7 +655,9 @@ fn rules(s: &str, toks: &[Tok], brk: bool) -> Option<&'static str> {
                                     | T::Word
                             )
                         );
-                        let sqlish_after = sqlish_after && !matches!(after, Some(T::Word) if tk != T::Func(F::Sql) && tk != T::Func(F::Time));
+                        let sqlish_after = sqlish_after
+                            && !matches!(after, Some(T::Word) if tk != T::Func(F::Sql) && tk != T::Func(F::Time))
+                            && !(matches!(tk, T::Str { .. } | T::Num) && after == Some(T::LParen));
                         let strong = matches!(tk, T::Func(_) | T::LParen | T::Var | T::Kw(K::Null | K::Case | K::Top));
                         let prev_sql = i > 0
                             && matches!(toks[i - 1].t, T::LParen | T::Semi | T::Comment | T::Op | T::Cmp | T::Logic);
@@ -691,6 +693,9 @@ fn rules(s: &str, toks: &[Tok], brk: bool) -> Option<&'static str> {
                         T::Kw(K::Update) => {
                             let a2 = next(k).and_then(next).map(|a| toks[a].t);
                             a1 == Some(T::Word) && a2 == Some(T::Kw(K::Set))
+                        }
+                        T::Kw(K::Exec) if text(s, &toks[k]).eq_ignore_ascii_case("call") => {
+                            matches!(a1, Some(T::Func(_)))
                         }
                         T::Kw(K::Exec) => matches!(a1, Some(T::Word | T::Func(_) | T::LParen | T::Var | T::Kw(_))),
                         T::Kw(K::Declare) => a1 == Some(T::Var),
@@ -859,7 +864,10 @@ fn rules(s: &str, toks: &[Tok], brk: bool) -> Option<&'static str> {
         }
         if k < n {
             match toks[k].t {
-                T::Comment if text(s, &toks[k]).len() <= 18 => {
+                T::Comment
+                    if text(s, &toks[k]).len() <= 18
+                        && text(s, &toks[0]).bytes().filter(|c| *c == b' ').count() <= 3 =>
+                {
                     // admin'-- / admin')# ; only when nothing but junk follows
                     return Some("sqli.break_comment");
                 }
@@ -876,7 +884,11 @@ fn rules(s: &str, toks: &[Tok], brk: bool) -> Option<&'static str> {
                         return Some("sqli.break_expression");
                     }
                 }
-                T::Kw(K::Having | K::Limit | K::Procedure | K::Into | K::Exec) if k + 1 < n && matches!(toks[k + 1].t, T::Num | T::Func(_) | T::Var | T::LParen | T::Word) => {
+                T::Kw(K::Having | K::Limit | K::Procedure | K::Into | K::Exec)
+                    if k + 1 < n
+                        && (matches!(toks[k + 1].t, T::Num | T::Func(_) | T::Var | T::LParen | T::Kw(K::Outfile))
+                            || toks[k].t == T::Kw(K::Exec) && toks[k + 1].t == T::Word) =>
+                {
                     return Some("sqli.break_clause");
                 }
                 _ => {}

@@ -118,10 +118,6 @@ fn tags(b: &[u8]) -> Option<&'static str> {
         }
         let name = std::str::from_utf8(&b[ns..i]).unwrap_or("");
         // the name must end at a separator (or the end of the value) to be a tag
-        let tag_end_ok = i >= n || is_ws(b[i]) || matches!(b[i], b'/' | b'>' | b'<' | b'\'' | b'"' | b'`');
-        if !tag_end_ok {
-            continue;
-        }
         if SCRIPT_TAGS.iter().any(|t| name.starts_with(t)) {
             // `<script`, and `<scriptsrc=…` with the blank removed
             return Some("xss.script_tag");
@@ -131,6 +127,10 @@ fn tags(b: &[u8]) -> Option<&'static str> {
         let tag_text_end = memchr::memchr(b'>', &b[ns..]).map(|p| ns + p).unwrap_or(n).min(ns + 512);
         if let Some(r) = glued_handler(&b[ns..tag_text_end]) {
             return Some(r);
+        }
+        let tag_end_ok = i >= n || is_ws(b[i]) || matches!(b[i], b'/' | b'>' | b'<' | b'\'' | b'"' | b'`');
+        if !tag_end_ok {
+            continue;
         }
         let active = ACTIVE_TAGS.contains(&name);
         // attributes
