@@ -330,9 +330,12 @@ fn command_after(b: &[u8], op_at: usize, after: usize, op: Op) -> Option<&'stati
 /// closed by a quote / paren / backtick: the shape of an injected parameter.
 fn data_prefix(before: &[u8]) -> bool {
     let t = before.trim_ascii();
+    // a capitalized word is prose ("Tom & who knows"), not a parameter value
+    let capitalized_word = t.first().is_some_and(|c| c.is_ascii_uppercase())
+        && t[1..].iter().all(|c| c.is_ascii_lowercase());
     t.is_empty()
         || matches!(t.last(), Some(b'\'' | b'"' | b')' | b'`'))
-        || !t.iter().any(|c| c.is_ascii_whitespace())
+        || (!t.iter().any(|c| c.is_ascii_whitespace()) && !capitalized_word)
 }
 
 /// Up to three lowercase argument words, then the end of the value or a control operator.

@@ -411,6 +411,9 @@ fn split_glued(w: &str) -> Option<usize> {
         if keyword(w).is_some() {
             return major || MAJOR.contains(&w);
         }
+        if major && !w.is_empty() && w.bytes().all(|c| c.is_ascii_digit()) {
+            return true;
+        }
         GLUE.iter().any(|k| {
             w.len() > k.len() && w.starts_with(k) && chain(&w[k.len()..], major || MAJOR.contains(k), depth + 1)
         })
