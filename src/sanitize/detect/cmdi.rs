@@ -6,66 +6,82 @@
 
 /// Commands that are never English words; enough on their own after a control operator.
 const STRONG: &[&str] = &[
-    "whoami", "uname", "ifconfig", "ipconfig", "netstat", "nslookup", "wget", "curl", "bash",
-    "sh", "zsh", "ksh", "csh", "tcsh", "dash", "powershell", "pwsh", "cmd", "nc", "ncat",
-    "netcat", "busybox", "telnet", "telnetd", "chmod", "chown", "base64", "passwd",
-    "systeminfo", "tasklist", "taskkill", "id", "ls", "cat", "env", "printenv", "ver",
-    "hostname", "ping", "sleep", "nohup", "xterm", "python", "python2", "python3", "perl",
-    "ruby", "php", "lua", "node", "socat", "tftp", "certutil", "bitsadmin", "mshta",
-    "rundll32", "regsvr32", "wscript", "cscript", "reg", "sc", "schtasks", "wmic", "net",
-    "dig", "host", "traceroute", "tracert", "pathping", "arp", "route", "crontab", "useradd",
-    "usermod", "killall", "pkill", "rm", "mkfifo", "mknod", "uptime", "lsb_release", "w",
-    "iex", "invoke-expression", "invoke-webrequest", "start-process", "timeout", "expr",
-    "sudo", "su", "ssh", "scp", "rsync", "ftp", "xxd", "od", "hexdump", "awk", "gawk",
-    "nmap", "openssl", "vi", "vim", "less", "whereis", "which", "locate", "ps", "kill",
-    "getent", "groups", "last", "lastlog", "dmesg", "mount", "df", "du", "free", "lsof",
-    "tail", "head", "more", "type", "dir", "set", "who", "echo", "touch", "find", "grep",
-    "cp", "mv", "sed", "tee", "xargs", "date", "time", "eval", "exec", "source", "export",
-    "unset", "alias", "print", "nslookup.exe", "cmd.exe", "powershell.exe", "start",
-    "copy", "del", "erase", "move", "ren", "rename", "attrib", "icacls", "cacls", "tree",
-    "whoami.exe", "query", "quser", "qwinsta", "runas", "shutdown", "reboot", "halt",
-    "poweroff", "init", "systemctl", "service", "apt", "apt-get", "yum", "dnf", "pip",
-    "npm", "gcc", "make", "git", "docker", "kubectl", "tar", "zip", "unzip", "gzip",
-    "gunzip", "bzip2", "file", "stat", "readlink", "realpath", "basename", "dirname",
-    "pwd", "cd", "chdir", "md", "mkdir", "rmdir", "ln", "sort", "uniq", "wc", "cut", "tr",
-    "rev", "strings", "nl", "fold", "split", "diff", "cmp", "true", "false", "yes", "seq",
-    "test", "read", "let", "declare", "local", "jobs", "fg", "bg", "wait", "trap",
-    "logout", "exit", "history", "fc", "umask", "ulimit", "getfacl", "setfacl", "chattr",
-    "lsattr", "printf", "id.exe", "bash.exe", "sh.exe", "nc.exe", "ping.exe", "ver.exe",
+    "alias", "apt", "apt-get", "arp", "attrib", "awk", "base64", "basename",
+    "bash", "bash.exe", "bg", "bitsadmin", "busybox", "bzip2", "cacls", "cat",
+    "cd", "certutil", "chattr", "chdir", "chmod", "chown", "cmd", "cmd.exe",
+    "cmp", "copy", "cp", "crontab", "cscript", "csh", "curl", "cut",
+    "dash", "date", "declare", "del", "df", "diff", "dig", "dir",
+    "dirname", "dmesg", "dnf", "docker", "du", "echo", "env", "erase",
+    "eval", "exec", "exit", "export", "expr", "false", "fc", "fg",
+    "file", "find", "fold", "free", "ftp", "gawk", "gcc", "getent",
+    "getfacl", "git", "grep", "groups", "gunzip", "gzip", "halt", "head",
+    "hexdump", "history", "host", "hostname", "icacls", "id", "id.exe", "iex",
+    "ifconfig", "init", "invoke-expression", "invoke-webrequest", "ipconfig", "jobs", "kill", "killall",
+    "ksh", "kubectl", "last", "lastlog", "less", "let", "ln", "local",
+    "locate", "logout", "ls", "lsattr", "lsb_release", "lsof", "lua", "make",
+    "md", "mkdir", "mkfifo", "mknod", "more", "mount", "move", "mshta",
+    "mv", "nc", "nc.exe", "ncat", "net", "netcat", "netstat", "nl",
+    "nmap", "node", "nohup", "npm", "nslookup", "nslookup.exe", "od", "openssl",
+    "passwd", "pathping", "perl", "php", "ping", "ping.exe", "pip", "pkill",
+    "poweroff", "powershell", "powershell.exe", "print", "printenv", "printf", "ps", "pwd",
+    "pwsh", "python", "python2", "python3", "query", "quser", "qwinsta", "read",
+    "readlink", "realpath", "reboot", "reg", "regsvr32", "ren", "rename", "rev",
+    "rm", "rmdir", "route", "rsync", "ruby", "runas", "rundll32", "sc",
+    "schtasks", "scp", "sed", "seq", "service", "set", "setfacl", "sh",
+    "sh.exe", "shutdown", "sleep", "socat", "sort", "source", "split", "ssh",
+    "start", "start-process", "stat", "strings", "su", "sudo", "systemctl", "systeminfo",
+    "tail", "tar", "taskkill", "tasklist", "tcsh", "tee", "telnet", "telnetd",
+    "test", "tftp", "time", "timeout", "touch", "tr", "traceroute", "tracert",
+    "trap", "tree", "true", "type", "ulimit", "umask", "uname", "uniq",
+    "unset", "unzip", "uptime", "useradd", "usermod", "ver", "ver.exe", "vi",
+    "vim", "w", "wait", "wc", "wget", "whereis", "which", "who",
+    "whoami", "whoami.exe", "wmic", "wscript", "xargs", "xterm", "xxd", "yes",
+    "yum", "zip", "zsh",
 ];
 
 /// Windows commands (case-insensitive shell).
 const WINDOWS: &[&str] = &[
-    "ver", "dir", "set", "type", "net", "ipconfig", "systeminfo", "tasklist", "whoami",
-    "ping", "echo", "cmd", "powershell", "copy", "del", "timeout", "hostname", "netstat",
-    "nslookup", "certutil", "wmic", "reg", "sc", "iex", "start", "move", "ren", "attrib",
-    "cmd.exe", "powershell.exe", "taskkill", "query", "whoami.exe",
+    "attrib", "certutil", "cmd", "cmd.exe", "copy", "del", "dir", "echo",
+    "hostname", "iex", "ipconfig", "move", "net", "netstat", "nslookup", "ping",
+    "powershell", "powershell.exe", "query", "reg", "ren", "sc", "set", "start",
+    "systeminfo", "taskkill", "tasklist", "timeout", "type", "ver", "whoami", "whoami.exe",
+    "wmic",
 ];
 
 /// Commands that are also common English words (or bench/pipeline commands seen in
 /// legitimate snippets): they need an argument shaped like a command line (a flag, a path,
 /// a number, a redirection) or nothing at all after them.
 const WEAK: &[&str] = &[
-    "set", "who", "type", "more", "find", "sort", "time", "date", "head", "tail", "echo",
-    "sleep", "kill", "touch", "dir", "ver", "print", "start", "copy", "move", "test",
-    "read", "let", "wait", "exit", "history", "file", "free", "last", "less", "host",
-    "which", "route", "query", "local", "split", "cut", "true", "false", "yes", "make",
-    "git", "npm", "pip", "docker", "kubectl", "grep", "sed", "awk", "tee", "xargs", "w",
-    "cd", "pwd", "ls", "cat", "id", "net", "reg", "sc", "init", "service", "source",
-    "export", "alias", "declare", "trap", "jobs", "fg", "bg", "ren", "rename", "del",
-    "erase", "md", "tree", "attrib", "uniq", "wc", "tr", "rev", "nl", "fold", "diff",
-    "cmp", "seq", "stat", "strings", "mount", "df", "du", "ps", "su", "vi", "od", "cp",
-    "mv", "rm", "ln", "halt", "reboot", "shutdown", "exec", "eval", "unset", "tar", "zip",
-    "unzip", "gzip", "ping", "iex", "expr", "timeout", "node", "php", "python", "perl",
-    "ruby", "lua", "sh", "cmd", "env",
+    "alias", "attrib", "awk", "bg", "cat", "cd", "cmd", "cmp",
+    "copy", "cp", "cut", "date", "declare", "del", "df", "diff",
+    "dir", "docker", "du", "echo", "env", "erase", "eval", "exec",
+    "exit", "export", "expr", "false", "fg", "file", "find", "fold",
+    "free", "git", "grep", "gzip", "halt", "head", "history", "host",
+    "id", "iex", "init", "jobs", "kill", "kubectl", "last", "less",
+    "let", "ln", "local", "ls", "lua", "make", "md", "more",
+    "mount", "move", "mv", "net", "nl", "node", "npm", "od",
+    "perl", "php", "ping", "pip", "print", "ps", "pwd", "python",
+    "query", "read", "reboot", "reg", "ren", "rename", "rev", "rm",
+    "route", "ruby", "sc", "sed", "seq", "service", "set", "sh",
+    "shutdown", "sleep", "sort", "source", "split", "start", "stat", "strings",
+    "su", "tail", "tar", "tee", "test", "time", "timeout", "touch",
+    "tr", "trap", "tree", "true", "type", "uniq", "unset", "unzip",
+    "ver", "vi", "w", "wait", "wc", "which", "who", "xargs",
+    "yes", "zip",
 ];
 
 /// Commands that appear in legitimate developer snippets after `|` or `&&`
 /// (`git log | head`, `cd x && make`): never enough on their own.
 const PIPELINE_BENIGN: &[&str] = &[
-    "grep", "head", "make", "sort", "uniq", "wc", "less", "more", "tee", "xargs", "sed",
-    "awk", "cut", "tr", "git", "npm", "pip", "docker", "kubectl", "cd", "jq", "tail",
+    "awk", "cd", "cut", "docker", "git", "grep", "head", "jq",
+    "kubectl", "less", "make", "more", "npm", "pip", "sed", "sort",
+    "tail", "tee", "tr", "uniq", "wc", "xargs",
 ];
+
+/// Lookup in one of the sorted command lists.
+fn in_list(list: &[&str], w: &str) -> bool {
+    list.binary_search(&w).is_ok()
+}
 
 fn candidate(s: &str) -> bool {
     s.bytes().any(|c| matches!(c, b';' | b'|' | b'&' | b'`' | b'$' | b'\n' | b'\r' | b'('))
@@ -78,7 +94,7 @@ pub(crate) fn detect(s: &str) -> Option<&'static str> {
     let b = s.as_bytes();
     let n = b.len();
     // Shellshock: `() {` function definition prefix.
-    if let Some(p) = memchr::memmem::find(b, b"() {") {
+    if let Some(p) = super::find_bytes(b, b"() {") {
         let body = &b[p + 4..];
         let semi = body.iter().take(6).position(|c| *c == b';');
         if semi.is_some_and(|k| body[k + 1..].iter().take(3).any(|c| *c == b'}')) {
@@ -245,10 +261,10 @@ fn command_after(b: &[u8], op_at: usize, after: usize, op: Op) -> Option<&'stati
     let path_prog = word[0] == b'/' && word.len() > 1 && (word.starts_with(b"/bin/") || word.starts_with(b"/usr/") || word.starts_with(b"/sbin/") || word.starts_with(b"/tmp/") || word.starts_with(b"/dev/"));
     let base = std::str::from_utf8(base).unwrap_or("");
     // Unix commands are lowercase; only Windows commands may be written in capitals.
-    if b[start..end].iter().any(|c| c.is_ascii_uppercase()) && !WINDOWS.contains(&base) {
+    if b[start..end].iter().any(|c| c.is_ascii_uppercase()) && !in_list(WINDOWS, base) {
         return None;
     }
-    let known = STRONG.contains(&base);
+    let known = in_list(STRONG, base);
     if !known && !path_prog {
         return None;
     }
@@ -279,8 +295,8 @@ fn command_after(b: &[u8], op_at: usize, after: usize, op: Op) -> Option<&'stati
         || rest.starts_with(b"${ifs}") || starts_with_ci(rest, b"$ifs")
         || (end < n && (starts_with_ci(&b[end..], b"${ifs}") || starts_with_ci(&b[end..], b"$ifs")))
         || (next.map(|c| c.is_ascii_alphabetic()).unwrap_or(false) && (rest.starts_with(b"c:") || rest.get(1) == Some(&b':')));
-    let weak = WEAK.contains(&base);
-    let benign_pipeline = PIPELINE_BENIGN.contains(&base);
+    let weak = in_list(WEAK, base);
+    let benign_pipeline = in_list(PIPELINE_BENIGN, base);
     // What precedes the operator: a value that was "closed" by a quote/paren, or data.
     let before = &b[..op_at];
     let prefix_is_command = first_word_is_command(before);
@@ -398,5 +414,5 @@ fn first_word_is_command(before: &[u8]) -> bool {
     }
     let w = trimmed[..wl].to_ascii_lowercase();
     let w = std::str::from_utf8(&w).unwrap_or("");
-    STRONG.contains(&w)
+    in_list(STRONG, w)
 }

@@ -62,9 +62,9 @@ pub(crate) fn detect_template(s: &str) -> Option<&'static str> {
         return None;
     }
     // JNDI: collapse lookups and look for "jndi:" inside a ${ … }.
-    if let Some(p) = memchr::memmem::find(b, b"${") {
+    if let Some(p) = super::find_bytes(b, b"${") {
         let collapsed = collapse_lookups(&b[p..b.len().min(p + 512)]);
-        if memchr::memmem::find(&collapsed, b"${jndi:").is_some() {
+        if super::find_bytes(&collapsed, b"${jndi:").is_some() {
             return Some("template.jndi");
         }
     }
@@ -89,7 +89,7 @@ pub(crate) fn detect_template(s: &str) -> Option<&'static str> {
         }
         let body_start = i + open_len;
         let rest = &b[body_start..n.min(body_start + 400)];
-        let body = match memchr::memmem::find(rest, close) {
+        let body = match super::find_bytes(rest, close) {
             Some(e) => &rest[..e],
             None => {
                 i += 1;
@@ -161,7 +161,7 @@ fn template_body_active(body: &[u8], code_block: bool) -> bool {
         b"open(", b"subprocess", b"os.", b"shell", b"$x=", b"<#assign", b"freemarker",
         b"velocity", b"#set(", b"this.", b"getenv", b"env.", b"uri.", b"servletcontext",
     ];
-    if MARKERS.iter().any(|m| memchr::memmem::find(&lc, m).is_some()) {
+    if MARKERS.iter().any(|m| super::find_bytes(&lc, m).is_some()) {
         return true;
     }
     // code blocks (<% %>, {% %}) with a call

@@ -140,6 +140,21 @@ impl Detectors {
     }
 }
 
+/// First occurrence of `pat` in `hay`. Inputs and patterns are short, so a first-byte
+/// `memchr` scan beats building a substring searcher per call.
+pub(crate) fn find_bytes(hay: &[u8], pat: &[u8]) -> Option<usize> {
+    let first = *pat.first()?;
+    let mut from = 0;
+    while let Some(p) = memchr::memchr(first, hay.get(from..)?) {
+        let i = from + p;
+        if hay[i..].starts_with(pat) {
+            return Some(i);
+        }
+        from = i + 1;
+    }
+    None
+}
+
 /// Values longer than this many bytes are inspected in overlapping windows.
 pub const MAX_INSPECT: usize = 8 * 1024;
 /// Overlap between consecutive windows of a long value.

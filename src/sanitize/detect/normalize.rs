@@ -22,14 +22,18 @@ pub(crate) fn normalize(input: &str) -> Cow<'_, str> {
     if !needs_work(input) {
         return Cow::Borrowed(input);
     }
-    let mut bytes: Vec<u8> = input.as_bytes().to_vec();
-    for _ in 0..PERCENT_PASSES {
-        match percent_decode_pass(&bytes) {
-            Some(next) => bytes = next,
-            None => break,
+    let mut s = match percent_decode_pass(input.as_bytes()) {
+        None => input.to_owned(),
+        Some(mut bytes) => {
+            for _ in 1..PERCENT_PASSES {
+                match percent_decode_pass(&bytes) {
+                    Some(next) => bytes = next,
+                    None => break,
+                }
+            }
+            bytes_to_string(&bytes)
         }
-    }
-    let mut s = bytes_to_string(&bytes);
+    };
     for _ in 0..ENTITY_PASSES {
         match entity_decode_pass(&s) {
             Some(next) => s = next,
@@ -41,6 +45,9 @@ pub(crate) fn normalize(input: &str) -> Cow<'_, str> {
     }
     // Drop NUL and invisible control / format characters; keep \t, \n, \r (they matter to
     // CRLF and command injection detection).
+    if !s.chars().any(|c| (c as u32) < 0x20 || c == '\x7f' || matches!(c, '\u{200b}'..='\u{200f}' | '\u{2060}'..='\u{2064}' | '\u{feff}' | '\u{ad}')) {
+        return Cow::Owned(s);
+    }
     s.retain(|c| {
         !(matches!(c, '\0'..='\x08' | '\x0b' | '\x0c' | '\x0e'..='\x1f' | '\x7f')
             || matches!(

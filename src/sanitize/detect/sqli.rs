@@ -453,7 +453,7 @@ fn find_quote_end(b: &[u8], from: usize, q: u8) -> Option<usize> {
 }
 
 fn find_sub(h: &[u8], needle: &[u8]) -> Option<usize> {
-    memchr::memmem::find(h, needle)
+    super::find_bytes(h, needle)
 }
 
 /// Cheap pre-check: can this value possibly be SQL injection?
@@ -477,7 +477,7 @@ fn contains_ci(s: &str, needle: &str) -> bool {
 /// unterminated `/*` is kept (it truncates the rest of the query).
 fn strip_inline_comments(s: &str) -> std::borrow::Cow<'_, str> {
     let b = s.as_bytes();
-    if memchr::memmem::find(b, b"/*").is_none() && memchr::memmem::find(b, b"*/").is_none() {
+    if memchr::memchr(b'*', b).is_none() {
         return std::borrow::Cow::Borrowed(s);
     }
     let mut out: Vec<u8> = Vec::with_capacity(b.len());

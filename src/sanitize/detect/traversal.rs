@@ -31,7 +31,37 @@ const WRAPPERS: &[&[u8]] = &[
 ];
 
 fn candidate(s: &str) -> bool {
-    s.bytes().any(|c| matches!(c, b'.' | b'/' | b'\\' | b':'))
+    let b = s.as_bytes();
+    super::find_bytes(b, b"..").is_some()
+        || memchr::memchr3(b'/', b'\\', b':', b).is_some()
+        || !s.is_ascii()
+        || b.windows(4).any(|w| w.eq_ignore_ascii_case(b"0x2e"))
+}
+
+/// First occurrence of a short pattern (no searcher construction: patterns are tiny and
+/// the inputs short).
+fn find_pat(hay: &[u8], pat: &[u8]) -> Option<usize> {
+    let mut from = 0;
+    while let Some(p) = memchr::memchr(pat[0], &hay[from..]) {
+        let i = from + p;
+        if hay[i..].starts_with(pat) {
+            return Some(i);
+        }
+        from = i + 1;
+    }
+    None
+}
+
+/// Whether any of `pats` occurs in `hay` (one pass over the candidate start bytes).
+fn find_any(hay: &[u8], pats: &[&[u8]]) -> Option<(usize, usize)> {
+    for (i, &c) in hay.iter().enumerate() {
+        for (k, p) in pats.iter().enumerate() {
+            if p[0] == c && hay[i..].starts_with(p) {
+                return Some((i, k));
+            }
+        }
+    }
+    None
 }
 
 pub(crate) fn detect(s: &str) -> Option<&'static str> {
@@ -50,7 +80,7 @@ pub(crate) fn detect(s: &str) -> Option<&'static str> {
         }
     }
     // hex-literal encoded dots and slashes: 0x2e0x2e0x2f
-    if memchr::memmem::find(&p, b"0x2e").is_some() {
+    if super::find_bytes(&p, b"0x2e").is_some() {
         let mut q = Vec::with_capacity(p.len());
         let mut i = 0;
         while i < p.len() {
@@ -99,7 +129,7 @@ pub(crate) fn detect(s: &str) -> Option<&'static str> {
     }
     let target_sensitive = |from: usize| -> bool {
         let tail = &p[from.min(n)..];
-        SYSTEM_DIRS.iter().any(|d| memchr::memmem::find(tail, d).is_some())
+        find_any(tail, SYSTEM_DIRS).is_some()
     };
     let prose = s.split_whitespace().count() > 3;
     if steps >= 2 && (!prose || target_sensitive(first_step_end.unwrap_or(0))) {
@@ -111,8 +141,9 @@ pub(crate) fn detect(s: &str) -> Option<&'static str> {
             return Some("traversal.dot_dot");
         }
     }
-    for w in WRAPPERS {
-        if let Some(pos) = memchr::memmem::find(&p, w) {
+    let has_colon = memchr::memchr(b':', &p).is_some();
+    for w in WRAPPERS.iter().filter(|_| has_colon) {
+        if let Some(pos) = find_pat(&p, w) {
             let at_start = pos == 0 || matches!(p[pos - 1], b'=' | b'"' | b'\'' | b'(' | b'/' | b':');
             let after = &p[pos + w.len()..];
             if at_start && !after.is_empty() && (*w != b"jar:" || after.starts_with(b"file:") || after.starts_with(b"http")) && (*w != b"data://" || after.contains(&b'/')) {
@@ -121,8 +152,9 @@ pub(crate) fn detect(s: &str) -> Option<&'static str> {
         }
     }
     // Absolute system path: the value is (or has a parameter that is) a path.
-    for a in ABS_SYSTEM {
-        if let Some(pos) = memchr::memmem::find(&p, a) {
+    let has_slash = memchr::memchr(b'/', &p).is_some();
+    for a in ABS_SYSTEM.iter().filter(|_| has_slash) {
+        if let Some(pos) = find_pat(&p, a) {
             let at_start = pos == 0 || matches!(p[pos - 1], b'=' | b'"' | b'\'' | b'(' | b'%' | b'/');
             let after = &p[pos + a.len()..];
             // a file or directory name follows, and the value is path-shaped (no prose)

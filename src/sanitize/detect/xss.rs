@@ -207,7 +207,7 @@ fn tags(b: &[u8]) -> Option<&'static str> {
 fn glued_handler(t: &[u8]) -> Option<&'static str> {
     let n = t.len();
     let mut i = 0;
-    while let Some(p) = memchr::memmem::find(&t[i..], b"on") {
+    while let Some(p) = super::find_bytes(&t[i..], b"on") {
         let s = i + p;
         i = s + 2;
         let mut j = s + 2;
@@ -238,10 +238,10 @@ fn is_event_handler(name: &[u8]) -> bool {
 
 fn style_is_active(v: &[u8]) -> bool {
     let s: Vec<u8> = v.iter().copied().filter(|c| !is_ws(*c) && *c != b'\\').collect();
-    memchr::memmem::find(&s, b"expression(").is_some()
-        || memchr::memmem::find(&s, b"javascript:").is_some()
-        || memchr::memmem::find(&s, b"behavior:").is_some()
-        || memchr::memmem::find(&s, b"-moz-binding").is_some()
+    super::find_bytes(&s, b"expression(").is_some()
+        || super::find_bytes(&s, b"javascript:").is_some()
+        || super::find_bytes(&s, b"behavior:").is_some()
+        || super::find_bytes(&s, b"-moz-binding").is_some()
 }
 
 /// `javascript:` (and friends) anywhere, ignoring whitespace and control characters
@@ -332,7 +332,7 @@ fn attribute_breakout(b: &[u8]) -> Option<&'static str> {
     let n = b.len();
     let mut i = 0;
     while i + 4 < n {
-        let Some(p) = memchr::memmem::find(&b[i..], b"on") else { break };
+        let Some(p) = super::find_bytes(&b[i..], b"on") else { break };
         let s = i + p;
         i = s + 2;
         if s > 0 && !(is_ws(b[s - 1]) || matches!(b[s - 1], b'"' | b'\'' | b'/' | b'`' | b';')) {
