@@ -313,7 +313,7 @@ fn tokenize(s: &str, quote: Option<u8>, toks: &mut Vec<Tok>, lower: &mut String)
                 while i < n && matches!(b[i], b'=' | b'<' | b'>' | b'!') && i - start < 3 {
                     i += 1;
                 }
-                let t = if &b[start..i] == b"!" { T::Logic } else { T::Cmp };
+                let t = if b[start..i].iter().all(|c| *c == b'!') { T::Logic } else { T::Cmp };
                 toks.push(Tok { t, start, end: i });
             }
             b'|' | b'&' => {
@@ -457,19 +457,41 @@ fn find_sub(h: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 /// Cheap pre-check: can this value possibly be SQL injection?
+/// Every rule needs a comparison, a call, a comment, a statement separator, a variable,
+/// a logic operator in symbols, or one of the clause keywords below.
 fn candidate(s: &str) -> bool {
-    s.bytes().any(|c| {
-        matches!(
-            c,
-            b'\'' | b'"' | b'=' | b'(' | b';' | b'#' | b'-' | b'/' | b',' | b'<' | b'>' | b'|'
-                | b'&' | b'@' | b'`' | b'*'
-        )
-    }) || contains_ci(s, "union") || contains_ci(s, "select")
-}
-
-fn contains_ci(s: &str, needle: &str) -> bool {
-    let n = needle.as_bytes();
-    s.as_bytes().windows(n.len()).any(|w| w.eq_ignore_ascii_case(n))
+    let b = s.as_bytes();
+    if b.iter().any(|c| matches!(c, b'=' | b'<' | b'>' | b'(' | b';' | b'#' | b'@' | b'|' | b'!')) {
+        return true;
+    }
+    if super::find_bytes(b, b"--").is_some() || super::find_bytes(b, b"/*").is_some() || super::find_bytes(b, b"&&").is_some() {
+        return true;
+    }
+    const CLAUSE: &[&[u8]] = &[
+        b"union", b"select", b"order", b"group", b"having", b"limit", b"procedure", b"into",
+        b"exec", b"execute", b"call", b"waitfor", b"declare", b"like", b"rlike", b"regexp",
+        b"where", b"case",
+    ];
+    let mut i = 0;
+    while i < b.len() {
+        if b[i].is_ascii_alphabetic() {
+            let st = i;
+            while i < b.len() && b[i].is_ascii_alphabetic() {
+                i += 1;
+            }
+            let w = &b[st..i];
+            if (4..=9).contains(&w.len()) && CLAUSE.iter().any(|k| k.eq_ignore_ascii_case(w)) {
+                return true;
+            }
+            // glued keyword forms (UNIONSELECT, OR4047) start with a clause word too
+            if w.len() > 9 && CLAUSE.iter().any(|k| w.len() > k.len() && w[..k.len()].eq_ignore_ascii_case(k)) {
+                return true;
+            }
+        } else {
+            i += 1;
+        }
+    }
+    false
 }
 
 /// Inline comments: `/*!50000 … */` executable comments lose their markers, a comment

@@ -38,20 +38,6 @@ fn candidate(s: &str) -> bool {
         || b.windows(4).any(|w| w.eq_ignore_ascii_case(b"0x2e"))
 }
 
-/// First occurrence of a short pattern (no searcher construction: patterns are tiny and
-/// the inputs short).
-fn find_pat(hay: &[u8], pat: &[u8]) -> Option<usize> {
-    let mut from = 0;
-    while let Some(p) = memchr::memchr(pat[0], &hay[from..]) {
-        let i = from + p;
-        if hay[i..].starts_with(pat) {
-            return Some(i);
-        }
-        from = i + 1;
-    }
-    None
-}
-
 /// Whether any of `pats` occurs in `hay` (one pass over the candidate start bytes).
 fn find_any(hay: &[u8], pats: &[&[u8]]) -> Option<(usize, usize)> {
     for (i, &c) in hay.iter().enumerate() {
@@ -143,7 +129,13 @@ pub(crate) fn detect(s: &str) -> Option<&'static str> {
     }
     let has_colon = memchr::memchr(b':', &p).is_some();
     for w in WRAPPERS.iter().filter(|_| has_colon) {
-        if let Some(pos) = find_pat(&p, w) {
+        // every wrapper contains a ':'; find it by the scheme's position before a colon
+        let colon_in_w = w.iter().position(|c| *c == b':').unwrap_or(0);
+        let pos = memchr::memchr_iter(b':', &p)
+            .filter(|&c| c >= colon_in_w)
+            .map(|c| c - colon_in_w)
+            .find(|&st| p[st..].starts_with(w));
+        if let Some(pos) = pos {
             let at_start = pos == 0 || matches!(p[pos - 1], b'=' | b'"' | b'\'' | b'(' | b'/' | b':');
             let after = &p[pos + w.len()..];
             if at_start && !after.is_empty() && (*w != b"jar:" || after.starts_with(b"file:") || after.starts_with(b"http")) && (*w != b"data://" || after.contains(&b'/')) {
@@ -152,15 +144,28 @@ pub(crate) fn detect(s: &str) -> Option<&'static str> {
         }
     }
     // Absolute system path: the value is (or has a parameter that is) a path.
-    let has_slash = memchr::memchr(b'/', &p).is_some();
-    for a in ABS_SYSTEM.iter().filter(|_| has_slash) {
-        if let Some(pos) = find_pat(&p, a) {
+    // every absolute pattern starts with '/' or 'c:/': check them at each slash once
+    let abs_hits = memchr::memchr_iter(b'/', &p).flat_map(|sl| {
+        let p = &p;
+        ABS_SYSTEM.iter().filter_map(move |a| {
+            let off = if a[0] == b'/' { 0 } else { 2 };
+            (sl >= off && p[sl - off..].starts_with(a)).then_some((sl - off, *a))
+        })
+    });
+    let mut seen = 0u64;
+    for (pos, a) in abs_hits {
+        let idx = ABS_SYSTEM.iter().position(|x| *x == a).unwrap_or(0);
+        if seen & (1 << idx) != 0 {
+            continue; // first occurrence per pattern only, as before
+        }
+        seen |= 1 << idx;
+        {
             let at_start = pos == 0 || matches!(p[pos - 1], b'=' | b'"' | b'\'' | b'(' | b'%' | b'/');
             let after = &p[pos + a.len()..];
             // a file or directory name follows, and the value is path-shaped (no prose)
             let name_follows = after.first().map(|c| c.is_ascii_alphanumeric() || *c == b'.' || *c == b'_').unwrap_or(false);
             let raw_has_space = s.trim().contains(' ');
-            let generic = matches!(*a, b"/home/" | b"/usr/" | b"/bin/" | b"/tmp/" | b"c:/" | b"/opt/" | b"c:/users/" | b"/var/www/");
+            let generic = matches!(a, b"/home/" | b"/usr/" | b"/bin/" | b"/tmp/" | b"c:/" | b"/opt/" | b"c:/users/" | b"/var/www/");
             if at_start && name_follows && !raw_has_space {
                 if generic {
                     // only when it reaches a sensitive file below
