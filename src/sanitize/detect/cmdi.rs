@@ -6,45 +6,285 @@
 
 /// Commands that are never English words; enough on their own after a control operator.
 const STRONG: &[&str] = &[
-    "alias", "apt", "apt-get", "arp", "attrib", "awk", "base64", "basename",
-    "bash", "bash.exe", "bg", "bitsadmin", "busybox", "bzip2", "cacls", "cat",
-    "cd", "certutil", "chattr", "chdir", "chmod", "chown", "cmd", "cmd.exe",
-    "cmp", "copy", "cp", "crontab", "cscript", "csh", "curl", "cut",
-    "dash", "date", "declare", "del", "df", "diff", "dig", "dir",
-    "dirname", "dmesg", "dnf", "docker", "du", "echo", "env", "erase",
-    "eval", "exec", "exit", "export", "expr", "false", "fc", "fg",
-    "file", "find", "fold", "free", "ftp", "gawk", "gcc", "getent",
-    "getfacl", "git", "grep", "groups", "gunzip", "gzip", "halt", "head",
-    "hexdump", "history", "host", "hostname", "icacls", "id", "id.exe", "iex",
-    "ifconfig", "init", "invoke-expression", "invoke-webrequest", "ipconfig", "jobs", "kill", "killall",
-    "ksh", "kubectl", "last", "lastlog", "less", "let", "ln", "local",
-    "locate", "logout", "ls", "lsattr", "lsb_release", "lsof", "lua", "make",
-    "md", "mkdir", "mkfifo", "mknod", "more", "mount", "move", "mshta",
-    "mv", "nc", "nc.exe", "ncat", "net", "netcat", "netstat", "nl",
-    "nmap", "node", "nohup", "npm", "nslookup", "nslookup.exe", "od", "openssl",
-    "passwd", "pathping", "perl", "php", "ping", "ping.exe", "pip", "pkill",
-    "poweroff", "powershell", "powershell.exe", "print", "printenv", "printf", "ps", "pwd",
-    "pwsh", "python", "python2", "python3", "query", "quser", "qwinsta", "read",
-    "readlink", "realpath", "reboot", "reg", "regsvr32", "ren", "rename", "rev",
-    "rm", "rmdir", "route", "rsync", "ruby", "runas", "rundll32", "sc",
-    "schtasks", "scp", "sed", "seq", "service", "set", "setfacl", "sh",
-    "sh.exe", "shutdown", "sleep", "socat", "sort", "source", "split", "ssh",
-    "start", "start-process", "stat", "strings", "su", "sudo", "systemctl", "systeminfo",
-    "tail", "tar", "taskkill", "tasklist", "tcsh", "tee", "telnet", "telnetd",
-    "test", "tftp", "time", "timeout", "touch", "tr", "traceroute", "tracert",
-    "trap", "tree", "true", "type", "ulimit", "umask", "uname", "uniq",
-    "unset", "unzip", "uptime", "useradd", "usermod", "ver", "ver.exe", "vi",
-    "vim", "w", "wait", "wc", "wget", "whereis", "which", "who",
-    "whoami", "whoami.exe", "wmic", "wscript", "xargs", "xterm", "xxd", "yes",
-    "yum", "zip", "zsh",
+    "alias",
+    "apt",
+    "apt-get",
+    "arp",
+    "attrib",
+    "awk",
+    "base64",
+    "basename",
+    "bash",
+    "bash.exe",
+    "bg",
+    "bitsadmin",
+    "busybox",
+    "bzip2",
+    "cacls",
+    "cat",
+    "cd",
+    "certutil",
+    "chattr",
+    "chdir",
+    "chmod",
+    "chown",
+    "cmd",
+    "cmd.exe",
+    "cmp",
+    "copy",
+    "cp",
+    "crontab",
+    "cscript",
+    "csh",
+    "curl",
+    "cut",
+    "dash",
+    "date",
+    "declare",
+    "del",
+    "df",
+    "diff",
+    "dig",
+    "dir",
+    "dirname",
+    "dmesg",
+    "dnf",
+    "docker",
+    "du",
+    "echo",
+    "env",
+    "erase",
+    "eval",
+    "exec",
+    "exit",
+    "export",
+    "expr",
+    "false",
+    "fc",
+    "fg",
+    "file",
+    "find",
+    "fold",
+    "free",
+    "ftp",
+    "gawk",
+    "gcc",
+    "getent",
+    "getfacl",
+    "git",
+    "grep",
+    "groups",
+    "gunzip",
+    "gzip",
+    "halt",
+    "head",
+    "hexdump",
+    "history",
+    "host",
+    "hostname",
+    "icacls",
+    "id",
+    "id.exe",
+    "iex",
+    "ifconfig",
+    "init",
+    "invoke-expression",
+    "invoke-webrequest",
+    "ipconfig",
+    "jobs",
+    "kill",
+    "killall",
+    "ksh",
+    "kubectl",
+    "last",
+    "lastlog",
+    "less",
+    "let",
+    "ln",
+    "local",
+    "locate",
+    "logout",
+    "ls",
+    "lsattr",
+    "lsb_release",
+    "lsof",
+    "lua",
+    "make",
+    "md",
+    "mkdir",
+    "mkfifo",
+    "mknod",
+    "more",
+    "mount",
+    "move",
+    "mshta",
+    "mv",
+    "nc",
+    "nc.exe",
+    "ncat",
+    "net",
+    "netcat",
+    "netstat",
+    "nl",
+    "nmap",
+    "node",
+    "nohup",
+    "npm",
+    "nslookup",
+    "nslookup.exe",
+    "od",
+    "openssl",
+    "passwd",
+    "pathping",
+    "perl",
+    "php",
+    "ping",
+    "ping.exe",
+    "pip",
+    "pkill",
+    "poweroff",
+    "powershell",
+    "powershell.exe",
+    "print",
+    "printenv",
+    "printf",
+    "ps",
+    "pwd",
+    "pwsh",
+    "python",
+    "python2",
+    "python3",
+    "query",
+    "quser",
+    "qwinsta",
+    "read",
+    "readlink",
+    "realpath",
+    "reboot",
+    "reg",
+    "regsvr32",
+    "ren",
+    "rename",
+    "rev",
+    "rm",
+    "rmdir",
+    "route",
+    "rsync",
+    "ruby",
+    "runas",
+    "rundll32",
+    "sc",
+    "schtasks",
+    "scp",
+    "sed",
+    "seq",
+    "service",
+    "set",
+    "setfacl",
+    "sh",
+    "sh.exe",
+    "shutdown",
+    "sleep",
+    "socat",
+    "sort",
+    "source",
+    "split",
+    "ssh",
+    "start",
+    "start-process",
+    "stat",
+    "strings",
+    "su",
+    "sudo",
+    "systemctl",
+    "systeminfo",
+    "tail",
+    "tar",
+    "taskkill",
+    "tasklist",
+    "tcsh",
+    "tee",
+    "telnet",
+    "telnetd",
+    "test",
+    "tftp",
+    "time",
+    "timeout",
+    "touch",
+    "tr",
+    "traceroute",
+    "tracert",
+    "trap",
+    "tree",
+    "true",
+    "type",
+    "ulimit",
+    "umask",
+    "uname",
+    "uniq",
+    "unset",
+    "unzip",
+    "uptime",
+    "useradd",
+    "usermod",
+    "ver",
+    "ver.exe",
+    "vi",
+    "vim",
+    "w",
+    "wait",
+    "wc",
+    "wget",
+    "whereis",
+    "which",
+    "who",
+    "whoami",
+    "whoami.exe",
+    "wmic",
+    "wscript",
+    "xargs",
+    "xterm",
+    "xxd",
+    "yes",
+    "yum",
+    "zip",
+    "zsh",
 ];
 
 /// Windows commands (case-insensitive shell).
 const WINDOWS: &[&str] = &[
-    "attrib", "certutil", "cmd", "cmd.exe", "copy", "del", "dir", "echo",
-    "hostname", "iex", "ipconfig", "move", "net", "netstat", "nslookup", "ping",
-    "powershell", "powershell.exe", "query", "reg", "ren", "sc", "set", "start",
-    "systeminfo", "taskkill", "tasklist", "timeout", "type", "ver", "whoami", "whoami.exe",
+    "attrib",
+    "certutil",
+    "cmd",
+    "cmd.exe",
+    "copy",
+    "del",
+    "dir",
+    "echo",
+    "hostname",
+    "iex",
+    "ipconfig",
+    "move",
+    "net",
+    "netstat",
+    "nslookup",
+    "ping",
+    "powershell",
+    "powershell.exe",
+    "query",
+    "reg",
+    "ren",
+    "sc",
+    "set",
+    "start",
+    "systeminfo",
+    "taskkill",
+    "tasklist",
+    "timeout",
+    "type",
+    "ver",
+    "whoami",
+    "whoami.exe",
     "wmic",
 ];
 
@@ -52,30 +292,24 @@ const WINDOWS: &[&str] = &[
 /// legitimate snippets): they need an argument shaped like a command line (a flag, a path,
 /// a number, a redirection) or nothing at all after them.
 const WEAK: &[&str] = &[
-    "alias", "attrib", "awk", "bg", "cat", "cd", "cmd", "cmp",
-    "copy", "cp", "cut", "date", "declare", "del", "df", "diff",
-    "dir", "docker", "du", "echo", "env", "erase", "eval", "exec",
-    "exit", "export", "expr", "false", "fg", "file", "find", "fold",
-    "free", "git", "grep", "gzip", "halt", "head", "history", "host",
-    "id", "iex", "init", "jobs", "kill", "kubectl", "last", "less",
-    "let", "ln", "local", "ls", "lua", "make", "md", "more",
-    "mount", "move", "mv", "net", "nl", "node", "npm", "od",
-    "perl", "php", "ping", "pip", "print", "ps", "pwd", "python",
-    "query", "read", "reboot", "reg", "ren", "rename", "rev", "rm",
-    "route", "ruby", "sc", "sed", "seq", "service", "set", "sh",
-    "shutdown", "sleep", "sort", "source", "split", "start", "stat", "strings",
-    "su", "tail", "tar", "tee", "test", "time", "timeout", "touch",
-    "tr", "trap", "tree", "true", "type", "uniq", "unset", "unzip",
-    "ver", "vi", "w", "wait", "wc", "which", "who", "xargs",
-    "yes", "zip",
+    "alias", "attrib", "awk", "bg", "cat", "cd", "cmd", "cmp", "copy", "cp", "cut", "date",
+    "declare", "del", "df", "diff", "dir", "docker", "du", "echo", "env", "erase", "eval", "exec",
+    "exit", "export", "expr", "false", "fg", "file", "find", "fold", "free", "git", "grep", "gzip",
+    "halt", "head", "history", "host", "id", "iex", "init", "jobs", "kill", "kubectl", "last",
+    "less", "let", "ln", "local", "ls", "lua", "make", "md", "more", "mount", "move", "mv", "net",
+    "nl", "node", "npm", "od", "perl", "php", "ping", "pip", "print", "ps", "pwd", "python",
+    "query", "read", "reboot", "reg", "ren", "rename", "rev", "rm", "route", "ruby", "sc", "sed",
+    "seq", "service", "set", "sh", "shutdown", "sleep", "sort", "source", "split", "start", "stat",
+    "strings", "su", "tail", "tar", "tee", "test", "time", "timeout", "touch", "tr", "trap",
+    "tree", "true", "type", "uniq", "unset", "unzip", "ver", "vi", "w", "wait", "wc", "which",
+    "who", "xargs", "yes", "zip",
 ];
 
 /// Commands that appear in legitimate developer snippets after `|` or `&&`
 /// (`git log | head`, `cd x && make`): never enough on their own.
 const PIPELINE_BENIGN: &[&str] = &[
-    "awk", "cd", "cut", "docker", "git", "grep", "head", "jq",
-    "kubectl", "less", "make", "more", "npm", "pip", "sed", "sort",
-    "tail", "tee", "tr", "uniq", "wc", "xargs",
+    "awk", "cd", "cut", "docker", "git", "grep", "head", "jq", "kubectl", "less", "make", "more",
+    "npm", "pip", "sed", "sort", "tail", "tee", "tr", "uniq", "wc", "xargs",
 ];
 
 /// Lookup in one of the sorted command lists.
@@ -84,7 +318,8 @@ fn in_list(list: &[&str], w: &str) -> bool {
 }
 
 fn candidate(s: &str) -> bool {
-    s.bytes().any(|c| matches!(c, b';' | b'|' | b'&' | b'`' | b'$' | b'\n' | b'\r' | b'('))
+    s.bytes()
+        .any(|c| matches!(c, b';' | b'|' | b'&' | b'`' | b'$' | b'\n' | b'\r' | b'('))
 }
 
 pub(crate) fn detect(s: &str) -> Option<&'static str> {
@@ -183,7 +418,12 @@ fn shell_word(b: &[u8], mut i: usize, out: &mut Vec<u8>) -> usize {
                 // quote removal only when the quote is inside a word (c'a't) or wraps a word
                 let q = c;
                 match memchr::memchr(q, &b[i + 1..]) {
-                    Some(p) if p < 24 && !b[i + 1..i + 1 + p].iter().any(|x| super::misc::is_space(*x)) => {
+                    Some(p)
+                        if p < 24
+                            && !b[i + 1..i + 1 + p]
+                                .iter()
+                                .any(|x| super::misc::is_space(*x)) =>
+                    {
                         out.extend_from_slice(&b[i + 1..i + 1 + p]);
                         i = i + 2 + p;
                     }
@@ -245,7 +485,12 @@ fn command_after(b: &[u8], op_at: usize, after: usize, op: Op) -> Option<&'stati
     if matches!(op, Op::Subst) && b[start] == b'<' {
         return Some("cmdi.substitution"); // $(<file)
     }
-    if b[start] == b'$' && start + 1 < n && (b[start + 1] == b'0' || starts_with_ci(&b[start + 1..], b"shell") || starts_with_ci(&b[start + 1..], b"bash")) {
+    if b[start] == b'$'
+        && start + 1 < n
+        && (b[start + 1] == b'0'
+            || starts_with_ci(&b[start + 1..], b"shell")
+            || starts_with_ci(&b[start + 1..], b"bash"))
+    {
         return Some("cmdi.command_chain"); // $0 -c …
     }
     let mut word = Vec::new();
@@ -258,7 +503,13 @@ fn command_after(b: &[u8], op_at: usize, after: usize, op: Op) -> Option<&'stati
         Some(p) if word[0] == b'/' => &word[p + 1..],
         _ => &word,
     };
-    let path_prog = word[0] == b'/' && word.len() > 1 && (word.starts_with(b"/bin/") || word.starts_with(b"/usr/") || word.starts_with(b"/sbin/") || word.starts_with(b"/tmp/") || word.starts_with(b"/dev/"));
+    let path_prog = word[0] == b'/'
+        && word.len() > 1
+        && (word.starts_with(b"/bin/")
+            || word.starts_with(b"/usr/")
+            || word.starts_with(b"/sbin/")
+            || word.starts_with(b"/tmp/")
+            || word.starts_with(b"/dev/"));
     let base = std::str::from_utf8(base).unwrap_or("");
     // Unix commands are lowercase; only Windows commands may be written in capitals.
     if b[start..end].iter().any(|c| c.is_ascii_uppercase()) && !in_list(WINDOWS, base) {
@@ -287,24 +538,50 @@ fn command_after(b: &[u8], op_at: usize, after: usize, op: Op) -> Option<&'stati
         _ => false,
     };
     let ends_command = next.is_none()
-        || matches!(next, Some(b';' | b'|' | b'&' | b'`' | b'#' | b'\n' | b'\r' | b')' | b'>' | b'<'))
-        || (matches!(next, Some(b'\'' | b'"')) && rest.len() >= 1 && rest[1..].iter().all(|c| matches!(c, b';' | b'|' | b'&' | b')' | b'#' | b' ' | b'\'' | b'"')));
+        || matches!(
+            next,
+            Some(b';' | b'|' | b'&' | b'`' | b'#' | b'\n' | b'\r' | b')' | b'>' | b'<')
+        )
+        || (matches!(next, Some(b'\'' | b'"'))
+            && !rest.is_empty()
+            && rest[1..]
+                .iter()
+                .all(|c| matches!(c, b';' | b'|' | b'&' | b')' | b'#' | b' ' | b'\'' | b'"')));
     let arg_shell = matches!(next, Some(b'-' | b'/' | b'\\' | b'$' | b'+'))
         || next.map(|c| c.is_ascii_digit()).unwrap_or(false)
-        || (next == Some(b'.') && rest.get(1).map(|c| *c == b'/' || *c == b'.').unwrap_or(false))
-        || rest.starts_with(b"${ifs}") || starts_with_ci(rest, b"$ifs")
-        || (end < n && (starts_with_ci(&b[end..], b"${ifs}") || starts_with_ci(&b[end..], b"$ifs")))
-        || (next.map(|c| c.is_ascii_alphabetic()).unwrap_or(false) && (rest.starts_with(b"c:") || rest.get(1) == Some(&b':')));
+        || (next == Some(b'.')
+            && rest
+                .get(1)
+                .map(|c| *c == b'/' || *c == b'.')
+                .unwrap_or(false))
+        || rest.starts_with(b"${ifs}")
+        || starts_with_ci(rest, b"$ifs")
+        || (end < n
+            && (starts_with_ci(&b[end..], b"${ifs}") || starts_with_ci(&b[end..], b"$ifs")))
+        || (next.map(|c| c.is_ascii_alphabetic()).unwrap_or(false)
+            && (rest.starts_with(b"c:") || rest.get(1) == Some(&b':')));
     let weak = in_list(WEAK, base);
     let benign_pipeline = in_list(PIPELINE_BENIGN, base);
     // What precedes the operator: a value that was "closed" by a quote/paren, or data.
     let before = &b[..op_at];
     let prefix_is_command = first_word_is_command(before);
-    let sys_path_arg = rest.windows(5).take(80).any(|w| w == b"/etc/" || w == b"/var/" || w == b"/tmp/");
-    if benign_pipeline && matches!(op, Op::Pipe | Op::And | Op::Or) && (prefix_is_command || !ends_command) && !sys_path_arg {
+    let sys_path_arg = rest
+        .windows(5)
+        .take(80)
+        .any(|w| w == b"/etc/" || w == b"/var/" || w == b"/tmp/");
+    if benign_pipeline
+        && matches!(op, Op::Pipe | Op::And | Op::Or)
+        && (prefix_is_command || !ends_command)
+        && !sys_path_arg
+    {
         return None;
     }
-    if path_prog && (ends_command || arg_shell || next.map(|c| c.is_ascii_alphanumeric()).unwrap_or(false) || next == Some(b' ')) {
+    if path_prog
+        && (ends_command
+            || arg_shell
+            || next.map(|c| c.is_ascii_alphanumeric()).unwrap_or(false)
+            || next == Some(b' '))
+    {
         return Some("cmdi.command_path");
     }
     let subst_closer = matches!(next, Some(b'`' | b')' | b'}'));
@@ -332,7 +609,11 @@ fn command_after(b: &[u8], op_at: usize, after: usize, op: Op) -> Option<&'stati
             if data_prefix(before) && short_command_line(rest) {
                 return Some("cmdi.command_chain");
             }
-            if !weak && next.map(|c| c.is_ascii_alphabetic() || c == b'\'' || c == b'"').unwrap_or(false) {
+            if !weak
+                && next
+                    .map(|c| c.is_ascii_alphabetic() || c == b'\'' || c == b'"')
+                    .unwrap_or(false)
+            {
                 // `; bash -i`, `& powershell IEX(...)`, `| php -r '...'`: strong command with
                 // word argument
                 return Some("cmdi.command_chain");
@@ -361,17 +642,28 @@ fn short_command_line(rest: &[u8]) -> bool {
         .position(|c| matches!(c, b';' | b'|' | b'&' | b'`' | b'#' | b'\n' | b')' | b'>'))
         .unwrap_or(rest.len());
     let args = &rest[..end];
-    let words: Vec<&[u8]> = args.split(|c| *c == b' ').filter(|w| !w.is_empty()).collect();
+    let words: Vec<&[u8]> = args
+        .split(|c| *c == b' ')
+        .filter(|w| !w.is_empty())
+        .collect();
     !words.is_empty()
         && words.len() <= 3
         && words.iter().all(|w| {
-            w.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'-' | b'/' | b'.' | b':' | b'\\' | b'\'' | b'"'))
+            w.iter().all(|c| {
+                c.is_ascii_lowercase()
+                    || c.is_ascii_digit()
+                    || matches!(c, b'-' | b'/' | b'.' | b':' | b'\\' | b'\'' | b'"')
+            })
         })
 }
 
 /// `&name;` is an HTML character reference, not a shell operator.
 fn is_entity_ref(b: &[u8]) -> bool {
-    let k = b[1..].iter().take(10).take_while(|c| c.is_ascii_alphanumeric() || **c == b'#').count();
+    let k = b[1..]
+        .iter()
+        .take(10)
+        .take_while(|c| c.is_ascii_alphanumeric() || **c == b'#')
+        .count();
     k >= 2 && b.get(1 + k) == Some(&b';')
 }
 

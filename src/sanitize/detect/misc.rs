@@ -96,7 +96,11 @@ pub(crate) fn detect_template(s: &str) -> Option<&'static str> {
                 continue;
             }
         };
-        let body: &[u8] = if b[i] == b'<' && body.first() == Some(&b'=') { &body[1..] } else { body };
+        let body: &[u8] = if b[i] == b'<' && body.first() == Some(&b'=') {
+            &body[1..]
+        } else {
+            body
+        };
         if template_body_active(body, b[i] == b'<' || b[i + 1] == b'%') {
             return Some("template.expression");
         }
@@ -115,21 +119,21 @@ fn collapse_lookups(b: &[u8]) -> Vec<u8> {
             let inner = &b[i + 2..];
             let close = inner.iter().position(|c| *c == b'}');
             let dollar = inner.iter().position(|c| *c == b'$');
-            if let Some(cl) = close {
-                if dollar.map(|d| d > cl).unwrap_or(true) {
-                    let seg = &inner[..cl];
-                    if let Some(dash) = memchr::memmem::rfind(seg, b":-") {
-                        out.extend(seg[dash + 2..].iter().map(|c| c.to_ascii_lowercase()));
+            if let Some(cl) = close
+                && dollar.map(|d| d > cl).unwrap_or(true)
+            {
+                let seg = &inner[..cl];
+                if let Some(dash) = memchr::memmem::rfind(seg, b":-") {
+                    out.extend(seg[dash + 2..].iter().map(|c| c.to_ascii_lowercase()));
+                    i += 2 + cl + 1;
+                    continue;
+                }
+                if let Some(colon) = seg.iter().position(|c| *c == b':') {
+                    let f = seg[..colon].to_ascii_lowercase();
+                    if matches!(f.as_slice(), b"lower" | b"upper") {
+                        out.extend(seg[colon + 1..].iter().map(|c| c.to_ascii_lowercase()));
                         i += 2 + cl + 1;
                         continue;
-                    }
-                    if let Some(colon) = seg.iter().position(|c| *c == b':') {
-                        let f = seg[..colon].to_ascii_lowercase();
-                        if matches!(f.as_slice(), b"lower" | b"upper") {
-                            out.extend(seg[colon + 1..].iter().map(|c| c.to_ascii_lowercase()));
-                            i += 2 + cl + 1;
-                            continue;
-                        }
                     }
                 }
             }
@@ -148,31 +152,73 @@ fn template_body_active(body: &[u8], code_block: bool) -> bool {
     let lc = t.to_ascii_lowercase();
     // arithmetic between numbers: 7*7, 7*'7'
     for w in lc.windows(3) {
-        if w[0].is_ascii_digit() && matches!(w[1], b'*' | b'+' | b'-' | b'/' | b'%') && (w[2].is_ascii_digit() || w[2] == b'\'' || w[2] == b'"') {
+        if w[0].is_ascii_digit()
+            && matches!(w[1], b'*' | b'+' | b'-' | b'/' | b'%')
+            && (w[2].is_ascii_digit() || w[2] == b'\'' || w[2] == b'"')
+        {
             return true;
         }
     }
     // object walking / dangerous names
     const MARKERS: &[&[u8]] = &[
-        b"__", b"t(java", b"java.lang", b"runtime", b"getclass", b".class", b"forname",
-        b"processbuilder", b"exec(", b"system(", b"popen", b"eval(", b"import", b"require(",
-        b"constructor", b"config.", b"request.", b"self.", b"lipsum", b"cycler", b"joiner",
-        b"|attr", b"getruntime", b"new", b"${", b"#{", b"process.", b"global.", b"file.",
-        b"open(", b"subprocess", b"os.", b"shell", b"$x=", b"<#assign", b"freemarker",
-        b"velocity", b"#set(", b"this.", b"getenv", b"env.", b"uri.", b"servletcontext",
+        b"__",
+        b"t(java",
+        b"java.lang",
+        b"runtime",
+        b"getclass",
+        b".class",
+        b"forname",
+        b"processbuilder",
+        b"exec(",
+        b"system(",
+        b"popen",
+        b"eval(",
+        b"import",
+        b"require(",
+        b"constructor",
+        b"config.",
+        b"request.",
+        b"self.",
+        b"lipsum",
+        b"cycler",
+        b"joiner",
+        b"|attr",
+        b"getruntime",
+        b"new",
+        b"${",
+        b"#{",
+        b"process.",
+        b"global.",
+        b"file.",
+        b"open(",
+        b"subprocess",
+        b"os.",
+        b"shell",
+        b"$x=",
+        b"<#assign",
+        b"freemarker",
+        b"velocity",
+        b"#set(",
+        b"this.",
+        b"getenv",
+        b"env.",
+        b"uri.",
+        b"servletcontext",
     ];
     if MARKERS.iter().any(|m| super::find_bytes(&lc, m).is_some()) {
         return true;
     }
     // code blocks (<% %>, {% %}) with a call
-    if code_block && lc.iter().any(|c| *c == b'(') {
+    if code_block && lc.contains(&b'(') {
         return true;
     }
     // a call inside an expression: {{ foo('x') }}
-    if let Some(p) = lc.iter().position(|c| *c == b'(') {
-        if p > 0 && (lc[p - 1].is_ascii_alphanumeric() || matches!(lc[p - 1], b']' | b')')) && lc.contains(&b')') {
-            return true;
-        }
+    if let Some(p) = lc.iter().position(|c| *c == b'(')
+        && p > 0
+        && (lc[p - 1].is_ascii_alphanumeric() || matches!(lc[p - 1], b']' | b')'))
+        && lc.contains(&b')')
+    {
+        return true;
     }
     false
 }
@@ -180,13 +226,33 @@ fn template_body_active(body: &[u8], code_block: bool) -> bool {
 /// NoSQL operator injection inside a value: `{"$ne": 1}`, `[$where]=…`, `$gt`.
 pub(crate) fn detect_nosql(s: &str) -> Option<&'static str> {
     let b = s.as_bytes();
-    if memchr::memchr(b'$', b).is_none() {
-        return None;
-    }
+    memchr::memchr(b'$', b)?;
     const OPS: &[&[u8]] = &[
-        b"ne", b"eq", b"gt", b"gte", b"lt", b"lte", b"in", b"nin", b"regex", b"where",
-        b"exists", b"or", b"and", b"not", b"nor", b"expr", b"elemmatch", b"function",
-        b"accumulator", b"type", b"all", b"size", b"mod", b"text", b"jsonschema",
+        b"ne",
+        b"eq",
+        b"gt",
+        b"gte",
+        b"lt",
+        b"lte",
+        b"in",
+        b"nin",
+        b"regex",
+        b"where",
+        b"exists",
+        b"or",
+        b"and",
+        b"not",
+        b"nor",
+        b"expr",
+        b"elemmatch",
+        b"function",
+        b"accumulator",
+        b"type",
+        b"all",
+        b"size",
+        b"mod",
+        b"text",
+        b"jsonschema",
     ];
     let n = b.len();
     for (i, &c) in b.iter().enumerate() {

@@ -120,7 +120,7 @@ impl Detectors {
     fn inspect_window(&self, value: &str) -> Option<Finding> {
         let norm = normalize::normalize(value);
         let s: &str = &norm;
-        let checks: [(Kind, fn(&str) -> Option<&'static str>); 7] = [
+        let checks: [(Kind, DetectFn); 7] = [
             (Kind::Sqli, sqli::detect),
             (Kind::Xss, xss::detect),
             (Kind::Cmdi, cmdi::detect),
@@ -130,10 +130,10 @@ impl Detectors {
             (Kind::Nosql, misc::detect_nosql),
         ];
         for (kind, f) in checks {
-            if self.is_enabled(kind) {
-                if let Some(rule) = f(s) {
-                    return Some(Finding { kind, rule });
-                }
+            if self.is_enabled(kind)
+                && let Some(rule) = f(s)
+            {
+                return Some(Finding { kind, rule });
             }
         }
         None
@@ -154,6 +154,9 @@ pub(crate) fn find_bytes(hay: &[u8], pat: &[u8]) -> Option<usize> {
     }
     None
 }
+
+/// One detector: returns the rule id that fired.
+type DetectFn = fn(&str) -> Option<&'static str>;
 
 /// Values longer than this many bytes are inspected in overlapping windows.
 pub const MAX_INSPECT: usize = 8 * 1024;

@@ -69,22 +69,20 @@ fn hex_val(b: u8) -> Option<u8> {
 
 /// One percent-decoding pass (`%XX` and `%uXXXX`); `None` when nothing was decoded.
 fn percent_decode_pass(input: &[u8]) -> Option<Vec<u8>> {
-    if memchr::memchr(b'%', input).is_none() {
-        return None;
-    }
+    memchr::memchr(b'%', input)?;
     let mut out = Vec::with_capacity(input.len());
     let mut changed = false;
     let mut i = 0;
     while i < input.len() {
         let b = input[i];
         if b == b'%' {
-            if i + 2 < input.len() {
-                if let (Some(h), Some(l)) = (hex_val(input[i + 1]), hex_val(input[i + 2])) {
-                    out.push(h << 4 | l);
-                    i += 3;
-                    changed = true;
-                    continue;
-                }
+            if i + 2 < input.len()
+                && let (Some(h), Some(l)) = (hex_val(input[i + 1]), hex_val(input[i + 2]))
+            {
+                out.push(h << 4 | l);
+                i += 3;
+                changed = true;
+                continue;
             }
             if i + 5 < input.len() && (input[i + 1] == b'u' || input[i + 1] == b'U') {
                 let mut cp: u32 = 0;
@@ -98,14 +96,12 @@ fn percent_decode_pass(input: &[u8]) -> Option<Vec<u8>> {
                         }
                     }
                 }
-                if ok {
-                    if let Some(c) = char::from_u32(cp) {
-                        let mut buf = [0u8; 4];
-                        out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
-                        i += 6;
-                        changed = true;
-                        continue;
-                    }
+                if ok && let Some(c) = char::from_u32(cp) {
+                    let mut buf = [0u8; 4];
+                    out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+                    i += 6;
+                    changed = true;
+                    continue;
                 }
             }
         }

@@ -9,7 +9,9 @@
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum T {
     /// String literal; `closed` when its closing quote was seen.
-    Str { closed: bool },
+    Str {
+        closed: bool,
+    },
     Num,
     /// Plain word (identifier or unclassified English word).
     Word,
@@ -160,24 +162,24 @@ fn function_class(name: &str) -> F {
         "sleep" | "benchmark" | "pg_sleep" | "receive_message" | "randomblob"
         | "generate_series" | "dbms_lock" | "waitfor" => F::Time,
         "char" | "chr" | "concat" | "concat_ws" | "group_concat" | "cast" | "convert"
-        | "extractvalue" | "updatexml" | "elt" | "make_set" | "substring" | "substr"
-        | "mid" | "ascii" | "ord" | "hex" | "unhex" | "md5" | "sha1" | "load_file"
-        | "version" | "database" | "user" | "current_user" | "system_user" | "iif"
-        | "if" | "ifnull" | "isnull" | "nullif" | "coalesce" | "nvl" | "rand" | "floor"
-        | "count" | "exp" | "json_keys" | "gtid_subset" | "row" | "xmltype"
-        | "sqlid_to_sqlhash" | "sn" | "utl_inaddr" | "get_host_address" | "char_length"
-        | "length" | "len" | "repeat" | "replicate" | "regexp_substring" | "crypt_key"
-        | "left" | "right" | "instr" | "locate" | "position" | "quote_ident" | "pg_ls_dir"
-        | "lower" | "upper" | "strcmp" | "db_name" | "schema_name" | "user_name"
-        | "suser_name" | "table_name" | "column_name" | "exec" | "execute" | "select"
-        | "values" | "exists" | "in" | "md5_" | "uuid" | "hextoraw" | "rawtohex"
-        | "to_char" | "tochar" | "cot" | "ln" | "abs" | "reverse" | "min" | "max" | "sum"
-        | "avg" | "zeroblob" | "typeof" | "unicode" | "sqlite_version" | "last_insert_rowid"
-        | "changes" | "dbms_utility" | "drithsx" | "ctxsys" | "pg_sleep_for" | "dblink"
-        | "xp_cmdshell" | "openrowset" | "opendatasource" | "ltrim" | "rtrim" | "trim"
-        | "bin" | "conv" | "oct" | "field" | "find_in_set" | "make_set_" | "st_latfromgeohash"
-        | "polygon" | "multipoint" | "geometrycollection" | "linestring" | "multilinestring"
-        | "multipolygon" | "name_const" | "procedure_analyse" | "analyse" | "benchmark_" => F::Sql,
+        | "extractvalue" | "updatexml" | "elt" | "make_set" | "substring" | "substr" | "mid"
+        | "ascii" | "ord" | "hex" | "unhex" | "md5" | "sha1" | "load_file" | "version"
+        | "database" | "user" | "current_user" | "system_user" | "iif" | "if" | "ifnull"
+        | "isnull" | "nullif" | "coalesce" | "nvl" | "rand" | "floor" | "count" | "exp"
+        | "json_keys" | "gtid_subset" | "row" | "xmltype" | "sqlid_to_sqlhash" | "sn"
+        | "utl_inaddr" | "get_host_address" | "char_length" | "length" | "len" | "repeat"
+        | "replicate" | "regexp_substring" | "crypt_key" | "left" | "right" | "instr"
+        | "locate" | "position" | "quote_ident" | "pg_ls_dir" | "lower" | "upper" | "strcmp"
+        | "db_name" | "schema_name" | "user_name" | "suser_name" | "table_name" | "column_name"
+        | "exec" | "execute" | "select" | "values" | "exists" | "in" | "md5_" | "uuid"
+        | "hextoraw" | "rawtohex" | "to_char" | "tochar" | "cot" | "ln" | "abs" | "reverse"
+        | "min" | "max" | "sum" | "avg" | "zeroblob" | "typeof" | "unicode" | "sqlite_version"
+        | "last_insert_rowid" | "changes" | "dbms_utility" | "drithsx" | "ctxsys"
+        | "pg_sleep_for" | "dblink" | "xp_cmdshell" | "openrowset" | "opendatasource" | "ltrim"
+        | "rtrim" | "trim" | "bin" | "conv" | "oct" | "field" | "find_in_set" | "make_set_"
+        | "st_latfromgeohash" | "polygon" | "multipoint" | "geometrycollection" | "linestring"
+        | "multilinestring" | "multipolygon" | "name_const" | "procedure_analyse" | "analyse"
+        | "benchmark_" => F::Sql,
         _ => F::Other,
     }
 }
@@ -196,7 +198,11 @@ fn tokenize(s: &str, quote: Option<u8>, toks: &mut Vec<Tok>, lower: &mut String)
         let end = find_quote_end(b, 0, q);
         match end {
             Some(e) => {
-                toks.push(Tok { t: T::Str { closed: true }, start: 0, end: e });
+                toks.push(Tok {
+                    t: T::Str { closed: true },
+                    start: 0,
+                    end: e,
+                });
                 i = e + 1;
             }
             None => return false,
@@ -216,29 +222,43 @@ fn tokenize(s: &str, quote: Option<u8>, toks: &mut Vec<Tok>, lower: &mut String)
                     match memchr::memchr(b'`', &b[i + 1..]) {
                         Some(p) => {
                             i = i + 1 + p + 1;
-                            toks.push(Tok { t: T::Word, start, end: i });
+                            toks.push(Tok {
+                                t: T::Word,
+                                start,
+                                end: i,
+                            });
                         }
                         None => {
                             i += 1;
-                            toks.push(Tok { t: T::Op, start, end: i });
+                            toks.push(Tok {
+                                t: T::Op,
+                                start,
+                                end: i,
+                            });
                         }
                     }
                     continue;
                 }
                 match find_quote_end(b, i + 1, c) {
                     Some(e) => {
-                        toks.push(Tok { t: T::Str { closed: true }, start, end: e + 1 });
+                        toks.push(Tok {
+                            t: T::Str { closed: true },
+                            start,
+                            end: e + 1,
+                        });
                         i = e + 1;
                     }
                     None => {
-                        toks.push(Tok { t: T::Str { closed: false }, start, end: n });
+                        toks.push(Tok {
+                            t: T::Str { closed: false },
+                            start,
+                            end: n,
+                        });
                         i = n;
                     }
                 }
             }
-            b'0'..=b'9' | b'.'
-                if c != b'.' || (i + 1 < n && b[i + 1].is_ascii_digit()) =>
-            {
+            b'0'..=b'9' | b'.' if c != b'.' || (i + 1 < n && b[i + 1].is_ascii_digit()) => {
                 if c == b'0' && i + 1 < n && (b[i + 1] | 0x20) == b'x' {
                     i += 2;
                     while i < n && b[i].is_ascii_hexdigit() {
@@ -260,43 +280,83 @@ fn tokenize(s: &str, quote: Option<u8>, toks: &mut Vec<Tok>, lower: &mut String)
                     while i < n && is_word_byte(b[i]) {
                         i += 1;
                     }
-                    toks.push(Tok { t: T::Word, start, end: i });
+                    toks.push(Tok {
+                        t: T::Word,
+                        start,
+                        end: i,
+                    });
                 } else {
-                    toks.push(Tok { t: T::Num, start, end: i });
+                    toks.push(Tok {
+                        t: T::Num,
+                        start,
+                        end: i,
+                    });
                 }
             }
             b'-' if i + 1 < n && b[i + 1] == b'-' => {
                 i = memchr::memchr(b'\n', &b[i..]).map(|p| i + p).unwrap_or(n);
-                toks.push(Tok { t: T::Comment, start, end: i });
+                toks.push(Tok {
+                    t: T::Comment,
+                    start,
+                    end: i,
+                });
             }
             b'#' => {
                 i = memchr::memchr(b'\n', &b[i..]).map(|p| i + p).unwrap_or(n);
-                toks.push(Tok { t: T::Comment, start, end: i });
+                toks.push(Tok {
+                    t: T::Comment,
+                    start,
+                    end: i,
+                });
             }
             b'/' if i + 1 < n && b[i + 1] == b'*' => {
                 // only unterminated comments remain after strip_inline_comments
                 i = n;
-                toks.push(Tok { t: T::Comment, start, end: i });
+                toks.push(Tok {
+                    t: T::Comment,
+                    start,
+                    end: i,
+                });
             }
             b'(' => {
                 i += 1;
-                toks.push(Tok { t: T::LParen, start, end: i });
+                toks.push(Tok {
+                    t: T::LParen,
+                    start,
+                    end: i,
+                });
             }
             b')' => {
                 i += 1;
-                toks.push(Tok { t: T::RParen, start, end: i });
+                toks.push(Tok {
+                    t: T::RParen,
+                    start,
+                    end: i,
+                });
             }
             b',' => {
                 i += 1;
-                toks.push(Tok { t: T::Comma, start, end: i });
+                toks.push(Tok {
+                    t: T::Comma,
+                    start,
+                    end: i,
+                });
             }
             b';' => {
                 i += 1;
-                toks.push(Tok { t: T::Semi, start, end: i });
+                toks.push(Tok {
+                    t: T::Semi,
+                    start,
+                    end: i,
+                });
             }
             b'*' => {
                 i += 1;
-                toks.push(Tok { t: T::Star, start, end: i });
+                toks.push(Tok {
+                    t: T::Star,
+                    start,
+                    end: i,
+                });
             }
             b'@' => {
                 i += 1;
@@ -306,23 +366,39 @@ fn tokenize(s: &str, quote: Option<u8>, toks: &mut Vec<Tok>, lower: &mut String)
                 while i < n && is_word_byte(b[i]) {
                     i += 1;
                 }
-                toks.push(Tok { t: T::Var, start, end: i });
+                toks.push(Tok {
+                    t: T::Var,
+                    start,
+                    end: i,
+                });
             }
             b'=' | b'<' | b'>' | b'!' => {
                 i += 1;
                 while i < n && matches!(b[i], b'=' | b'<' | b'>' | b'!') && i - start < 3 {
                     i += 1;
                 }
-                let t = if b[start..i].iter().all(|c| *c == b'!') { T::Logic } else { T::Cmp };
+                let t = if b[start..i].iter().all(|c| *c == b'!') {
+                    T::Logic
+                } else {
+                    T::Cmp
+                };
                 toks.push(Tok { t, start, end: i });
             }
             b'|' | b'&' => {
                 i += 1;
                 if i < n && b[i] == c {
                     i += 1;
-                    toks.push(Tok { t: T::Logic, start, end: i });
+                    toks.push(Tok {
+                        t: T::Logic,
+                        start,
+                        end: i,
+                    });
                 } else {
-                    toks.push(Tok { t: T::Op, start, end: i });
+                    toks.push(Tok {
+                        t: T::Op,
+                        start,
+                        end: i,
+                    });
                 }
             }
             b'+' | b'-' | b'/' | b'%' | b'^' | b'~' | b':' => {
@@ -330,7 +406,11 @@ fn tokenize(s: &str, quote: Option<u8>, toks: &mut Vec<Tok>, lower: &mut String)
                 if c == b':' && i < n && b[i] == b':' {
                     i += 1; // postgres cast
                 }
-                toks.push(Tok { t: T::Op, start, end: i });
+                toks.push(Tok {
+                    t: T::Op,
+                    start,
+                    end: i,
+                });
             }
             _ if is_word_byte(c) => {
                 while i < n && (is_word_byte(b[i]) || b[i] == b'.' || b[i] == b'$') {
@@ -343,34 +423,33 @@ fn tokenize(s: &str, quote: Option<u8>, toks: &mut Vec<Tok>, lower: &mut String)
                 lower.clear();
                 lower.push_str(&s[start..i]);
                 lower.make_ascii_lowercase();
-                if keyword(lower).is_none() {
-                    if let Some(k) = split_glued(lower) {
-                        // `UNIONSELECT`, `OR4047`: keyword glued to the next token
-                        i = start + k;
-                        lower.truncate(k);
-                        let t = keyword(lower).unwrap_or(T::Word);
-                        toks.push(Tok { t, start, end: i });
-                        continue;
-                    }
+                if keyword(lower).is_none()
+                    && let Some(k) = split_glued(lower)
+                {
+                    // `UNIONSELECT`, `OR4047`: keyword glued to the next token
+                    i = start + k;
+                    lower.truncate(k);
+                    let t = keyword(lower).unwrap_or(T::Word);
+                    toks.push(Tok { t, start, end: i });
+                    continue;
                 }
                 // function call? (allow whitespace / comments before the paren)
                 let mut j = i;
                 while j < n && matches!(b[j], b' ' | b'\t' | b'\n' | b'\r') {
                     j += 1;
                 }
-                if j + 1 < n && b[j] == b'/' && b[j + 1] == b'*' {
-                    if let Some(p) = find_sub(&b[j + 2..], b"*/") {
-                        j = j + 2 + p + 2;
-                    }
+                if j + 1 < n
+                    && b[j] == b'/'
+                    && b[j + 1] == b'*'
+                    && let Some(p) = find_sub(&b[j + 2..], b"*/")
+                {
+                    j = j + 2 + p + 2;
                 }
                 let t = if j < n && b[j] == b'(' {
                     match keyword(lower) {
                         Some(T::Logic) => T::Logic,
                         Some(T::Kw(k))
-                            if !matches!(
-                                k,
-                                K::If | K::Values | K::Exists | K::In | K::Table
-                            ) =>
+                            if !matches!(k, K::If | K::Values | K::Exists | K::In | K::Table) =>
                         {
                             T::Kw(k)
                         }
@@ -387,7 +466,11 @@ fn tokenize(s: &str, quote: Option<u8>, toks: &mut Vec<Tok>, lower: &mut String)
                 while i < n && (b[i] & 0xc0) == 0x80 {
                     i += 1;
                 }
-                toks.push(Tok { t: T::Op, start, end: i });
+                toks.push(Tok {
+                    t: T::Op,
+                    start,
+                    end: i,
+                });
             }
         }
     }
@@ -396,8 +479,8 @@ fn tokenize(s: &str, quote: Option<u8>, toks: &mut Vec<Tok>, lower: &mut String)
 
 /// Keywords that sqlmap-style "space removal" glues to what follows.
 const GLUE: &[&str] = &[
-    "select", "union", "where", "having", "when", "then", "else", "case", "from", "null",
-    "all", "like", "and", "xor", "or",
+    "select", "union", "where", "having", "when", "then", "else", "case", "from", "null", "all",
+    "like", "and", "xor", "or",
 ];
 const MAJOR: &[&str] = &["select", "union", "where", "when", "then", "case", "from"];
 
@@ -415,7 +498,9 @@ fn split_glued(w: &str) -> Option<usize> {
             return true;
         }
         GLUE.iter().any(|k| {
-            w.len() > k.len() && w.starts_with(k) && chain(&w[k.len()..], major || MAJOR.contains(k), depth + 1)
+            w.len() > k.len()
+                && w.starts_with(k)
+                && chain(&w[k.len()..], major || MAJOR.contains(k), depth + 1)
         })
     }
     for k in GLUE {
@@ -461,16 +546,39 @@ fn find_sub(h: &[u8], needle: &[u8]) -> Option<usize> {
 /// a logic operator in symbols, or one of the clause keywords below.
 fn candidate(s: &str) -> bool {
     let b = s.as_bytes();
-    if b.iter().any(|c| matches!(c, b'=' | b'<' | b'>' | b'(' | b';' | b'#' | b'@' | b'|' | b'!')) {
+    if b.iter().any(|c| {
+        matches!(
+            c,
+            b'=' | b'<' | b'>' | b'(' | b';' | b'#' | b'@' | b'|' | b'!'
+        )
+    }) {
         return true;
     }
-    if super::find_bytes(b, b"--").is_some() || super::find_bytes(b, b"/*").is_some() || super::find_bytes(b, b"&&").is_some() {
+    if super::find_bytes(b, b"--").is_some()
+        || super::find_bytes(b, b"/*").is_some()
+        || super::find_bytes(b, b"&&").is_some()
+    {
         return true;
     }
     const CLAUSE: &[&[u8]] = &[
-        b"union", b"select", b"order", b"group", b"having", b"limit", b"procedure", b"into",
-        b"exec", b"execute", b"call", b"waitfor", b"declare", b"like", b"rlike", b"regexp",
-        b"where", b"case",
+        b"union",
+        b"select",
+        b"order",
+        b"group",
+        b"having",
+        b"limit",
+        b"procedure",
+        b"into",
+        b"exec",
+        b"execute",
+        b"call",
+        b"waitfor",
+        b"declare",
+        b"like",
+        b"rlike",
+        b"regexp",
+        b"where",
+        b"case",
     ];
     let mut i = 0;
     while i < b.len() {
@@ -484,7 +592,11 @@ fn candidate(s: &str) -> bool {
                 return true;
             }
             // glued keyword forms (UNIONSELECT, OR4047) start with a clause word too
-            if w.len() > 9 && CLAUSE.iter().any(|k| w.len() > k.len() && w[..k.len()].eq_ignore_ascii_case(k)) {
+            if w.len() > 9
+                && CLAUSE
+                    .iter()
+                    .any(|k| w.len() > k.len() && w[..k.len()].eq_ignore_ascii_case(k))
+            {
                 return true;
             }
         } else {
@@ -556,10 +668,11 @@ pub(crate) fn detect(s: &str) -> Option<&'static str> {
         return Some(r);
     }
     for q in [b'\'', b'"', b'`'] {
-        if memchr::memchr(q, s.as_bytes()).is_some() && tokenize(s, Some(q), &mut toks, &mut lower) {
-            if let Some(r) = rules(s, &toks, true) {
-                return Some(r);
-            }
+        if memchr::memchr(q, s.as_bytes()).is_some()
+            && tokenize(s, Some(q), &mut toks, &mut lower)
+            && let Some(r) = rules(s, &toks, true)
+        {
+            return Some(r);
         }
     }
     None
@@ -578,7 +691,10 @@ fn is_operand(t: T) -> bool {
 
 /// Operand that is clearly not English: number, string, SQL function, variable.
 fn is_value(t: T) -> bool {
-    matches!(t, T::Num | T::Str { .. } | T::Var | T::Kw(K::Null) | T::Kw(K::True))
+    matches!(
+        t,
+        T::Num | T::Str { .. } | T::Var | T::Kw(K::Null) | T::Kw(K::True)
+    )
 }
 
 /// Token starts an expression (what may follow SELECT in real SQL).
@@ -621,10 +737,10 @@ fn rules(s: &str, toks: &[Tok], brk: bool) -> Option<&'static str> {
             // UNION [ALL|DISTINCT] [(] SELECT
             T::Kw(K::Union) => {
                 let mut j = next(i);
-                if let Some(k) = j {
-                    if t(k) == Some(T::Kw(K::All)) {
-                        j = next(k);
-                    }
+                if let Some(k) = j
+                    && t(k) == Some(T::Kw(K::All))
+                {
+                    j = next(k);
                 }
                 while let Some(k) = j {
                     if t(k) == Some(T::LParen) {
@@ -633,19 +749,19 @@ fn rules(s: &str, toks: &[Tok], brk: bool) -> Option<&'static str> {
                         break;
                     }
                 }
-                if let Some(k) = j {
-                    if t(k) == Some(T::Kw(K::Select)) {
-                        return Some("sqli.union_select");
-                    }
+                if let Some(k) = j
+                    && t(k) == Some(T::Kw(K::Select))
+                {
+                    return Some("sqli.union_select");
                 }
             }
             // SELECT <expr> … : expression after SELECT, followed by SQL continuation.
             T::Kw(K::Select) => {
                 let mut k0 = next(i);
-                if let Some(k) = k0 {
-                    if t(k) == Some(T::Kw(K::All)) {
-                        k0 = next(k);
-                    }
+                if let Some(k) = k0
+                    && t(k) == Some(T::Kw(K::All))
+                {
+                    k0 = next(k);
                 }
                 if let Some(k) = k0 {
                     let tk = toks[k].t;
@@ -656,8 +772,21 @@ fn rules(s: &str, toks: &[Tok], brk: bool) -> Option<&'static str> {
                             Some(T::Kw(K::From)) => {
                                 let tb = a.and_then(next);
                                 let after_tb = tb.and_then(next).map(|x| toks[x].t);
-                                matches!(tb.map(|x| toks[x].t), Some(T::Word | T::LParen | T::Func(_)))
-                                    && matches!(after_tb, None | Some(T::Comment | T::Semi | T::Kw(_) | T::Comma | T::RParen | T::Logic | T::Op))
+                                matches!(
+                                    tb.map(|x| toks[x].t),
+                                    Some(T::Word | T::LParen | T::Func(_))
+                                ) && matches!(
+                                    after_tb,
+                                    None | Some(
+                                        T::Comment
+                                            | T::Semi
+                                            | T::Kw(_)
+                                            | T::Comma
+                                            | T::RParen
+                                            | T::Logic
+                                            | T::Op
+                                    )
+                                )
                             }
                             _ => true,
                         }
@@ -683,9 +812,15 @@ fn rules(s: &str, toks: &[Tok], brk: bool) -> Option<&'static str> {
                         let sqlish_after = sqlish_after
                             && !matches!(after, Some(T::Word) if tk != T::Func(F::Sql) && tk != T::Func(F::Time))
                             && !(matches!(tk, T::Str { .. } | T::Num) && after == Some(T::LParen));
-                        let strong = matches!(tk, T::Func(_) | T::LParen | T::Var | T::Kw(K::Null | K::Case | K::Top));
+                        let strong = matches!(
+                            tk,
+                            T::Func(_) | T::LParen | T::Var | T::Kw(K::Null | K::Case | K::Top)
+                        );
                         let prev_sql = i > 0
-                            && matches!(toks[i - 1].t, T::LParen | T::Semi | T::Comment | T::Op | T::Cmp | T::Logic);
+                            && matches!(
+                                toks[i - 1].t,
+                                T::LParen | T::Semi | T::Comment | T::Op | T::Cmp | T::Logic
+                            );
                         if after_from_ok
                             && ((strong && (prev_sql || after.is_some()))
                                 || (sqlish_after && after.is_some())
@@ -695,12 +830,12 @@ fn rules(s: &str, toks: &[Tok], brk: bool) -> Option<&'static str> {
                         }
                     }
                     // SELECT name FROM …
-                    if matches!(tk, T::Word) {
-                        if let Some(a) = next(k) {
-                            if t(a) == Some(T::Kw(K::From)) && (i > 0 && matches!(toks[i - 1].t, T::LParen | T::Semi) || brk) {
-                                return Some("sqli.select_expression");
-                            }
-                        }
+                    if matches!(tk, T::Word)
+                        && let Some(a) = next(k)
+                        && t(a) == Some(T::Kw(K::From))
+                        && (i > 0 && matches!(toks[i - 1].t, T::LParen | T::Semi) || brk)
+                    {
+                        return Some("sqli.select_expression");
                     }
                 }
             }
@@ -722,11 +857,18 @@ fn rules(s: &str, toks: &[Tok], brk: bool) -> Option<&'static str> {
                         T::Kw(K::Exec) if text(s, &toks[k]).eq_ignore_ascii_case("call") => {
                             matches!(a1, Some(T::Func(_)))
                         }
-                        T::Kw(K::Exec) => matches!(a1, Some(T::Word | T::Func(_) | T::LParen | T::Var | T::Kw(_))),
+                        T::Kw(K::Exec) => matches!(
+                            a1,
+                            Some(T::Word | T::Func(_) | T::LParen | T::Var | T::Kw(_))
+                        ),
                         T::Kw(K::Declare) => a1 == Some(T::Var),
-                        T::Kw(K::Shutdown) => a1.is_none() || matches!(a1, Some(T::Comment | T::Semi)),
+                        T::Kw(K::Shutdown) => {
+                            a1.is_none() || matches!(a1, Some(T::Comment | T::Semi))
+                        }
                         T::Kw(K::Waitfor) => a1 == Some(T::Kw(K::Delay)),
-                        T::Kw(K::Begin) => matches!(a1, Some(T::Word | T::Func(_))) && has_kw(toks, K::End),
+                        T::Kw(K::Begin) => {
+                            matches!(a1, Some(T::Word | T::Func(_))) && has_kw(toks, K::End)
+                        }
                         T::Kw(K::If) => matches!(a1, Some(T::LParen)),
                         T::Func(F::Time | F::Sql) => true,
                         _ => false,
@@ -738,36 +880,44 @@ fn rules(s: &str, toks: &[Tok], brk: bool) -> Option<&'static str> {
             }
             // Time-based blind functions: sleep(5), benchmark(…), pg_sleep(…), …
             T::Func(F::Time) => {
-                if let Some(k) = next(i) {
-                    if let Some(a) = next(k) {
-                        if matches!(toks[a].t, T::Num | T::Str { .. } | T::Func(_) | T::LParen | T::Var) {
-                            return Some("sqli.time_based");
-                        }
-                    }
+                if let Some(k) = next(i)
+                    && let Some(a) = next(k)
+                    && matches!(
+                        toks[a].t,
+                        T::Num | T::Str { .. } | T::Func(_) | T::LParen | T::Var
+                    )
+                {
+                    return Some("sqli.time_based");
                 }
             }
             T::Kw(K::Waitfor) => {
-                if let Some(k) = next(i) {
-                    if t(k) == Some(T::Kw(K::Delay))
-                        && matches!(next(k).map(|a| toks[a].t), Some(T::Str { .. } | T::Num | T::Var))
-                    {
-                        return Some("sqli.time_based");
-                    }
+                if let Some(k) = next(i)
+                    && t(k) == Some(T::Kw(K::Delay))
+                    && matches!(
+                        next(k).map(|a| toks[a].t),
+                        Some(T::Str { .. } | T::Num | T::Var)
+                    )
+                {
+                    return Some("sqli.time_based");
                 }
             }
             // CASE [operand] WHEN … THEN
             T::Kw(K::Case) => {
-                if let Some(w) = toks[i + 1..].iter().take(4).position(|x| x.t == T::Kw(K::When)) {
-                    if toks[i + 1 + w..].iter().any(|x| x.t == T::Kw(K::Then)) {
-                        return Some("sqli.case_when");
-                    }
+                if let Some(w) = toks[i + 1..]
+                    .iter()
+                    .take(4)
+                    .position(|x| x.t == T::Kw(K::When))
+                    && toks[i + 1 + w..].iter().any(|x| x.t == T::Kw(K::Then))
+                {
+                    return Some("sqli.case_when");
                 }
             }
             // DECLARE @x TYPE
-            T::Kw(K::Declare) => {
-                if t(i + 1) == Some(T::Var) && matches!(t(i + 2), Some(T::Word | T::Func(_) | T::Kw(_))) {
-                    return Some("sqli.declare");
-                }
+            T::Kw(K::Declare)
+                if t(i + 1) == Some(T::Var)
+                    && matches!(t(i + 2), Some(T::Word | T::Func(_) | T::Kw(_))) =>
+            {
+                return Some("sqli.declare");
             }
             // PROCEDURE ANALYSE(…)
             T::Kw(K::Procedure) => {
@@ -804,15 +954,25 @@ fn rules(s: &str, toks: &[Tok], brk: bool) -> Option<&'static str> {
                     p -= 1;
                 }
                 let logic_before = p >= 0 && toks[p as usize].t == T::Logic;
-                if logic_before && lt == T::Num && rt == T::Num && matches!(cmp_text, "=" | "!=" | "<>") {
+                if logic_before
+                    && lt == T::Num
+                    && rt == T::Num
+                    && matches!(cmp_text, "=" | "!=" | "<>")
+                {
                     return Some("sqli.logic_comparison");
                 }
-                if brk && logic_before && lt == T::Word && is_operand(rt) && first_after_break_is(toks, s, p as usize) {
+                if brk
+                    && logic_before
+                    && lt == T::Word
+                    && is_operand(rt)
+                    && first_after_break_is(toks, s, p as usize)
+                {
                     return Some("sqli.break_logic");
                 }
-                if logic_before && is_operand(lt) || logic_before && lt == T::RParen {
+                if logic_before && (is_operand(lt) || lt == T::RParen) {
                     let rsql = matches!(rt, T::Func(F::Sql | F::Time))
-                        || (rt == T::LParen && next(r).map(|a| toks[a].t) == Some(T::Kw(K::Select)));
+                        || (rt == T::LParen
+                            && next(r).map(|a| toks[a].t) == Some(T::Kw(K::Select)));
                     if rsql {
                         return Some("sqli.logic_comparison");
                     }
@@ -821,36 +981,67 @@ fn rules(s: &str, toks: &[Tok], brk: bool) -> Option<&'static str> {
                         return Some("sqli.break_logic");
                     }
                     // OR 1=1-- : comparison terminated by a comment
-                    if is_value(lt) && is_value(rt) && next(r).map(|a| toks[a].t) == Some(T::Comment) {
+                    if is_value(lt)
+                        && is_value(rt)
+                        && next(r).map(|a| toks[a].t) == Some(T::Comment)
+                    {
                         return Some("sqli.logic_comparison");
                     }
                 }
                 // value = (SELECT …)  /  value IN (SELECT …)
-                if rt == T::LParen && next(r).map(|a| toks[a].t) == Some(T::Kw(K::Select)) && is_operand(lt) {
+                if rt == T::LParen
+                    && next(r).map(|a| toks[a].t) == Some(T::Kw(K::Select))
+                    && is_operand(lt)
+                {
                     return Some("sqli.subquery");
                 }
             }
             T::Kw(K::In) => {
-                if let Some(r) = next(i) {
-                    if t(r) == Some(T::LParen) && next(r).map(|a| toks[a].t) == Some(T::Kw(K::Select)) {
-                        return Some("sqli.subquery");
-                    }
+                if let Some(r) = next(i)
+                    && t(r) == Some(T::LParen)
+                    && next(r).map(|a| toks[a].t) == Some(T::Kw(K::Select))
+                {
+                    return Some("sqli.subquery");
                 }
             }
             // AND/OR followed by SQL function: OR EXTRACTVALUE(…), AND ELT(…)
             T::Logic => {
                 if let Some(r) = next(i) {
-                    if matches!(t(r), Some(T::Func(F::Sql | F::Time))) && (brk || i > 0 && is_operand_end(toks[i - 1].t)) {
+                    if matches!(t(r), Some(T::Func(F::Sql | F::Time)))
+                        && (brk || i > 0 && is_operand_end(toks[i - 1].t))
+                    {
                         return Some("sqli.logic_function");
                     }
                     if brk && first_after_break_is(toks, s, i) {
                         // ' OR 1-- / ' OR 'x' LIKE … / ' AND (…)
                         let a = next(r).map(|a| toks[a].t);
-                        if matches!(t(r), Some(T::Num | T::Kw(K::True) | T::Var)) && matches!(a, None | Some(T::Comment | T::Semi | T::Kw(K::Group | K::Order | K::Limit | K::Having | K::Procedure)))
+                        if matches!(t(r), Some(T::Num | T::Kw(K::True) | T::Var))
+                            && matches!(
+                                a,
+                                None | Some(
+                                    T::Comment
+                                        | T::Semi
+                                        | T::Kw(
+                                            K::Group
+                                                | K::Order
+                                                | K::Limit
+                                                | K::Having
+                                                | K::Procedure
+                                        )
+                                )
+                            )
                         {
                             return Some("sqli.break_logic");
                         }
-                        if t(r) == Some(T::LParen) && matches!(a, Some(T::Kw(K::Select)) | Some(T::Func(_)) | Some(T::Num) | Some(T::Str { .. })) {
+                        if t(r) == Some(T::LParen)
+                            && matches!(
+                                a,
+                                Some(T::Kw(K::Select))
+                                    | Some(T::Func(_))
+                                    | Some(T::Num)
+                                    | Some(T::Str { .. })
+                            )
+                        {
                             // opened paren after break-logic: hi') or ('a'='a handled by Cmp
                             if has_cmp_after(toks, r) {
                                 return Some("sqli.break_logic");
@@ -860,20 +1051,23 @@ fn rules(s: &str, toks: &[Tok], brk: bool) -> Option<&'static str> {
                 }
             }
             T::Kw(K::Order | K::Group) => {
-                if let (Some(k), true) = (next(i), brk || i == 0 || matches!(toks[i - 1].t, T::Num | T::RParen | T::Str { .. })) {
-                    if t(k) == Some(T::Kw(K::By)) {
-                        let a = next(k).map(|a| toks[a].t);
-                        let a2 = next(k).and_then(next).map(|a| toks[a].t);
-                        if (brk && first_after_break_is(toks, s, i) || i > 0 && toks[i - 1].t == T::RParen)
-                            && (matches!(a, Some(T::Num | T::Func(_)))
-                                || matches!(a, Some(T::Word)) && matches!(a2, None | Some(T::Comment)))
-                            && matches!(a2, None | Some(T::Comment | T::Comma | T::Kw(_) | T::Semi))
-                        {
-                            return Some("sqli.order_by");
-                        }
-                        if matches!(a, Some(T::Num)) && matches!(a2, Some(T::Comment)) {
-                            return Some("sqli.order_by");
-                        }
+                if let (Some(k), true) = (
+                    next(i),
+                    brk || i == 0 || matches!(toks[i - 1].t, T::Num | T::RParen | T::Str { .. }),
+                ) && t(k) == Some(T::Kw(K::By))
+                {
+                    let a = next(k).map(|a| toks[a].t);
+                    let a2 = next(k).and_then(next).map(|a| toks[a].t);
+                    if (brk && first_after_break_is(toks, s, i)
+                        || i > 0 && toks[i - 1].t == T::RParen)
+                        && (matches!(a, Some(T::Num | T::Func(_)))
+                            || matches!(a, Some(T::Word)) && matches!(a2, None | Some(T::Comment)))
+                        && matches!(a2, None | Some(T::Comment | T::Comma | T::Kw(_) | T::Semi))
+                    {
+                        return Some("sqli.order_by");
+                    }
+                    if matches!(a, Some(T::Num)) && matches!(a2, Some(T::Comment)) {
+                        return Some("sqli.order_by");
                     }
                 }
             }
@@ -896,10 +1090,13 @@ fn rules(s: &str, toks: &[Tok], brk: bool) -> Option<&'static str> {
                     // admin'-- / admin')# ; only when nothing but junk follows
                     return Some("sqli.break_comment");
                 }
-                T::Semi if k + 1 == n || matches!(toks[k + 1].t, T::Comment | T::Kw(_) | T::Func(_)) => {
+                T::Semi
+                    if k + 1 == n
+                        || matches!(toks[k + 1].t, T::Comment | T::Kw(_) | T::Func(_)) =>
+                {
                     return Some("sqli.break_stacked");
                 }
-                T::Logic | T::Op | T::Cmp if text(s, &toks[k]).len() >= 1 => {
+                T::Logic | T::Op | T::Cmp if !text(s, &toks[k]).is_empty() => {
                     // '||(SELECT…)||' ; '+(SELECT…)+'
                     let mut a = k + 1;
                     while a < n && toks[a].t == T::LParen {
@@ -911,8 +1108,10 @@ fn rules(s: &str, toks: &[Tok], brk: bool) -> Option<&'static str> {
                 }
                 T::Kw(K::Having | K::Limit | K::Procedure | K::Into | K::Exec)
                     if k + 1 < n
-                        && (matches!(toks[k + 1].t, T::Num | T::Func(_) | T::Var | T::LParen | T::Kw(K::Outfile))
-                            || toks[k].t == T::Kw(K::Exec) && toks[k + 1].t == T::Word) =>
+                        && (matches!(
+                            toks[k + 1].t,
+                            T::Num | T::Func(_) | T::Var | T::LParen | T::Kw(K::Outfile)
+                        ) || toks[k].t == T::Kw(K::Exec) && toks[k + 1].t == T::Word) =>
                 {
                     return Some("sqli.break_clause");
                 }
@@ -933,7 +1132,10 @@ fn has_cmp_after(toks: &[Tok], from: usize) -> bool {
 }
 
 fn is_operand_end(t: T) -> bool {
-    matches!(t, T::Num | T::Str { .. } | T::RParen | T::Word | T::Var | T::Kw(K::Null | K::True))
+    matches!(
+        t,
+        T::Num | T::Str { .. } | T::RParen | T::Word | T::Var | T::Kw(K::Null | K::True)
+    )
 }
 
 /// Whether the token at `i` comes right after the broken string (only `)` between).

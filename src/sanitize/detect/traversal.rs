@@ -5,29 +5,109 @@
 
 /// System locations a climbing path or absolute path reaches for.
 const SYSTEM_DIRS: &[&[u8]] = &[
-    b"etc/", b"proc/", b"sys/", b"root/", b"var/log/", b"var/lib/", b"var/www/",
-    b"var/run/", b"var/mail/", b"var/spool/", b"dev/", b"boot/", b"usr/local/", b"usr/lib/",
-    b"usr/share/", b"usr/bin/", b"bin/", b"sbin/", b"opt/", b"srv/", b"tmp/", b"home/",
-    b"windows/", b"winnt/", b"inetpub/", b"boot.ini", b"win.ini", b"system.ini",
-    b"web-inf/", b"meta-inf/", b".ssh/", b".env", b".htaccess", b".htpasswd", b".git/",
-    b"wp-config", b"config/", b"app/etc/", b"program files", b"programdata/", b"users/",
-    b"documents and settings/", b"autoexec.bat", b"system32/", b"sam", b"shadow",
-    b"passwd", b".bash_history", b".aws/", b".docker/", b".kube/",
+    b"etc/",
+    b"proc/",
+    b"sys/",
+    b"root/",
+    b"var/log/",
+    b"var/lib/",
+    b"var/www/",
+    b"var/run/",
+    b"var/mail/",
+    b"var/spool/",
+    b"dev/",
+    b"boot/",
+    b"usr/local/",
+    b"usr/lib/",
+    b"usr/share/",
+    b"usr/bin/",
+    b"bin/",
+    b"sbin/",
+    b"opt/",
+    b"srv/",
+    b"tmp/",
+    b"home/",
+    b"windows/",
+    b"winnt/",
+    b"inetpub/",
+    b"boot.ini",
+    b"win.ini",
+    b"system.ini",
+    b"web-inf/",
+    b"meta-inf/",
+    b".ssh/",
+    b".env",
+    b".htaccess",
+    b".htpasswd",
+    b".git/",
+    b"wp-config",
+    b"config/",
+    b"app/etc/",
+    b"program files",
+    b"programdata/",
+    b"users/",
+    b"documents and settings/",
+    b"autoexec.bat",
+    b"system32/",
+    b"sam",
+    b"shadow",
+    b"passwd",
+    b".bash_history",
+    b".aws/",
+    b".docker/",
+    b".kube/",
 ];
 
 /// Absolute system paths that are suspicious even without climbing.
 const ABS_SYSTEM: &[&[u8]] = &[
-    b"/etc/", b"/proc/", b"/sys/", b"/root/", b"/var/log/", b"/var/lib/", b"/dev/",
-    b"/boot/", b"/usr/local/etc/", b"c:/windows/", b"c:/winnt/", b"c:/boot.ini",
-    b"/windows/", b"/winnt/", b"c:/inetpub/", b"/web-inf/", b"/meta-inf/", b"/.ssh/",
-    b"c:/system32/", b"/var/www/", b"/opt/", b"c:/program files", b"c:/users/",
-    b"/home/", b"/usr/", b"/bin/", b"/tmp/", b"c:/",
+    b"/etc/",
+    b"/proc/",
+    b"/sys/",
+    b"/root/",
+    b"/var/log/",
+    b"/var/lib/",
+    b"/dev/",
+    b"/boot/",
+    b"/usr/local/etc/",
+    b"c:/windows/",
+    b"c:/winnt/",
+    b"c:/boot.ini",
+    b"/windows/",
+    b"/winnt/",
+    b"c:/inetpub/",
+    b"/web-inf/",
+    b"/meta-inf/",
+    b"/.ssh/",
+    b"c:/system32/",
+    b"/var/www/",
+    b"/opt/",
+    b"c:/program files",
+    b"c:/users/",
+    b"/home/",
+    b"/usr/",
+    b"/bin/",
+    b"/tmp/",
+    b"c:/",
 ];
 
 const WRAPPERS: &[&[u8]] = &[
-    b"file:/", b"php://", b"zip://", b"phar://", b"expect://", b"jar:", b"glob://",
-    b"data://", b"compress.zlib://", b"compress.bzip2://", b"zlib:", b"ogg://", b"rar://",
-    b"ssh2.", b"netdoc:", b"gopher://", b"dict://",
+    b"file:/",
+    b"php://",
+    b"zip://",
+    b"phar://",
+    b"expect://",
+    b"jar:",
+    b"glob://",
+    b"data://",
+    b"compress.zlib://",
+    b"compress.bzip2://",
+    b"zlib:",
+    b"ogg://",
+    b"rar://",
+    b"ssh2.",
+    b"netdoc:",
+    b"gopher://",
+    b"dict://",
 ];
 
 fn candidate(s: &str) -> bool {
@@ -96,14 +176,18 @@ pub(crate) fn detect(s: &str) -> Option<&'static str> {
                 i += 1;
             }
             let dots = i - s0;
-            let at_seg_start = s0 == 0 || matches!(p[s0 - 1], b'/' | b'=' | b':' | b'%' | b'?' | b'&');
+            let at_seg_start =
+                s0 == 0 || matches!(p[s0 - 1], b'/' | b'=' | b':' | b'%' | b'?' | b'&');
             let mut j = i;
             if j < n && matches!(p[j], b';' | b'%') {
                 j += 1;
             }
             let sep = j < n && p[j] == b'/';
             let end = j >= n;
-            if dots >= 2 && (sep || (end && s0 > 0 && p[s0 - 1] == b'/')) && (dots == 2 || at_seg_start) {
+            if dots >= 2
+                && (sep || (end && s0 > 0 && p[s0 - 1] == b'/'))
+                && (dots == 2 || at_seg_start)
+            {
                 steps += 1;
                 if first_step_end.is_none() {
                     first_step_end = Some(j);
@@ -123,7 +207,12 @@ pub(crate) fn detect(s: &str) -> Option<&'static str> {
     }
     if steps == 1 {
         let from = first_step_end.unwrap_or(0);
-        if target_sensitive(from) || p.starts_with(b"..") && p.len() > 3 && !p[3..].contains(&b'/') && p.ends_with(b".ini") {
+        if target_sensitive(from)
+            || p.starts_with(b"..")
+                && p.len() > 3
+                && !p[3..].contains(&b'/')
+                && p.ends_with(b".ini")
+        {
             return Some("traversal.dot_dot");
         }
     }
@@ -136,9 +225,14 @@ pub(crate) fn detect(s: &str) -> Option<&'static str> {
             .map(|c| c - colon_in_w)
             .find(|&st| p[st..].starts_with(w));
         if let Some(pos) = pos {
-            let at_start = pos == 0 || matches!(p[pos - 1], b'=' | b'"' | b'\'' | b'(' | b'/' | b':');
+            let at_start =
+                pos == 0 || matches!(p[pos - 1], b'=' | b'"' | b'\'' | b'(' | b'/' | b':');
             let after = &p[pos + w.len()..];
-            if at_start && !after.is_empty() && (*w != b"jar:" || after.starts_with(b"file:") || after.starts_with(b"http")) && (*w != b"data://" || after.contains(&b'/')) {
+            if at_start
+                && !after.is_empty()
+                && (*w != b"jar:" || after.starts_with(b"file:") || after.starts_with(b"http"))
+                && (*w != b"data://" || after.contains(&b'/'))
+            {
                 return Some("traversal.stream_wrapper");
             }
         }
@@ -160,12 +254,26 @@ pub(crate) fn detect(s: &str) -> Option<&'static str> {
         }
         seen |= 1 << idx;
         {
-            let at_start = pos == 0 || matches!(p[pos - 1], b'=' | b'"' | b'\'' | b'(' | b'%' | b'/');
+            let at_start =
+                pos == 0 || matches!(p[pos - 1], b'=' | b'"' | b'\'' | b'(' | b'%' | b'/');
             let after = &p[pos + a.len()..];
             // a file or directory name follows, and the value is path-shaped (no prose)
-            let name_follows = after.first().map(|c| c.is_ascii_alphanumeric() || *c == b'.' || *c == b'_').unwrap_or(false);
+            let name_follows = after
+                .first()
+                .map(|c| c.is_ascii_alphanumeric() || *c == b'.' || *c == b'_')
+                .unwrap_or(false);
             let raw_has_space = s.trim().contains(' ');
-            let generic = matches!(a, b"/home/" | b"/usr/" | b"/bin/" | b"/tmp/" | b"c:/" | b"/opt/" | b"c:/users/" | b"/var/www/");
+            let generic = matches!(
+                a,
+                b"/home/"
+                    | b"/usr/"
+                    | b"/bin/"
+                    | b"/tmp/"
+                    | b"c:/"
+                    | b"/opt/"
+                    | b"c:/users/"
+                    | b"/var/www/"
+            );
             if at_start && name_follows && !raw_has_space {
                 if generic {
                     // only when it reaches a sensitive file below

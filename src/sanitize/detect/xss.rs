@@ -6,28 +6,82 @@
 /// Tags that execute or load active content by themselves.
 const SCRIPT_TAGS: &[&str] = &["script"];
 const ACTIVE_TAGS: &[&str] = &[
-    "iframe", "frame", "frameset", "object", "embed", "applet", "base", "meta", "link",
-    "style", "xml", "import", "svg", "math", "isindex", "xss", "vmlframe", "portal",
-    "template", "set", "animate", "handler", "listener", "layer", "ilayer", "bgsound",
+    "iframe", "frame", "frameset", "object", "embed", "applet", "base", "meta", "link", "style",
+    "xml", "import", "svg", "math", "isindex", "xss", "vmlframe", "portal", "template", "set",
+    "animate", "handler", "listener", "layer", "ilayer", "bgsound",
 ];
 /// Attributes whose value is a URL that may be navigated to or loaded.
 const URL_ATTRS: &[&str] = &[
-    "href", "src", "action", "formaction", "data", "xlink:href", "background", "lowsrc",
-    "dynsrc", "poster", "codebase", "srcdoc", "to", "values", "from", "by", "content",
-    "url", "value", "ping", "manifest", "icon", "cite", "longdesc", "usemap", "archive",
-    "code", "classid",
+    "href",
+    "src",
+    "action",
+    "formaction",
+    "data",
+    "xlink:href",
+    "background",
+    "lowsrc",
+    "dynsrc",
+    "poster",
+    "codebase",
+    "srcdoc",
+    "to",
+    "values",
+    "from",
+    "by",
+    "content",
+    "url",
+    "value",
+    "ping",
+    "manifest",
+    "icon",
+    "cite",
+    "longdesc",
+    "usemap",
+    "archive",
+    "code",
+    "classid",
 ];
 /// Identifiers that are JavaScript execution or exfiltration sinks.
 const SINKS: &[&str] = &[
-    "alert", "prompt", "confirm", "eval", "print", "function", "settimeout", "setinterval",
-    "fetch", "atob", "fromcharcode", "document", "window", "location", "top", "self",
-    "parent", "globalthis", "import", "constructor", "xmlhttprequest", "innerhtml",
-    "outerhtml", "write", "writeln", "cookie", "domain", "execscript", "msgbox",
-    "navigator", "sendbeacon", "opener", "frames", "this",
+    "alert",
+    "prompt",
+    "confirm",
+    "eval",
+    "print",
+    "function",
+    "settimeout",
+    "setinterval",
+    "fetch",
+    "atob",
+    "fromcharcode",
+    "document",
+    "window",
+    "location",
+    "top",
+    "self",
+    "parent",
+    "globalthis",
+    "import",
+    "constructor",
+    "xmlhttprequest",
+    "innerhtml",
+    "outerhtml",
+    "write",
+    "writeln",
+    "cookie",
+    "domain",
+    "execscript",
+    "msgbox",
+    "navigator",
+    "sendbeacon",
+    "opener",
+    "frames",
+    "this",
 ];
 
 fn candidate(s: &str) -> bool {
-    s.bytes().any(|c| matches!(c, b'<' | b':' | b'=' | b'\'' | b'"' | b'`' | b'('))
+    s.bytes()
+        .any(|c| matches!(c, b'<' | b':' | b'=' | b'\'' | b'"' | b'`' | b'('))
 }
 
 pub(crate) fn detect(s: &str) -> Option<&'static str> {
@@ -50,10 +104,10 @@ pub(crate) fn detect(s: &str) -> Option<&'static str> {
     }
     if memchr::memchr(b'\\', b).is_some() {
         let d = js_unescape(b);
-        if d.len() != b.len() {
-            if let Some(r) = attribute_breakout(&d).or_else(|| script_breakout(&d)) {
-                return Some(r);
-            }
+        if d.len() != b.len()
+            && let Some(r) = attribute_breakout(&d).or_else(|| script_breakout(&d))
+        {
+            return Some(r);
         }
     }
     None
@@ -65,12 +119,14 @@ fn js_unescape(b: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1] == b'x' {
-            if let (Some(h), Some(l)) = (hex(b[i + 2]), hex(b[i + 3])) {
-                out.push(((h << 4 | l) as u8).to_ascii_lowercase());
-                i += 4;
-                continue;
-            }
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1] == b'x'
+            && let (Some(h), Some(l)) = (hex(b[i + 2]), hex(b[i + 3]))
+        {
+            out.push(((h << 4 | l) as u8).to_ascii_lowercase());
+            i += 4;
+            continue;
         }
         if b[i] == b'\\' && i + 5 < b.len() && b[i + 1] == b'u' {
             let v = (2..6).map(|k| hex(b[i + k])).collect::<Option<Vec<u32>>>();
@@ -124,11 +180,15 @@ fn tags(b: &[u8]) -> Option<&'static str> {
         }
         // Handler glued to the tag name or another attribute (`<svgonload=…`,
         // `<img src=xonerror=…>`): look for on<name>= inside the tag text.
-        let tag_text_end = memchr::memchr(b'>', &b[ns..]).map(|p| ns + p).unwrap_or(n).min(ns + 512);
+        let tag_text_end = memchr::memchr(b'>', &b[ns..])
+            .map(|p| ns + p)
+            .unwrap_or(n)
+            .min(ns + 512);
         if let Some(r) = glued_handler(&b[ns..tag_text_end]) {
             return Some(r);
         }
-        let tag_end_ok = i >= n || is_ws(b[i]) || matches!(b[i], b'/' | b'>' | b'<' | b'\'' | b'"' | b'`');
+        let tag_end_ok =
+            i >= n || is_ws(b[i]) || matches!(b[i], b'/' | b'>' | b'<' | b'\'' | b'"' | b'`');
         if !tag_end_ok {
             continue;
         }
@@ -137,7 +197,9 @@ fn tags(b: &[u8]) -> Option<&'static str> {
         let mut attrs = 0;
         let mut has_attr_or_close = false;
         while i < n && attrs < 64 {
-            while i < n && (is_ws(b[i]) || b[i] == b'/' || b[i] == b'"' || b[i] == b'\'' || b[i] == b'`') {
+            while i < n
+                && (is_ws(b[i]) || b[i] == b'/' || b[i] == b'"' || b[i] == b'\'' || b[i] == b'`')
+            {
                 i += 1;
             }
             if i >= n {
@@ -233,11 +295,17 @@ fn glued_handler(t: &[u8]) -> Option<&'static str> {
 fn is_event_handler(name: &[u8]) -> bool {
     name.len() >= 5
         && name.starts_with(b"on")
-        && name[2..].iter().all(|c| c.is_ascii_alphabetic() || *c == b'-')
+        && name[2..]
+            .iter()
+            .all(|c| c.is_ascii_alphabetic() || *c == b'-')
 }
 
 fn style_is_active(v: &[u8]) -> bool {
-    let s: Vec<u8> = v.iter().copied().filter(|c| !is_ws(*c) && *c != b'\\').collect();
+    let s: Vec<u8> = v
+        .iter()
+        .copied()
+        .filter(|c| !is_ws(*c) && *c != b'\\')
+        .collect();
     super::find_bytes(&s, b"expression(").is_some()
         || super::find_bytes(&s, b"javascript:").is_some()
         || super::find_bytes(&s, b"behavior:").is_some()
@@ -273,13 +341,27 @@ fn scheme(b: &[u8], in_attr: bool) -> Option<&'static str> {
         }
         let word = &letters[16 - k..];
         let body = &b[colon + 1..];
-        if word.ends_with(b"javascript") || word.ends_with(b"vbscript") || word.ends_with(b"livescript") {
+        if word.ends_with(b"javascript")
+            || word.ends_with(b"vbscript")
+            || word.ends_with(b"livescript")
+        {
             if in_attr || looks_like_code(body) {
                 return Some("xss.javascript_url");
             }
         } else if word.ends_with(b"data") {
-            let t: Vec<u8> = body.iter().copied().filter(|c| !is_ws(*c)).take(40).collect();
-            if t.starts_with(b"text/html") || t.starts_with(b"image/svg") || t.starts_with(b"application/x") || t.starts_with(b"text/xml") || t.starts_with(b"text/javascript") || t.starts_with(b"application/javascript") {
+            let t: Vec<u8> = body
+                .iter()
+                .copied()
+                .filter(|c| !is_ws(*c))
+                .take(40)
+                .collect();
+            if t.starts_with(b"text/html")
+                || t.starts_with(b"image/svg")
+                || t.starts_with(b"application/x")
+                || t.starts_with(b"text/xml")
+                || t.starts_with(b"text/javascript")
+                || t.starts_with(b"application/javascript")
+            {
                 return Some("xss.data_url");
             }
         }
@@ -289,7 +371,8 @@ fn scheme(b: &[u8], in_attr: bool) -> Option<&'static str> {
 
 fn looks_like_code(body: &[u8]) -> bool {
     let body = &body[..body.len().min(512)];
-    body.iter().any(|c| matches!(c, b'(' | b'`' | b'=' | b'[' | b';'))
+    body.iter()
+        .any(|c| matches!(c, b'(' | b'`' | b'=' | b'[' | b';'))
         || has_sink(body)
 }
 
@@ -302,7 +385,9 @@ fn find_sink(b: &[u8]) -> Option<usize> {
     let n = b.len();
     let mut i = 0;
     while i < n {
-        if b[i].is_ascii_alphabetic() && (i == 0 || !(b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'_')) {
+        if b[i].is_ascii_alphabetic()
+            && (i == 0 || !(b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'_'))
+        {
             let s = i;
             while i < n && (b[i].is_ascii_alphanumeric() || b[i] == b'_') {
                 i += 1;
@@ -313,10 +398,11 @@ fn find_sink(b: &[u8]) -> Option<usize> {
                 while j < n && is_ws(b[j]) {
                     j += 1;
                 }
-                if j < n && matches!(b[j], b'(' | b'`' | b'.' | b'[' | b')' | b'=') {
-                    if !(b[j] == b'.' && j + 1 < n && !b[j + 1].is_ascii_alphabetic()) {
-                        return Some(s);
-                    }
+                if j < n
+                    && matches!(b[j], b'(' | b'`' | b'.' | b'[' | b')' | b'=')
+                    && !(b[j] == b'.' && j + 1 < n && !b[j + 1].is_ascii_alphabetic())
+                {
+                    return Some(s);
                 }
             }
         } else {
@@ -332,7 +418,9 @@ fn attribute_breakout(b: &[u8]) -> Option<&'static str> {
     let n = b.len();
     let mut i = 0;
     while i + 4 < n {
-        let Some(p) = super::find_bytes(&b[i..], b"on") else { break };
+        let Some(p) = super::find_bytes(&b[i..], b"on") else {
+            break;
+        };
         let s = i + p;
         i = s + 2;
         if s > 0 && !(is_ws(b[s - 1]) || matches!(b[s - 1], b'"' | b'\'' | b'/' | b'`' | b';')) {
@@ -356,7 +444,10 @@ fn attribute_breakout(b: &[u8]) -> Option<&'static str> {
             j += 1;
         }
         let val = &b[j..];
-        let val = val.strip_prefix(b"\"").or_else(|| val.strip_prefix(b"'")).unwrap_or(val);
+        let val = val
+            .strip_prefix(b"\"")
+            .or_else(|| val.strip_prefix(b"'"))
+            .unwrap_or(val);
         let val = &val[..val.len().min(256)];
         if has_sink(val) || val.iter().any(|c| matches!(c, b'(' | b'`')) {
             return Some("xss.attribute_breakout");
@@ -385,7 +476,26 @@ fn script_breakout(b: &[u8]) -> Option<&'static str> {
         while j < n && (is_ws(b[j]) || b[j] == b')') {
             j += 1;
         }
-        if j >= n || !matches!(b[j], b';' | b'+' | b'-' | b'*' | b'|' | b'&' | b',' | b'}' | b']' | b'^' | b'/' | b'%' | b'?' | b'<' | b'>' | b'=') {
+        if j >= n
+            || !matches!(
+                b[j],
+                b';' | b'+'
+                    | b'-'
+                    | b'*'
+                    | b'|'
+                    | b'&'
+                    | b','
+                    | b'}'
+                    | b']'
+                    | b'^'
+                    | b'/'
+                    | b'%'
+                    | b'?'
+                    | b'<'
+                    | b'>'
+                    | b'='
+            )
+        {
             continue;
         }
         // `'/` only in `';//` / `'//` style, `'-` etc. Then a sink call within a short span.
@@ -393,7 +503,10 @@ fn script_breakout(b: &[u8]) -> Option<&'static str> {
         if let Some(p) = find_sink(span) {
             // the text between the operator and the sink must be code-ish (no plain words)
             let between = &span[1..p];
-            let wordy = between.split(|c| !c.is_ascii_alphabetic()).filter(|w| w.len() >= 4 && *w != b"find" && *w != b"call" && *w != b"apply").count();
+            let wordy = between
+                .split(|c| !c.is_ascii_alphabetic())
+                .filter(|w| w.len() >= 4 && *w != b"find" && *w != b"call" && *w != b"apply")
+                .count();
             if wordy == 0 {
                 return Some("xss.script_breakout");
             }
