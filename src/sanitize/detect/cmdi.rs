@@ -353,7 +353,7 @@ pub(crate) fn detect(s: &str) -> Option<&'static str> {
                     (Op::Pipe, i + 1)
                 }
             }
-            b'&' if is_entity_ref(&b[i..]) => {
+            b'&' if is_entity_ref(&b[i..]) && !is_command_entity(&b[i..]) => {
                 i += 1;
                 continue;
             }
@@ -526,7 +526,11 @@ fn command_after(b: &[u8], op_at: usize, after: usize, op: Op) -> Option<&'stati
     }
     let rest = &b[j..];
     let next = rest.first().copied();
-    let word_boundary = end >= n || !(b[end].is_ascii_alphanumeric() || b[end] == b'#');
+    // `#` glued to a word is part of the word (`ps#MPfa`), except as the value's last
+    // character, where payloads put it to comment out what the application appends.
+    let word_boundary = end >= n
+        || !(b[end].is_ascii_alphanumeric()
+            || (b[end] == b'#' && end + 1 < n && !super::misc::is_space(b[end + 1])));
     if !word_boundary {
         return None;
     }
@@ -588,7 +592,13 @@ fn command_after(b: &[u8], op_at: usize, after: usize, op: Op) -> Option<&'stati
     if matches!(op, Op::Group) && next == Some(b',') && b[op_at] == b'{' {
         return Some("cmdi.brace_expansion");
     }
-    if closed_subst && (!weak || ends_command || arg_shell || subst_closer) {
+    // `npm install` in Markdown is a code span, not a substitution: developer tools need
+    // a shell-shaped argument, not just words.
+    let short_line = short_command_line(rest) && !benign_pipeline;
+    if benign_pipeline && op == Op::Subst && !sys_path_arg {
+        return None;
+    }
+    if closed_subst && (!weak || ends_command || arg_shell || subst_closer || short_line) {
         return Some("cmdi.substitution");
     }
     match op {
@@ -665,6 +675,16 @@ fn is_entity_ref(b: &[u8]) -> bool {
         .take_while(|c| c.is_ascii_alphanumeric() || **c == b'#')
         .count();
     k >= 2 && b.get(1 + k) == Some(&b';')
+}
+
+/// `&set;`, `&ver;`: an "entity" whose name is a command is a command.
+fn is_command_entity(b: &[u8]) -> bool {
+    let k = b[1..]
+        .iter()
+        .take_while(|c| c.is_ascii_alphanumeric())
+        .count();
+    let w = b[1..1 + k].to_ascii_lowercase();
+    in_list(STRONG, std::str::from_utf8(&w).unwrap_or(""))
 }
 
 /// `/???/??t /???/p??s??`: path segments made only of glob wildcards resolve to programs.

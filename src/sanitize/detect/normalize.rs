@@ -282,8 +282,11 @@ fn entity_decode_pass(s: &str) -> Option<String> {
                     let mut j = i + 1 + name.len();
                     if j < b.len() && b[j] == b';' {
                         j += 1;
-                    } else if j < b.len() && b[j].is_ascii_alphanumeric() && name.len() > 3 {
-                        // long names without `;` followed by letters: ambiguous, leave
+                    } else if !matches!(
+                        *name,
+                        "lt" | "gt" | "amp" | "quot" | "LT" | "GT" | "AMP" | "QUOT"
+                    ) {
+                        // only the legacy references decode without `;`
                         continue;
                     }
                     decoded = Some((*c, j));
