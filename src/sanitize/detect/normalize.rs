@@ -155,7 +155,12 @@ fn overlong(b: &[u8], out: &mut String) -> Option<usize> {
     // Lax 2-byte forms seen in IIS-era payloads: C0 2E, C1 1C (continuation byte without
     // its high bit): treat the low 7 bits as intended.
     if b.len() >= 2 && (b[0] == 0xc0 || b[0] == 0xc1) && b[1] < 0x80 {
-        let cp = ((b[0] as u32 & 0x1f) << 6) | (b[1] as u32 & 0x3f);
+        // C0 xx: the ASCII byte itself behind a junk lead byte; C1 1C: the 6-bit form
+        let cp = if b[0] == 0xc0 {
+            b[1] as u32
+        } else {
+            ((b[0] as u32 & 0x1f) << 6) | (b[1] as u32 & 0x3f)
+        };
         out.push(char::from_u32(cp).unwrap_or('\u{fffd}'));
         return Some(2);
     }

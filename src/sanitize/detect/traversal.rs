@@ -56,6 +56,23 @@ const SYSTEM_DIRS: &[&[u8]] = &[
     b".aws/",
     b".docker/",
     b".kube/",
+    // configuration and credential files, by type
+    b".properties",
+    b".json",
+    b".ini",
+    b".conf",
+    b".config",
+    b".xml",
+    b".yml",
+    b".yaml",
+    b".php",
+    b".key",
+    b".pem",
+    b".log",
+    b".sql",
+    b".bak",
+    b".htpasswd",
+    b".toml",
 ];
 
 /// Absolute system paths that are suspicious even without climbing.
@@ -68,6 +85,7 @@ const ABS_SYSTEM: &[&[u8]] = &[
     b"/var/lib/",
     b"/dev/",
     b"/boot/",
+    b"/boot.ini",
     b"/usr/local/etc/",
     b"c:/windows/",
     b"c:/winnt/",
@@ -115,7 +133,8 @@ fn candidate(s: &str) -> bool {
     super::find_bytes(b, b"..").is_some()
         || memchr::memchr3(b'/', b'\\', b':', b).is_some()
         || !s.is_ascii()
-        || b.windows(4).any(|w| w.eq_ignore_ascii_case(b"0x2e"))
+        || b.windows(4)
+            .any(|w| w[..3].eq_ignore_ascii_case(b"0x2") || w.eq_ignore_ascii_case(b"0x5c"))
 }
 
 /// Whether any of `pats` occurs in `hay` (one pass over the candidate start bytes).
@@ -146,7 +165,10 @@ pub(crate) fn detect(s: &str) -> Option<&'static str> {
         }
     }
     // hex-literal encoded dots and slashes: 0x2e0x2e0x2f
-    if super::find_bytes(&p, b"0x2e").is_some() {
+    if super::find_bytes(&p, b"0x2e").is_some()
+        || super::find_bytes(&p, b"0x2f").is_some()
+        || super::find_bytes(&p, b"0x5c").is_some()
+    {
         let mut q = Vec::with_capacity(p.len());
         let mut i = 0;
         while i < p.len() {
@@ -255,7 +277,7 @@ pub(crate) fn detect(s: &str) -> Option<&'static str> {
         seen |= 1 << idx;
         {
             let at_start =
-                pos == 0 || matches!(p[pos - 1], b'=' | b'"' | b'\'' | b'(' | b'%' | b'/');
+                pos == 0 || matches!(p[pos - 1], b'=' | b'"' | b'\'' | b'(' | b'%' | b'/' | b'.');
             let after = &p[pos + a.len()..];
             // a file or directory name follows, and the value is path-shaped (no prose)
             let name_follows = after
