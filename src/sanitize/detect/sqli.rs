@@ -630,9 +630,24 @@ fn strip_inline_comments(s: &str) -> std::borrow::Cow<'_, str> {
             match find_sub(&b[i + 2..], b"*/") {
                 Some(p) => {
                     let end = i + 2 + p + 2;
-                    let glued = out.last().is_some_and(|c| is_word_byte(*c))
-                        && end < n
-                        && is_word_byte(b[end]);
+                    // An empty comment splitting a word that is not a keyword on its own
+                    // (`SEL/**/ECT`, `N/**/ULL`) is removed; any other comment is a blank.
+                    let left_len = out
+                        .iter()
+                        .rev()
+                        .take_while(|c| c.is_ascii_alphabetic())
+                        .count();
+                    let right_len = b[end..]
+                        .iter()
+                        .take_while(|c| c.is_ascii_alphabetic())
+                        .count();
+                    let glued = p == 0 && left_len > 0 && right_len > 0 && {
+                        let left = String::from_utf8_lossy(&out[out.len() - left_len..])
+                            .to_ascii_lowercase();
+                        let right =
+                            String::from_utf8_lossy(&b[end..end + right_len]).to_ascii_lowercase();
+                        keyword(&left).is_none() && keyword(&right).is_none()
+                    };
                     if !glued {
                         out.push(b' ');
                     }
