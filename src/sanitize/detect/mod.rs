@@ -8,6 +8,34 @@
 //! injection, path traversal, CRLF, template/JNDI, NoSQL operators. The first finding
 //! wins. Values longer than [`MAX_INSPECT`] bytes are inspected in overlapping windows,
 //! so the cost stays linear in the input length.
+//!
+//! Rule ids (stable; `Finding::rule`):
+//!
+//! - SQL (tokenizer run as is and in the `'`, `"`, `` ` `` string-break contexts):
+//!   `sqli.union_select`, `sqli.select_expression`, `sqli.stacked_query`,
+//!   `sqli.time_based`, `sqli.case_when`, `sqli.tautology`, `sqli.logic_comparison`,
+//!   `sqli.logic_function`, `sqli.subquery`, `sqli.order_by`, `sqli.declare`,
+//!   `sqli.procedure_analyse`, `sqli.break_logic`, `sqli.break_comment`,
+//!   `sqli.break_stacked`, `sqli.break_expression`, `sqli.break_clause`.
+//! - XSS (HTML tag/attribute tokenizer, URL schemes, JS string breakouts):
+//!   `xss.script_tag`, `xss.active_tag`, `xss.event_handler`, `xss.dangerous_url`,
+//!   `xss.javascript_url`, `xss.data_url`, `xss.style_expression`,
+//!   `xss.attribute_breakout`, `xss.script_breakout`.
+//! - Shell (control operator or substitution + command word after quote removal):
+//!   `cmdi.command_chain`, `cmdi.substitution`, `cmdi.command_path`,
+//!   `cmdi.brace_expansion`, `cmdi.glob_path`, `cmdi.shellshock`.
+//! - Paths: `traversal.dot_dot`, `traversal.system_path`, `traversal.stream_wrapper`.
+//! - `crlf.header_injection`, `crlf.response_splitting`, `template.jndi`,
+//!   `template.expression`, `nosql.operator`.
+//!
+//! ```
+//! use tower_shield::sanitize::detect::{Detectors, Kind};
+//!
+//! let d = Detectors::default();
+//! let f = d.inspect("1' UNION SELECT password FROM users--").unwrap();
+//! assert_eq!((f.kind, f.rule), (Kind::Sqli, "sqli.union_select"));
+//! assert_eq!(d.inspect("O'Brien & Sons: select your size"), None);
+//! ```
 
 mod cmdi;
 mod misc;
