@@ -2,6 +2,47 @@
 //!
 //! INTERFACE CONTRACT between the sanitize layer and the detectors (owned by the detector
 //! work; the layer codes only against `Detectors`, `Finding` and `Kind`).
+//!
+//! Every value goes through one bounded normalization pass (`normalize`), then through
+//! the enabled grammar-based detectors in a fixed order: SQL injection, XSS, command
+//! injection, path traversal, CRLF, template/JNDI, NoSQL operators. The first finding
+//! wins. Values longer than [`MAX_INSPECT`] bytes are inspected in overlapping windows,
+//! so the cost stays linear in the input length.
+//!
+//! Rule ids (stable; `Finding::rule`):
+//!
+//! - SQL (tokenizer run as is and in the `'`, `"`, `` ` `` string-break contexts):
+//!   `sqli.union_select`, `sqli.select_expression`, `sqli.stacked_query`,
+//!   `sqli.time_based`, `sqli.case_when`, `sqli.tautology`, `sqli.logic_comparison`,
+//!   `sqli.logic_function`, `sqli.subquery`, `sqli.order_by`, `sqli.declare`,
+//!   `sqli.procedure_analyse`, `sqli.break_logic`, `sqli.break_comment`,
+//!   `sqli.break_stacked`, `sqli.break_expression`, `sqli.break_clause`.
+//! - XSS (HTML tag/attribute tokenizer, URL schemes, JS string breakouts):
+//!   `xss.script_tag`, `xss.active_tag`, `xss.event_handler`, `xss.dangerous_url`,
+//!   `xss.javascript_url`, `xss.data_url`, `xss.style_expression`,
+//!   `xss.attribute_breakout`, `xss.script_breakout`.
+//! - Shell (control operator or substitution + command word after quote removal):
+//!   `cmdi.command_chain`, `cmdi.substitution`, `cmdi.command_path`,
+//!   `cmdi.brace_expansion`, `cmdi.glob_path`, `cmdi.shellshock`.
+//! - Paths: `traversal.dot_dot`, `traversal.system_path`, `traversal.stream_wrapper`.
+//! - `crlf.header_injection`, `crlf.response_splitting`, `template.jndi`,
+//!   `template.expression`, `nosql.operator`.
+//!
+//! ```
+//! use tower_shield::sanitize::detect::{Detectors, Kind};
+//!
+//! let d = Detectors::default();
+//! let f = d.inspect("1' UNION SELECT password FROM users--").unwrap();
+//! assert_eq!((f.kind, f.rule), (Kind::Sqli, "sqli.union_select"));
+//! assert_eq!(d.inspect("O'Brien & Sons: select your size"), None);
+//! ```
+
+mod cmdi;
+mod misc;
+mod normalize;
+mod sqli;
+mod traversal;
+mod xss;
 
 /// Class of attack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -78,8 +119,74 @@ impl Detectors {
     /// percent-decoding, HTML entities, Unicode compatibility folding, control characters)
     /// happens inside. Returns the first finding, if any.
     pub fn inspect(&self, value: &str) -> Option<Finding> {
-        // placeholder until the detector work lands
-        let _ = value;
+        if value.len() <= MAX_INSPECT {
+            return self.inspect_window(value);
+        }
+        // Long values: overlapping windows (an attack shorter than the overlap is always
+        // entirely inside one window).
+        let mut start = 0;
+        while start < value.len() {
+            let mut end = (start + MAX_INSPECT).min(value.len());
+            while !value.is_char_boundary(end) {
+                end -= 1;
+            }
+            if let Some(f) = self.inspect_window(&value[start..end]) {
+                return Some(f);
+            }
+            if end == value.len() {
+                break;
+            }
+            let mut next = end - WINDOW_OVERLAP;
+            while !value.is_char_boundary(next) {
+                next -= 1;
+            }
+            start = next;
+        }
+        None
+    }
+
+    fn inspect_window(&self, value: &str) -> Option<Finding> {
+        let norm = normalize::normalize(value);
+        let s: &str = &norm;
+        let checks: [(Kind, DetectFn); 7] = [
+            (Kind::Sqli, sqli::detect),
+            (Kind::Xss, xss::detect),
+            (Kind::Cmdi, cmdi::detect),
+            (Kind::Traversal, traversal::detect),
+            (Kind::Crlf, misc::detect_crlf),
+            (Kind::Template, misc::detect_template),
+            (Kind::Nosql, misc::detect_nosql),
+        ];
+        for (kind, f) in checks {
+            if self.is_enabled(kind)
+                && let Some(rule) = f(s)
+            {
+                return Some(Finding { kind, rule });
+            }
+        }
         None
     }
 }
+
+/// First occurrence of `pat` in `hay`. Inputs and patterns are short, so a first-byte
+/// `memchr` scan beats building a substring searcher per call.
+pub(crate) fn find_bytes(hay: &[u8], pat: &[u8]) -> Option<usize> {
+    let first = *pat.first()?;
+    let mut from = 0;
+    while let Some(p) = memchr::memchr(first, hay.get(from..)?) {
+        let i = from + p;
+        if hay[i..].starts_with(pat) {
+            return Some(i);
+        }
+        from = i + 1;
+    }
+    None
+}
+
+/// One detector: returns the rule id that fired.
+type DetectFn = fn(&str) -> Option<&'static str>;
+
+/// Values longer than this many bytes are inspected in overlapping windows.
+pub const MAX_INSPECT: usize = 8 * 1024;
+/// Overlap between consecutive windows of a long value.
+const WINDOW_OVERLAP: usize = 1024;

@@ -1,0 +1,312 @@
+//! Path traversal and local file inclusion, on the normalized value (percent layers,
+//! overlong UTF-8 and fullwidth forms already folded): path segments that climb
+//! (`..`, `...`, `....//`, `..;`), with either separator, absolute paths into system
+//! directories, and stream wrappers that reach files (`file://`, `php://filter`, …).
+
+/// System locations a climbing path or absolute path reaches for.
+const SYSTEM_DIRS: &[&[u8]] = &[
+    b"etc/",
+    b"proc/",
+    b"sys/",
+    b"root/",
+    b"var/log/",
+    b"var/lib/",
+    b"var/www/",
+    b"var/run/",
+    b"var/mail/",
+    b"var/spool/",
+    b"dev/",
+    b"boot/",
+    b"usr/local/",
+    b"usr/lib/",
+    b"usr/share/",
+    b"usr/bin/",
+    b"bin/",
+    b"sbin/",
+    b"opt/",
+    b"srv/",
+    b"tmp/",
+    b"home/",
+    b"windows/",
+    b"winnt/",
+    b"inetpub/",
+    b"boot.ini",
+    b"win.ini",
+    b"system.ini",
+    b"web-inf/",
+    b"meta-inf/",
+    b".ssh/",
+    b".env",
+    b".htaccess",
+    b".htpasswd",
+    b".git/",
+    b"wp-config",
+    b"config/",
+    b"app/etc/",
+    b"program files",
+    b"programdata/",
+    b"users/",
+    b"documents and settings/",
+    b"autoexec.bat",
+    b"system32/",
+    b"sam",
+    b"shadow",
+    b"passwd",
+    b".bash_history",
+    b".aws/",
+    b".docker/",
+    b".kube/",
+    // configuration and credential files, by type
+    b".properties",
+    b".json",
+    b".ini",
+    b".conf",
+    b".config",
+    b".xml",
+    b".yml",
+    b".yaml",
+    b".php",
+    b".key",
+    b".pem",
+    b".log",
+    b".sql",
+    b".bak",
+    b".htpasswd",
+    b".toml",
+];
+
+/// Absolute system paths that are suspicious even without climbing.
+const ABS_SYSTEM: &[&[u8]] = &[
+    b"/etc/",
+    b"/proc/",
+    b"/sys/",
+    b"/root/",
+    b"/var/log/",
+    b"/var/lib/",
+    b"/dev/",
+    b"/boot/",
+    b"/boot.ini",
+    b"/usr/local/etc/",
+    b"c:/windows/",
+    b"c:/winnt/",
+    b"c:/boot.ini",
+    b"/windows/",
+    b"/winnt/",
+    b"c:/inetpub/",
+    b"/web-inf/",
+    b"/meta-inf/",
+    b"/.ssh/",
+    b"c:/system32/",
+    b"/var/www/",
+    b"/opt/",
+    b"c:/program files",
+    b"c:/users/",
+    b"/home/",
+    b"/usr/",
+    b"/bin/",
+    b"/tmp/",
+    b"c:/",
+];
+
+const WRAPPERS: &[&[u8]] = &[
+    b"file:/",
+    b"php://",
+    b"zip://",
+    b"phar://",
+    b"expect://",
+    b"jar:",
+    b"glob://",
+    b"data://",
+    b"compress.zlib://",
+    b"compress.bzip2://",
+    b"zlib:",
+    b"ogg://",
+    b"rar://",
+    b"ssh2.",
+    b"netdoc:",
+    b"gopher://",
+    b"dict://",
+];
+
+fn candidate(s: &str) -> bool {
+    let b = s.as_bytes();
+    super::find_bytes(b, b"..").is_some()
+        || memchr::memchr3(b'/', b'\\', b':', b).is_some()
+        || !s.is_ascii()
+        || b.windows(4)
+            .any(|w| w[..3].eq_ignore_ascii_case(b"0x2") || w.eq_ignore_ascii_case(b"0x5c"))
+}
+
+/// Whether any of `pats` occurs in `hay` (one pass over the candidate start bytes).
+fn find_any(hay: &[u8], pats: &[&[u8]]) -> Option<(usize, usize)> {
+    for (i, &c) in hay.iter().enumerate() {
+        for (k, p) in pats.iter().enumerate() {
+            if p[0] == c && hay[i..].starts_with(p) {
+                return Some((i, k));
+            }
+        }
+    }
+    None
+}
+
+pub(crate) fn detect(s: &str) -> Option<&'static str> {
+    if !candidate(s) {
+        return None;
+    }
+    // Canonical form: lowercase, `\` as `/`, drop blanks.
+    let mut p: Vec<u8> = Vec::with_capacity(s.len());
+    for c in s.chars().take(16 * 1024) {
+        match c {
+            '\\' | '\u{2215}' | '\u{2216}' | '\u{2044}' | '\u{29f5}' | '\u{29f8}' | '\u{29f9}'
+            | '\u{ff0f}' | '\u{ff3c}' | '\u{efc8}' | '\u{f025}' => p.push(b'/'),
+            ' ' | '\t' | '\n' | '\r' => {}
+            c if c.is_ascii() => p.push(c.to_ascii_lowercase() as u8),
+            _ => p.push(b'_'),
+        }
+    }
+    // hex-literal encoded dots and slashes: 0x2e0x2e0x2f
+    if super::find_bytes(&p, b"0x2e").is_some()
+        || super::find_bytes(&p, b"0x2f").is_some()
+        || super::find_bytes(&p, b"0x5c").is_some()
+    {
+        let mut q = Vec::with_capacity(p.len());
+        let mut i = 0;
+        while i < p.len() {
+            let w = &p[i..];
+            if w.starts_with(b"0x2e") {
+                q.push(b'.');
+                i += 4;
+            } else if w.starts_with(b"0x2f") || w.starts_with(b"0x5c") {
+                q.push(b'/');
+                i += 4;
+            } else {
+                q.push(p[i]);
+                i += 1;
+            }
+        }
+        p = q;
+    }
+    let n = p.len();
+    // Count climbing segments.
+    let mut steps = 0;
+    let mut first_step_end = None;
+    let mut i = 0;
+    while i < n {
+        if p[i] == b'.' {
+            let s0 = i;
+            while i < n && p[i] == b'.' {
+                i += 1;
+            }
+            let dots = i - s0;
+            let at_seg_start =
+                s0 == 0 || matches!(p[s0 - 1], b'/' | b'=' | b':' | b'%' | b'?' | b'&');
+            let mut j = i;
+            if j < n && matches!(p[j], b';' | b'%') {
+                j += 1;
+            }
+            let sep = j < n && p[j] == b'/';
+            let end = j >= n;
+            if dots >= 2
+                && (sep || (end && s0 > 0 && p[s0 - 1] == b'/'))
+                && (dots == 2 || at_seg_start)
+            {
+                steps += 1;
+                if first_step_end.is_none() {
+                    first_step_end = Some(j);
+                }
+            }
+        } else {
+            i += 1;
+        }
+    }
+    let target_sensitive = |from: usize| -> bool {
+        let tail = &p[from.min(n)..];
+        find_any(tail, SYSTEM_DIRS).is_some()
+    };
+    let prose = s.split_whitespace().count() > 3;
+    if steps >= 2 && (!prose || target_sensitive(first_step_end.unwrap_or(0))) {
+        return Some("traversal.dot_dot");
+    }
+    if steps == 1 {
+        let from = first_step_end.unwrap_or(0);
+        if target_sensitive(from)
+            || p.starts_with(b"..")
+                && p.len() > 3
+                && !p[3..].contains(&b'/')
+                && p.ends_with(b".ini")
+        {
+            return Some("traversal.dot_dot");
+        }
+    }
+    let has_colon = memchr::memchr(b':', &p).is_some();
+    for w in WRAPPERS.iter().filter(|_| has_colon) {
+        // every wrapper contains a ':'; find it by the scheme's position before a colon
+        let colon_in_w = w.iter().position(|c| *c == b':').unwrap_or(0);
+        let pos = memchr::memchr_iter(b':', &p)
+            .filter(|&c| c >= colon_in_w)
+            .map(|c| c - colon_in_w)
+            .find(|&st| p[st..].starts_with(w));
+        if let Some(pos) = pos {
+            let at_start =
+                pos == 0 || matches!(p[pos - 1], b'=' | b'"' | b'\'' | b'(' | b'/' | b':');
+            let after = &p[pos + w.len()..];
+            if at_start
+                && !after.is_empty()
+                && (*w != b"jar:" || after.starts_with(b"file:") || after.starts_with(b"http"))
+                && (*w != b"data://" || after.contains(&b'/'))
+            {
+                return Some("traversal.stream_wrapper");
+            }
+        }
+    }
+    // Absolute system path: the value is (or has a parameter that is) a path.
+    // every absolute pattern starts with '/' or 'c:/': check them at each slash once
+    let abs_hits = memchr::memchr_iter(b'/', &p).flat_map(|sl| {
+        let p = &p;
+        ABS_SYSTEM.iter().filter_map(move |a| {
+            let off = if a[0] == b'/' { 0 } else { 2 };
+            (sl >= off && p[sl - off..].starts_with(a)).then(|| (sl - off, *a))
+        })
+    });
+    let mut seen = 0u64;
+    for (pos, a) in abs_hits {
+        let idx = ABS_SYSTEM.iter().position(|x| *x == a).unwrap_or(0);
+        if seen & (1 << idx) != 0 {
+            continue; // first occurrence per pattern only, as before
+        }
+        seen |= 1 << idx;
+        {
+            let at_start =
+                pos == 0 || matches!(p[pos - 1], b'=' | b'"' | b'\'' | b'(' | b'%' | b'/' | b'.');
+            let after = &p[pos + a.len()..];
+            // a file or directory name follows, and the value is path-shaped (no prose)
+            let name_follows = after
+                .first()
+                .map(|c| c.is_ascii_alphanumeric() || *c == b'.' || *c == b'_')
+                .unwrap_or(false);
+            let raw_has_space = s.trim().contains(' ');
+            let generic = matches!(
+                a,
+                b"/home/"
+                    | b"/usr/"
+                    | b"/bin/"
+                    | b"/tmp/"
+                    | b"c:/"
+                    | b"/opt/"
+                    | b"c:/users/"
+                    | b"/var/www/"
+            );
+            if at_start && name_follows && !raw_has_space {
+                if generic {
+                    // only when it reaches a sensitive file below
+                    if target_sensitive(pos + a.len()) && !after.starts_with(b"users/public") {
+                        return Some("traversal.system_path");
+                    }
+                    continue;
+                }
+                return Some("traversal.system_path");
+            }
+        }
+    }
+    None
+}
