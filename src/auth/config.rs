@@ -1,0 +1,1 @@
+//! The `[auth]` section of the configuration file.
