@@ -661,6 +661,11 @@ impl Core {
             );
         };
         let account = Some(format!("key:{}", parsed.key_id()));
+        if let Some(l) = self.lockout.as_ref().filter(|l| l.policy().per_credential) {
+            if let Some(wait) = account.as_deref().and_then(|a| l.banned(a)) {
+                return Verdict::Deny(self.banned(wait, l.policy().status), None);
+            }
+        }
         let record = keys.store.get(parsed.key_id());
         let expected = record.as_ref().map_or(&keys.dummy, |r| &r.hash);
         let matches = keys.hasher.verify(parsed.full(), expected);
