@@ -102,6 +102,7 @@ pub use apikey::{
     StoredHash,
 };
 
+pub use config::AuthConfig;
 pub use introspect::{
     IntrospectionFailure, Introspector, IntrospectorBuilder, OnIntrospectionError,
 };
