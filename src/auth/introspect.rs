@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -138,9 +138,7 @@ impl Introspector {
     }
 
     fn shard(&self, h: &[u8; 32]) -> &Mutex<HashMap<[u8; 32], CacheEntry>> {
-        let mut s = self.inner.hasher.build_hasher();
-        h.hash(&mut s);
-        &self.inner.shards[(s.finish() as usize) % SHARDS]
+        &self.inner.shards[(self.inner.hasher.hash_one(h) as usize) % SHARDS]
     }
 
     /// The cached answer for a token, if fresh.

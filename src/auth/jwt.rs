@@ -470,10 +470,10 @@ impl JwtVerifier {
         if !exp.is_finite() || exp + leeway <= now {
             return Err(TokenError::Expired);
         }
-        if let Some(nbf) = c.nbf {
-            if !nbf.is_finite() || nbf - leeway > now {
-                return Err(TokenError::NotYetValid);
-            }
+        if let Some(nbf) = c.nbf
+            && (!nbf.is_finite() || nbf - leeway > now)
+        {
+            return Err(TokenError::NotYetValid);
         }
         let id = c
             .sub
@@ -498,10 +498,11 @@ impl JwtVerifier {
             }
             None => {}
         }
-        if !inner.copy_claims.is_empty() {
-            if let Ok(all) = jsonwebtoken::dangerous::insecure_decode_claims::<
+        if !inner.copy_claims.is_empty()
+            && let Ok(all) = jsonwebtoken::dangerous::insecure_decode_claims::<
                 serde_json::Map<String, serde_json::Value>,
             >(token)
+        {
             {
                 for name in &inner.copy_claims {
                     if let Some(v) = all.get(name) {

@@ -28,7 +28,7 @@
 //! ```
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -118,9 +118,7 @@ impl Lockout {
     }
 
     fn shard(&self, key: &str) -> &Mutex<HashMap<String, Entry>> {
-        let mut h = self.hasher.build_hasher();
-        key.hash(&mut h);
-        &self.shards[(h.finish() as usize) % SHARDS]
+        &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS]
     }
 
     /// The remaining ban of `key`, if banned.
@@ -177,10 +175,10 @@ impl Lockout {
 
     /// Forgets the failures of `key` (e.g. after a successful login). Bans stay.
     pub fn succeed(&self, key: &str) {
-        if let Ok(mut shard) = self.shard(key).lock() {
-            if let Some(e) = shard.get_mut(key) {
-                e.count = 0;
-            }
+        if let Ok(mut shard) = self.shard(key).lock()
+            && let Some(e) = shard.get_mut(key)
+        {
+            e.count = 0;
         }
     }
 }

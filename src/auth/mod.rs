@@ -75,6 +75,9 @@
 //! - API keys and JWTs are checked locally: revoking a key needs a store update, revoking a
 //!   JWT needs short lifetimes (or introspection).
 
+// Denials are the cold path: returning them by value keeps the hot path free of boxing.
+#![allow(clippy::result_large_err, clippy::large_enum_variant)]
+
 mod apikey;
 pub mod config;
 #[cfg(feature = "axum")]
@@ -661,9 +664,9 @@ impl Core {
                 None,
             );
         };
-        let account = Some(format!("key:{}", parsed.key_id()));
+        let account = || Some(format!("key:{}", parsed.key_id()));
         if let Some(l) = self.lockout.as_ref().filter(|l| l.policy().per_credential) {
-            if let Some(wait) = account.as_deref().and_then(|a| l.banned(a)) {
+            if let Some(wait) = account().as_deref().and_then(|a| l.banned(a)) {
                 return Verdict::Deny(self.banned(wait, l.policy().status), None);
             }
         }
@@ -684,7 +687,7 @@ impl Core {
             }
             _ => Verdict::Deny(
                 self.invalid_token("invalid_token", "The access token is invalid"),
-                account,
+                account(),
             ),
         }
     }
