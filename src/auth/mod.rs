@@ -665,23 +665,23 @@ impl Core {
             );
         };
         let account = || Some(format!("key:{}", parsed.key_id()));
-        if let Some(l) = self.lockout.as_ref().filter(|l| l.policy().per_credential) {
-            if let Some(wait) = account().as_deref().and_then(|a| l.banned(a)) {
-                return Verdict::Deny(self.banned(wait, l.policy().status), None);
-            }
+        if let Some(l) = self.lockout.as_ref().filter(|l| l.policy().per_credential)
+            && let Some(wait) = account().as_deref().and_then(|a| l.banned(a))
+        {
+            return Verdict::Deny(self.banned(wait, l.policy().status), None);
         }
         let record = keys.store.get(parsed.key_id());
         let expected = record.as_ref().map_or(&keys.dummy, |r| &r.hash);
         let matches = keys.hasher.verify(parsed.full(), expected);
         match record {
             Some(r) if matches && !r.disabled => {
-                if let Some(exp) = r.expires_at {
-                    if self.clock.wall() >= exp {
-                        return Verdict::Deny(
-                            self.invalid_token("token_expired", "The access token expired"),
-                            None,
-                        );
-                    }
+                if let Some(exp) = r.expires_at
+                    && self.clock.wall() >= exp
+                {
+                    return Verdict::Deny(
+                        self.invalid_token("token_expired", "The access token expired"),
+                        None,
+                    );
                 }
                 Verdict::Ok(r.principal())
             }
@@ -697,10 +697,10 @@ impl Core {
     }
 
     fn check_bearer(self: &Arc<Self>, token: &str, accept: Accept) -> Verdict {
-        if let Some(keys) = &self.api_keys {
-            if keys.format.looks_like_key(token) {
-                return self.check_api_key(token);
-            }
+        if let Some(keys) = &self.api_keys
+            && keys.format.looks_like_key(token)
+        {
+            return self.check_api_key(token);
         }
         let looks_jwt = token.bytes().filter(|b| *b == b'.').count() == 2;
         if let Some(jwt) = self.jwt.as_ref().filter(|_| looks_jwt && accept.jwt) {
@@ -809,10 +809,10 @@ struct Watch {
 
 impl Watch {
     fn observe(&self, status: StatusCode) {
-        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
-            if let Some(ban) = self.lockout.fail(&self.key) {
-                tracing::warn!(key = %self.key, ban_secs = ban.as_secs(), "auth: login failures; caller banned");
-            }
+        if (status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN)
+            && let Some(ban) = self.lockout.fail(&self.key)
+        {
+            tracing::warn!(key = %self.key, ban_secs = ban.as_secs(), "auth: login failures; caller banned");
         }
     }
 }
@@ -994,15 +994,15 @@ impl Core {
         ) {
             return;
         }
-        if let Some(k) = ip_key {
-            if let Some(ban) = lockout.fail(k) {
-                tracing::warn!(key = %k, ban_secs = ban.as_secs(), "auth: authentication failures; caller banned");
-            }
+        if let Some(k) = ip_key
+            && let Some(ban) = lockout.fail(k)
+        {
+            tracing::warn!(key = %k, ban_secs = ban.as_secs(), "auth: authentication failures; caller banned");
         }
-        if lockout.policy().per_credential {
-            if let Some(a) = account {
-                lockout.fail(a);
-            }
+        if lockout.policy().per_credential
+            && let Some(a) = account
+        {
+            lockout.fail(a);
         }
     }
 }
