@@ -37,6 +37,8 @@
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(feature = "auth")]
+pub mod auth;
 pub mod body;
 pub mod client_ip;
 pub mod clock;
@@ -56,6 +58,8 @@ pub mod sanitize;
 pub mod shield;
 pub mod store;
 
+#[cfg(feature = "auth")]
+pub use auth::{AuthLayer, JwtVerifier};
 pub use body::BodyFromBytes;
 pub use client_ip::{CidrSet, ClientIp, ClientIpResolver, ForwardedHeader};
 pub use config::ShieldConfig;
