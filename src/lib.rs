@@ -49,6 +49,8 @@ pub mod future;
 #[cfg(feature = "ip-filter")]
 pub mod ip_filter;
 pub mod principal;
+#[cfg(feature = "quota")]
+pub mod quota;
 pub mod ratelimit;
 pub mod route;
 pub mod shield;

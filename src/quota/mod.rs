@@ -1,0 +1,3 @@
+//! Quotas.
+pub mod window;
+pub use window::{Period, Span, Window, Zone};
