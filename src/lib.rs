@@ -66,5 +66,7 @@ pub use facts::{InputFinding, RequestFacts};
 #[cfg(feature = "ip-filter")]
 pub use ip_filter::{IpFilter, IpFilterLayer, UnknownIp};
 pub use principal::{CredentialKind, Principal};
+#[cfg(feature = "quota")]
+pub use quota::{Quota, QuotaLayer, Window};
 pub use route::{MatchedRoute, RoutePattern, RouteSet};
 pub use shield::{Shield, ShieldBuilder, ShieldLayer, ShieldService};
