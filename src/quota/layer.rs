@@ -229,7 +229,8 @@ struct Shared<St> {
 
 /// Builder for [`QuotaLayer`].
 pub struct QuotaLayerBuilder<St = QuotaStore> {
-    store: St,
+    store: Option<St>,
+    make_store: Option<fn(SharedClock) -> St>,
     plans: PlanTable,
     provider: Option<Arc<dyn LimitProvider>>,
     unknown_plan: UnknownPlan,
@@ -260,7 +261,8 @@ impl<St: CounterStore + Clone> QuotaLayerBuilder<St> {
     /// Uses another counter store.
     pub fn store<T: CounterStore + Clone>(self, store: T) -> QuotaLayerBuilder<T> {
         QuotaLayerBuilder {
-            store,
+            store: Some(store),
+            make_store: None,
             plans: self.plans,
             provider: self.provider,
             unknown_plan: self.unknown_plan,
@@ -366,7 +368,8 @@ impl<St: CounterStore + Clone> QuotaLayerBuilder<St> {
         self
     }
 
-    /// The clock (wall time decides the windows).
+    /// The clock (wall time decides the windows). A store given with
+    /// [`store`](Self::store) keeps its own clock for expiry: give it the same one.
     pub fn clock(mut self, clock: SharedClock) -> Self {
         self.clock = Some(clock);
         self
@@ -414,6 +417,12 @@ impl<St: CounterStore + Clone> QuotaLayerBuilder<St> {
             Some(b.try_build()?)
         };
         let clock = self.clock.unwrap_or_else(system_clock);
+        // the default memory store reads expiry from the same clock as the windows
+        let store = match (self.store, self.make_store) {
+            (Some(s), _) => s,
+            (None, Some(make)) => make(clock.clone()),
+            (None, None) => unreachable!("a builder always has a store or a way to make one"),
+        };
         let fallback_store = (self.failure_mode == FailureMode::LocalFallback)
             .then(|| MemoryCounterStore::new(clock.clone()));
         let provider = self
@@ -421,7 +430,7 @@ impl<St: CounterStore + Clone> QuotaLayerBuilder<St> {
             .unwrap_or_else(|| Arc::new(self.plans.clone()) as Arc<dyn LimitProvider>);
         Ok(QuotaLayer {
             shared: Arc::new(Shared {
-                store: self.store,
+                store,
                 fallback_store,
                 provider,
                 unknown_plan,
@@ -469,7 +478,8 @@ impl QuotaLayer<QuotaStore> {
     /// Starts a builder (in-memory store, system clock, no plans).
     pub fn builder() -> QuotaLayerBuilder<QuotaStore> {
         QuotaLayerBuilder {
-            store: QuotaStore::default(),
+            store: None,
+            make_store: Some(|clock| QuotaStore::Memory(MemoryCounterStore::new(clock))),
             plans: PlanTable::default(),
             provider: None,
             unknown_plan: UnknownPlan::Deny,
