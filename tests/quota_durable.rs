@@ -70,7 +70,11 @@ fn child(db: &str) {
         // exit when the parent goes away
         tokio::task::spawn_blocking(|| {
             let mut buf = [0u8; 64];
-            while std::io::stdin().read(&mut buf).map(|n| n > 0).unwrap_or(false) {}
+            while std::io::stdin()
+                .read(&mut buf)
+                .map(|n| n > 0)
+                .unwrap_or(false)
+            {}
         })
         .await
         .unwrap();
@@ -114,7 +118,12 @@ fn sigkilled_server_loses_at_most_the_flush_window() {
         let start = Instant::now();
         let mut times = Vec::new();
         while start.elapsed() < Duration::from_millis(2500) {
-            let res = client.get(&url).header("x-client", "k1").send().await.unwrap();
+            let res = client
+                .get(&url)
+                .header("x-client", "k1")
+                .send()
+                .await
+                .unwrap();
             assert_eq!(res.status(), 200);
             times.push(Instant::now());
         }
@@ -126,9 +135,7 @@ fn sigkilled_server_loses_at_most_the_flush_window() {
 
     let store = DurableCounterStore::open(&db, options()).unwrap();
     let layer = layer(store);
-    let usage = rt
-        .block_on(layer.usage_for(None, None, "h:k1"))
-        .unwrap();
+    let usage = rt.block_on(layer.usage_for(None, None, "h:k1")).unwrap();
     let durable = usage[0].used;
     let total = admitted.len() as u64;
     let old_enough = admitted
@@ -137,7 +144,10 @@ fn sigkilled_server_loses_at_most_the_flush_window() {
         .count() as u64;
     eprintln!("admitted {total}, durable {durable}, older than the bound {old_enough}");
     assert!(total > 50, "too few requests to say anything ({total})");
-    assert!(durable <= total, "counts are never ahead: {durable} > {total}");
+    assert!(
+        durable <= total,
+        "counts are never ahead: {durable} > {total}"
+    );
     assert!(
         durable >= old_enough,
         "lost more than {LOSS_BOUND:?} of counts: {durable} durable, {old_enough} admitted before"

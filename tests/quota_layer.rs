@@ -156,7 +156,10 @@ async fn plan_selects_limits_and_several_quotas_apply() {
     let addr = serve_axum(base(&c).build().unwrap()).await;
     // pro: 100/month and 5/day; the daily one is hit first
     for _ in 0..5 {
-        assert_eq!(get_as(addr, "/products", "carol", "pro").await.status(), 200);
+        assert_eq!(
+            get_as(addr, "/products", "carol", "pro").await.status(),
+            200
+        );
     }
     let res = get_as(addr, "/products", "carol", "pro").await;
     assert_eq!(res.status(), 429);
@@ -252,7 +255,10 @@ async fn weighted_routes_cost_more_and_zero_weight_is_free() {
             .status(),
         429
     );
-    assert_eq!(get_as(addr, "/products", "erin", "free").await.status(), 200);
+    assert_eq!(
+        get_as(addr, "/products", "erin", "free").await.status(),
+        200
+    );
     let p = Principal::new("erin", CredentialKind::ApiKey).with_plan("free");
     let usage = layer.usage_of(&p).await.unwrap();
     assert_eq!(usage.len(), 1);

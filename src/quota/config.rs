@@ -185,9 +185,7 @@ impl QuotaItemConfig {
                 w = w.anchor_day(d).map_err(|e| rekey(e, key))?;
             }
             if let Some(t) = &self.anchor_time {
-                let bad = || {
-                    ConfigError::invalid(format!("{key}.anchor_time"), "expected HH:MM")
-                };
+                let bad = || ConfigError::invalid(format!("{key}.anchor_time"), "expected HH:MM");
                 let (h, m) = t.split_once(':').ok_or_else(bad)?;
                 w = w
                     .anchor_time(h.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?)
@@ -289,7 +287,11 @@ impl QuotaConfig {
                         "must be 1 to 64 characters",
                     ));
                 }
-                quotas.push(Quota::new(item.name.as_str(), item.limit, item.window(&key)?));
+                quotas.push(Quota::new(
+                    item.name.as_str(),
+                    item.limit,
+                    item.window(&key)?,
+                ));
             }
             b = b.plan(plan.clone(), quotas);
         }
@@ -345,8 +347,10 @@ mod tests {
                 .starts_with("quota.plans.free[0].zone")
         );
         assert!(
-            err("[plans]\nfree = [{ name = \"m\", limit = 1, window = \"month\", anchor_day = 32 }]")
-                .starts_with("quota.plans.free[0].anchor_day")
+            err(
+                "[plans]\nfree = [{ name = \"m\", limit = 1, window = \"month\", anchor_day = 32 }]"
+            )
+            .starts_with("quota.plans.free[0].anchor_day")
         );
         assert!(
             err("[plans]\nfree = [{ name = \"m\", limit = 1, window = \"day\", anchor_day = 3 }]")
@@ -370,8 +374,10 @@ mod tests {
         );
         assert!(err("").starts_with("quota.plans"));
         assert!(
-            toml::from_str::<QuotaConfig>("[plans]\nfree = [{ name = \"m\", limit = 1, window = \"day\", colour = 1 }]")
-                .is_err()
+            toml::from_str::<QuotaConfig>(
+                "[plans]\nfree = [{ name = \"m\", limit = 1, window = \"day\", colour = 1 }]"
+            )
+            .is_err()
         );
     }
 

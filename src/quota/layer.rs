@@ -27,7 +27,8 @@ use crate::store::{CounterDecision, CounterStore, FailureMode, StoreError};
 /// Problem type of a quota denial (draft-ietf-httpapi-ratelimit-headers).
 pub const QUOTA_EXCEEDED_TYPE: &str =
     "https://iana.org/assignments/http-problem-types#quota-exceeded";
-const QUOTA_EXCEEDED_TITLE: &str = "Request cannot be satisfied as assigned quota has been exceeded";
+const QUOTA_EXCEEDED_TITLE: &str =
+    "Request cannot be satisfied as assigned quota has been exceeded";
 
 /// One quota: a named allotment of units per window (`"monthly"`: 6000 per calendar month).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -282,7 +283,11 @@ impl<St: CounterStore + Clone> QuotaLayerBuilder<St> {
     }
 
     /// Adds a plan and its quotas (`"free"`: 6000 per month).
-    pub fn plan(mut self, plan: impl Into<String>, quotas: impl IntoIterator<Item = Quota>) -> Self {
+    pub fn plan(
+        mut self,
+        plan: impl Into<String>,
+        quotas: impl IntoIterator<Item = Quota>,
+    ) -> Self {
         self.plans.insert(plan, quotas);
         self
     }
@@ -569,9 +574,7 @@ impl<St: CounterStore + Clone> QuotaLayer<St> {
         let now = self.shared.clock.wall();
         let mut out = Vec::with_capacity(limits.len());
         for (i, q) in limits.iter().enumerate() {
-            let o = self
-                .measure(&self.shared.store, key, q, i, now, 0)
-                .await?;
+            let o = self.measure(&self.shared.store, key, q, i, now, 0).await?;
             let reset_after = o.reset_at.duration_since(now).unwrap_or_default();
             out.push(QuotaUsage {
                 name: q.name.to_string(),
@@ -611,7 +614,9 @@ impl<St: CounterStore + Clone> QuotaLayer<St> {
     ) -> Result<Outcome, StoreError> {
         let span = q.window.span(now);
         if let Some((bucket, n)) = q.window.rolling_parts() {
-            let (prev, oldest) = self.rolling_prev(store, caller, q, &span, bucket, n).await?;
+            let (prev, oldest) = self
+                .rolling_prev(store, caller, q, &span, bucket, n)
+                .await?;
             let key = self.store_key(caller, q, &span.label);
             let cur = store.get(&key).await?;
             let reset_at = oldest.unwrap_or(if cur > 0 { span.end } else { now });
@@ -687,7 +692,9 @@ impl<St: CounterStore + Clone> QuotaLayer<St> {
             let key = self.store_key(caller, q, &span.label);
             let (prev, oldest, end) = match q.window.rolling_parts() {
                 Some((bucket, n)) => {
-                    let (p, o) = self.rolling_prev(store, caller, q, &span, bucket, n).await?;
+                    let (p, o) = self
+                        .rolling_prev(store, caller, q, &span, bucket, n)
+                        .await?;
                     (p, o, span.end)
                 }
                 None => (0, None, span.end),
@@ -930,9 +937,13 @@ fn store_down<St, ReqB, ResB: BodyFromBytes>(
     layer: &QuotaLayer<St>,
     req: &Request<ReqB>,
 ) -> Response<ResB> {
-    let d = Denial::new(StatusCode::SERVICE_UNAVAILABLE, "quota", "quota_store_unavailable")
-        .with_detail("Quota accounting is temporarily unavailable.")
-        .with_retry_after(Duration::from_secs(1));
+    let d = Denial::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "quota",
+        "quota_store_unavailable",
+    )
+    .with_detail("Quota accounting is temporarily unavailable.")
+    .with_retry_after(Duration::from_secs(1));
     layer.renderer.respond(d, req)
 }
 

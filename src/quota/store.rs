@@ -443,11 +443,7 @@ impl DurableCounterStore {
 
 impl Drop for DurableInner {
     fn drop(&mut self) {
-        *self
-            .flusher
-            .stop
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = true;
+        *self.flusher.stop.lock().unwrap_or_else(|p| p.into_inner()) = true;
         self.flusher.wake.notify_all();
         if let Some(t) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
             let _ = t.join();
@@ -604,7 +600,9 @@ mod tests {
         };
         {
             let s = DurableCounterStore::open(&path, opts.clone()).unwrap();
-            s.add_within(b"live", 7, 10, end(&clock, 100)).await.unwrap();
+            s.add_within(b"live", 7, 10, end(&clock, 100))
+                .await
+                .unwrap();
             s.add_within(b"short", 2, 10, end(&clock, 5)).await.unwrap();
             assert_eq!(s.flush().unwrap(), 2);
             assert_eq!(s.flush().unwrap(), 0);

@@ -319,7 +319,10 @@ impl Window {
     /// Sets the local time of day at which a day, week, month or year window resets.
     pub fn anchor_time(mut self, hour: u32, minute: u32) -> Result<Self, ConfigError> {
         let t = NaiveTime::from_hms_opt(hour, minute, 0).ok_or_else(|| {
-            ConfigError::invalid("quota.window.anchor_time", "expected HH:MM (00:00 to 23:59)")
+            ConfigError::invalid(
+                "quota.window.anchor_time",
+                "expected HH:MM (00:00 to 23:59)",
+            )
         })?;
         if let Kind::Calendar { anchor_time, .. } = &mut self.kind {
             *anchor_time = t;
