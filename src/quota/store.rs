@@ -316,11 +316,11 @@ fn flush_table(table: &Table, db: &redb::Database, lock: &Mutex<()>) -> Result<u
         for (key, _, _) in batch {
             let mut guard = lock_shard(table, &key);
             let shard = &mut *guard;
-            if let Some(slot) = shard.map.get_mut(&key) {
-                if !slot.dirty {
-                    slot.dirty = true;
-                    shard.dirty.push(key);
-                }
+            if let Some(slot) = shard.map.get_mut(&key)
+                && !slot.dirty
+            {
+                slot.dirty = true;
+                shard.dirty.push(key);
             }
         }
         return Err(e);

@@ -90,7 +90,7 @@ impl Zone {
 
     /// The instant of a local time; a local time skipped by a DST gap maps to the first
     /// instant after the gap.
-    fn to_utc(&self, n: NaiveDateTime) -> DateTime<Utc> {
+    fn instant_of(&self, n: NaiveDateTime) -> DateTime<Utc> {
         if let Some(d) = self.resolve(n) {
             return d;
         }
@@ -282,7 +282,7 @@ impl Window {
             ));
         }
         let bucket = length.as_millis() / u128::from(buckets);
-        if bucket == 0 || length.as_millis() % u128::from(buckets) != 0 {
+        if bucket == 0 || !length.as_millis().is_multiple_of(u128::from(buckets)) {
             return Err(ConfigError::invalid(
                 "quota.window.length",
                 "must be a positive number of milliseconds divisible by the bucket count",
@@ -405,7 +405,7 @@ fn calendar_span(
             (start, start + chrono::Duration::hours(1), label)
         }
         Period::Day => {
-            let at = |d: NaiveDate| zone.to_utc(d.and_time(anchor_time));
+            let at = |d: NaiveDate| zone.instant_of(d.and_time(anchor_time));
             let mut day = local.date();
             if now < at(day) {
                 day = day.pred_opt().unwrap_or(day);
@@ -414,7 +414,7 @@ fn calendar_span(
             (at(day), at(next), day.format("%Y-%m-%d").to_string())
         }
         Period::Week => {
-            let at = |d: NaiveDate| zone.to_utc(d.and_time(anchor_time));
+            let at = |d: NaiveDate| zone.instant_of(d.and_time(anchor_time));
             let today = local.date();
             let mut monday =
                 today - chrono::Duration::days(i64::from(today.weekday().num_days_from_monday()));
@@ -432,7 +432,7 @@ fn calendar_span(
             let point = |y: i32, m: u32| {
                 let d = anchor_day.min(days_in_month(y, m));
                 let date = NaiveDate::from_ymd_opt(y, m, d).expect("valid date");
-                (date, zone.to_utc(date.and_time(anchor_time)))
+                (date, zone.instant_of(date.and_time(anchor_time)))
             };
             let (mut y, mut m) = (local.year(), local.month());
             if now < point(y, m).1 {
@@ -450,7 +450,7 @@ fn calendar_span(
         }
         Period::Year => {
             let point = |y: i32| {
-                zone.to_utc(
+                zone.instant_of(
                     NaiveDate::from_ymd_opt(y, 1, 1)
                         .expect("valid date")
                         .and_time(anchor_time),
