@@ -31,12 +31,22 @@ const QUOTA_EXCEEDED_TITLE: &str =
     "Request cannot be satisfied as assigned quota has been exceeded";
 
 /// One quota: a named allotment of units per window (`"monthly"`: 6000 per calendar month).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Quota {
     name: Arc<str>,
     limit: u64,
     window: Window,
+    /// The last computed window (calendar arithmetic and label formatting are done once
+    /// per window, not per request).
+    cache: Arc<std::sync::RwLock<Option<super::window::Span>>>,
 }
+
+impl PartialEq for Quota {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name && self.limit == other.limit && self.window == other.window
+    }
+}
+impl Eq for Quota {}
 
 impl Quota {
     /// A quota named `name` (the policy name in `RateLimit` fields and `violated-policies`)
@@ -46,7 +56,27 @@ impl Quota {
             name: name.into(),
             limit,
             window,
+            cache: Arc::default(),
         }
+    }
+
+    /// The window containing `now` (cached while `now` stays inside it).
+    fn span(&self, now: SystemTime) -> super::window::Span {
+        if let Ok(g) = self.cache.read()
+            && let Some(s) = &*g
+            && s.start <= now
+            && now < s.end
+            && !self.window.is_rolling()
+        {
+            return s.clone();
+        }
+        let s = self.window.span(now);
+        if !self.window.is_rolling()
+            && let Ok(mut g) = self.cache.write()
+        {
+            *g = Some(s.clone());
+        }
+        s
     }
     /// Policy name.
     pub fn name(&self) -> &str {
@@ -612,7 +642,7 @@ impl<St: CounterStore + Clone> QuotaLayer<St> {
         now: SystemTime,
         _cost: u64,
     ) -> Result<Outcome, StoreError> {
-        let span = q.window.span(now);
+        let span = q.span(now);
         if let Some((bucket, n)) = q.window.rolling_parts() {
             let (prev, oldest) = self
                 .rolling_prev(store, caller, q, &span, bucket, n)
@@ -688,7 +718,7 @@ impl<St: CounterStore + Clone> QuotaLayer<St> {
                 outcomes.push(o);
                 continue;
             }
-            let span = q.window.span(now);
+            let span = q.span(now);
             let key = self.store_key(caller, q, &span.label);
             let (prev, oldest, end) = match q.window.rolling_parts() {
                 Some((bucket, n)) => {
