@@ -565,3 +565,46 @@ async fn poll_ready_and_call_use_the_ready_service() {
     let res = svc.ready().await.unwrap().call(req).await.unwrap();
     assert_eq!(res.status(), 200);
 }
+
+#[tokio::test]
+async fn rolling_window_releases_units_bucket_by_bucket() {
+    let c = clock();
+    let layer = QuotaLayer::builder()
+        .plan(
+            "free",
+            [Quota::new(
+                "per-minute",
+                3,
+                Window::rolling(Duration::from_secs(60), 6).unwrap(),
+            )],
+        )
+        .clock(Arc::new(c.clone()))
+        .build()
+        .unwrap();
+    let svc = ServiceBuilder::new()
+        .layer(layer)
+        .service_fn(|_req: Request<()>| async {
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("ok"))))
+        });
+    let call = || {
+        let mut req = Request::get("/").body(()).unwrap();
+        req.extensions_mut()
+            .insert(Principal::new("kim", CredentialKind::ApiKey).with_plan("free"));
+        svc.clone().oneshot(req)
+    };
+    // NOW is 40 s into a minute: buckets of 10 s; two calls now, one 25 s later
+    assert_eq!(call().await.unwrap().status(), 200);
+    assert_eq!(call().await.unwrap().status(), 200);
+    c.advance(Duration::from_secs(25));
+    assert_eq!(call().await.unwrap().status(), 200);
+    let res = call().await.unwrap();
+    assert_eq!(res.status(), 429);
+    // the first bucket (started 40 s into the minute) leaves 60 s after it started: 35 s on
+    assert_eq!(res.headers()["retry-after"], "35");
+    c.advance(Duration::from_secs(34));
+    assert_eq!(call().await.unwrap().status(), 429);
+    c.advance(Duration::from_secs(1));
+    assert_eq!(call().await.unwrap().status(), 200);
+    assert_eq!(call().await.unwrap().status(), 200);
+    assert_eq!(call().await.unwrap().status(), 429);
+}
