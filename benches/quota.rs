@@ -70,6 +70,20 @@ fn bench(c: &mut Criterion) {
         b.iter(|| black_box(mem.call(req(&pro)).now_or_never().unwrap().unwrap()))
     });
 
+    let mut quiet = QuotaLayer::builder()
+        .store(QuotaStore::Memory(MemoryCounterStore::new(system_clock())))
+        .plan(
+            "free",
+            [Quota::new("monthly", u64::MAX / 2, Window::month())],
+        )
+        .headers_on_success(false)
+        .build()
+        .unwrap()
+        .layer(inner());
+    g.bench_function("memory_one_quota_no_headers", |b| {
+        b.iter(|| black_box(quiet.call(req(&free)).now_or_never().unwrap().unwrap()))
+    });
+
     let dir = tempfile::tempdir().unwrap();
     let store = DurableCounterStore::open(
         dir.path().join("bench.redb"),
