@@ -51,6 +51,8 @@ pub mod future;
 #[cfg(feature = "ip-filter")]
 pub mod ip_filter;
 pub mod principal;
+#[cfg(feature = "quota")]
+pub mod quota;
 pub mod ratelimit;
 pub mod route;
 #[cfg(feature = "sanitize")]
@@ -70,6 +72,8 @@ pub use facts::{InputFinding, RequestFacts};
 #[cfg(feature = "ip-filter")]
 pub use ip_filter::{IpFilter, IpFilterLayer, UnknownIp};
 pub use principal::{CredentialKind, Principal};
+#[cfg(feature = "quota")]
+pub use quota::{Quota, QuotaLayer, Window};
 pub use route::{MatchedRoute, RoutePattern, RouteSet};
 #[cfg(feature = "sanitize")]
 pub use sanitize::{Sanitize, SanitizeLayer};

@@ -1,0 +1,998 @@
+//! The quota layer and service.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::{HeaderName, Method, Request, Response, StatusCode};
+use tower_layer::Layer;
+use tower_service::Service;
+
+use super::store::{MemoryCounterStore, QuotaStore};
+use super::window::Window;
+use crate::body::BodyFromBytes;
+use crate::client_ip::{ClientIp, ClientIpResolver, client_ip_of};
+use crate::clock::{SharedClock, system_clock};
+use crate::denial::{Denial, Renderer};
+use crate::error::ConfigError;
+use crate::principal::Principal;
+use crate::ratelimit::{self, RateLimitField};
+use crate::route::{RoutePattern, RouteSet};
+use crate::store::{CounterDecision, CounterStore, FailureMode, StoreError};
+
+/// Problem type of a quota denial (draft-ietf-httpapi-ratelimit-headers).
+pub const QUOTA_EXCEEDED_TYPE: &str =
+    "https://iana.org/assignments/http-problem-types#quota-exceeded";
+const QUOTA_EXCEEDED_TITLE: &str =
+    "Request cannot be satisfied as assigned quota has been exceeded";
+
+/// One quota: a named allotment of units per window (`"monthly"`: 6000 per calendar month).
+#[derive(Debug, Clone)]
+pub struct Quota {
+    name: Arc<str>,
+    limit: u64,
+    window: Window,
+    /// The last computed window (calendar arithmetic and label formatting are done once
+    /// per window, not per request).
+    cache: Arc<std::sync::RwLock<Option<super::window::Span>>>,
+}
+
+impl PartialEq for Quota {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name && self.limit == other.limit && self.window == other.window
+    }
+}
+impl Eq for Quota {}
+
+impl Quota {
+    /// A quota named `name` (the policy name in `RateLimit` fields and `violated-policies`)
+    /// of `limit` units per `window`.
+    pub fn new(name: impl Into<Arc<str>>, limit: u64, window: Window) -> Self {
+        Self {
+            name: name.into(),
+            limit,
+            window,
+            cache: Arc::default(),
+        }
+    }
+
+    /// The window containing `now` (cached while `now` stays inside it).
+    fn span(&self, now: SystemTime) -> super::window::Span {
+        if let Ok(g) = self.cache.read()
+            && let Some(s) = &*g
+            && s.start <= now
+            && now < s.end
+            && !self.window.is_rolling()
+        {
+            return s.clone();
+        }
+        let s = self.window.span(now);
+        if !self.window.is_rolling()
+            && let Ok(mut g) = self.cache.write()
+        {
+            *g = Some(s.clone());
+        }
+        s
+    }
+    /// Policy name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// Units per window.
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+    /// The window.
+    pub fn window(&self) -> &Window {
+        &self.window
+    }
+}
+
+/// The quotas that apply to one caller (several may apply: 6000/month and 500/day).
+pub type Limits = Arc<[Quota]>;
+
+/// Who a quota decision is about.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller<'a> {
+    /// The authenticated principal, when the auth layer ran.
+    pub principal: Option<&'a Principal>,
+    /// The plan (the principal's, if any).
+    pub plan: Option<&'a str>,
+    /// The counting key (`p:<principal id>`, `ip:<address>` or `h:<header value>`).
+    pub key: &'a str,
+}
+
+/// Looks up the quotas of a caller. `None` means an unknown plan, handled by the layer's
+/// [`UnknownPlan`] setting. Called on every request: keep it fast (cache what you fetch
+/// from elsewhere, e.g. refresh a map in the background).
+pub trait LimitProvider: Send + Sync + 'static {
+    /// The quotas for this caller.
+    fn limits(&self, caller: &Caller<'_>) -> Option<Limits>;
+}
+
+impl<F> LimitProvider for F
+where
+    F: Fn(&Caller<'_>) -> Option<Limits> + Send + Sync + 'static,
+{
+    fn limits(&self, caller: &Caller<'_>) -> Option<Limits> {
+        self(caller)
+    }
+}
+
+/// Plan name → quotas (the built-in [`LimitProvider`]).
+#[derive(Debug, Clone, Default)]
+pub struct PlanTable {
+    plans: HashMap<String, Limits>,
+}
+
+impl PlanTable {
+    /// Adds or replaces a plan.
+    pub fn insert(&mut self, plan: impl Into<String>, quotas: impl IntoIterator<Item = Quota>) {
+        self.plans
+            .insert(plan.into(), quotas.into_iter().collect::<Vec<_>>().into());
+    }
+    /// The quotas of a plan.
+    pub fn get(&self, plan: &str) -> Option<&Limits> {
+        self.plans.get(plan)
+    }
+}
+
+impl LimitProvider for PlanTable {
+    fn limits(&self, caller: &Caller<'_>) -> Option<Limits> {
+        caller.plan.and_then(|p| self.plans.get(p)).cloned()
+    }
+}
+
+/// What happens to a caller whose plan is unknown (or who has no plan, e.g. an anonymous
+/// caller keyed by IP).
+#[derive(Debug, Clone, Default)]
+pub enum UnknownPlan {
+    /// Refuse with 403 `unknown_plan` (the default: fail closed).
+    #[default]
+    Deny,
+    /// Apply these quotas.
+    Default(Limits),
+}
+
+/// How callers are keyed when no [`Principal`] is in the request extensions.
+#[derive(Debug, Clone, Default)]
+pub enum KeyFallback {
+    /// The client address ([`ClientIp`], IPv6 by /64) — the default.
+    #[default]
+    ClientIp,
+    /// The value of a header (e.g. a client id set by an upstream gateway). Anyone can send
+    /// any header: use only a header a trusted proxy sets. Values over 128 bytes are refused.
+    Header(HeaderName),
+    /// No fallback: callers without a principal are refused (403 `quota_key_missing`).
+    None,
+}
+
+/// When a counted call's units are given back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CountPolicy {
+    /// Every admitted call counts, whatever its outcome.
+    EveryCall,
+    /// Admitted calls count, but the units are refunded when the inner service answers 5xx
+    /// or fails (failed upstream calls do not burn quota). The default.
+    #[default]
+    RefundServerErrors,
+    /// Only successes (1xx–3xx) count: units are reserved on admission and refunded on any
+    /// 4xx, 5xx or error.
+    SuccessOnly,
+}
+
+impl CountPolicy {
+    fn refunds(&self, status: Option<StatusCode>) -> bool {
+        match (self, status) {
+            (CountPolicy::EveryCall, _) => false,
+            (_, None) => true,
+            (CountPolicy::RefundServerErrors, Some(s)) => s.is_server_error(),
+            (CountPolicy::SuccessOnly, Some(s)) => s.as_u16() >= 400,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+struct RouteCost {
+    cost: Option<u64>,
+    by_query: Vec<(String, u64)>,
+}
+
+impl RouteCost {
+    fn for_query(&self, query: Option<&str>, default: u64) -> u64 {
+        if let Some(q) = query.filter(|_| !self.by_query.is_empty()) {
+            let mut best: Option<u64> = None;
+            for pair in q.split('&') {
+                let name = pair.split_once('=').map_or(pair, |(n, _)| n);
+                if let Some((_, c)) = self.by_query.iter().find(|(p, _)| p == name) {
+                    best = Some(best.map_or(*c, |b| b.max(*c)));
+                }
+            }
+            if let Some(c) = best {
+                return c;
+            }
+        }
+        self.cost.unwrap_or(default)
+    }
+}
+
+/// Current usage of one quota, for dashboards (serializes to JSON).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct QuotaUsage {
+    /// Policy name.
+    pub name: String,
+    /// Units per window.
+    pub limit: u64,
+    /// Units used in the current window.
+    pub used: u64,
+    /// Units left.
+    pub remaining: u64,
+    /// When the window resets (Unix seconds); for a rolling window, when the oldest counted
+    /// units leave it.
+    pub resets_at: u64,
+    /// Seconds until then (rounded up).
+    pub reset_after_secs: u64,
+    /// Nominal window length in seconds.
+    pub window_secs: u64,
+}
+
+struct Shared<St> {
+    store: St,
+    fallback_store: Option<MemoryCounterStore>,
+    provider: Arc<dyn LimitProvider>,
+    unknown_plan: UnknownPlan,
+    key_fallback: KeyFallback,
+    resolver: ClientIpResolver,
+    weights: Option<RouteSet<RouteCost>>,
+    default_cost: u64,
+    policy: CountPolicy,
+    failure_mode: FailureMode,
+    shadow: bool,
+    headers_on_success: bool,
+    prefix: String,
+    clock: SharedClock,
+}
+
+/// Builder for [`QuotaLayer`].
+pub struct QuotaLayerBuilder<St = QuotaStore> {
+    store: Option<St>,
+    make_store: Option<fn(SharedClock) -> St>,
+    plans: PlanTable,
+    provider: Option<Arc<dyn LimitProvider>>,
+    unknown_plan: UnknownPlan,
+    default_plan: Option<String>,
+    key_fallback: KeyFallback,
+    resolver: ClientIpResolver,
+    weights: Vec<(String, Option<String>, u64)>,
+    default_cost: u64,
+    policy: CountPolicy,
+    failure_mode: FailureMode,
+    shadow: bool,
+    headers_on_success: bool,
+    prefix: String,
+    clock: Option<SharedClock>,
+    renderer: Renderer,
+}
+
+impl<St> fmt::Debug for QuotaLayerBuilder<St> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("QuotaLayerBuilder")
+            .field("plans", &self.plans)
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<St: CounterStore + Clone> QuotaLayerBuilder<St> {
+    /// Uses another counter store.
+    pub fn store<T: CounterStore + Clone>(self, store: T) -> QuotaLayerBuilder<T> {
+        QuotaLayerBuilder {
+            store: Some(store),
+            make_store: None,
+            plans: self.plans,
+            provider: self.provider,
+            unknown_plan: self.unknown_plan,
+            default_plan: self.default_plan,
+            key_fallback: self.key_fallback,
+            resolver: self.resolver,
+            weights: self.weights,
+            default_cost: self.default_cost,
+            policy: self.policy,
+            failure_mode: self.failure_mode,
+            shadow: self.shadow,
+            headers_on_success: self.headers_on_success,
+            prefix: self.prefix,
+            clock: self.clock,
+            renderer: self.renderer,
+        }
+    }
+
+    /// Adds a plan and its quotas (`"free"`: 6000 per month).
+    pub fn plan(
+        mut self,
+        plan: impl Into<String>,
+        quotas: impl IntoIterator<Item = Quota>,
+    ) -> Self {
+        self.plans.insert(plan, quotas);
+        self
+    }
+
+    /// Looks limits up with a custom provider instead of the plans given to
+    /// [`plan`](Self::plan).
+    pub fn provider(mut self, provider: impl LimitProvider) -> Self {
+        self.provider = Some(Arc::new(provider));
+        self
+    }
+
+    /// Callers with an unknown (or no) plan get these quotas.
+    pub fn unknown_plan(mut self, policy: UnknownPlan) -> Self {
+        self.unknown_plan = policy;
+        self
+    }
+
+    /// Callers with an unknown (or no) plan get the quotas of `plan` (which must be
+    /// configured with [`plan`](Self::plan)).
+    pub fn default_plan(mut self, plan: impl Into<String>) -> Self {
+        self.default_plan = Some(plan.into());
+        self
+    }
+
+    /// How callers without a principal are keyed (default: client IP).
+    pub fn key_fallback(mut self, fallback: KeyFallback) -> Self {
+        self.key_fallback = fallback;
+        self
+    }
+
+    /// The resolver used when no outer layer resolved the client address.
+    pub fn resolver(mut self, resolver: ClientIpResolver) -> Self {
+        self.resolver = resolver;
+        self
+    }
+
+    /// Sets the cost of requests matching `pattern` (`"POST /search"`, `"/reports/*"`).
+    /// A pattern with a query parameter, `"GET /products?search"` (or `?search=`), costs
+    /// `cost` when the request's query has that parameter. A cost of 0 exempts the route.
+    pub fn weight(mut self, pattern: &str, cost: u64) -> Self {
+        let (route, query) = match pattern.split_once('?') {
+            Some((r, q)) => (r, Some(q.trim_end_matches('=').to_owned())),
+            None => (pattern, None),
+        };
+        self.weights.push((route.to_owned(), query, cost));
+        self
+    }
+
+    /// Cost of a request matching no weighted route (default 1).
+    pub fn default_cost(mut self, cost: u64) -> Self {
+        self.default_cost = cost;
+        self
+    }
+
+    /// When counted units are refunded (default: on 5xx).
+    pub fn count_policy(mut self, policy: CountPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// What to do when the store fails (default: reject with 503).
+    pub fn failure_mode(mut self, mode: FailureMode) -> Self {
+        self.failure_mode = mode;
+        self
+    }
+
+    /// Shadow mode: over-quota requests are let through (uncounted) and the denial is only
+    /// recorded in [`RequestFacts`](crate::RequestFacts) and the logs.
+    pub fn shadow(mut self, on: bool) -> Self {
+        self.shadow = on;
+        self
+    }
+
+    /// Whether admitted responses carry `RateLimit-Policy`/`RateLimit` (default true).
+    pub fn headers_on_success(mut self, on: bool) -> Self {
+        self.headers_on_success = on;
+        self
+    }
+
+    /// Prefix of the store keys (default `"quota:"`).
+    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// The clock (wall time decides the windows). A store given with
+    /// [`store`](Self::store) keeps its own clock for expiry: give it the same one.
+    pub fn clock(mut self, clock: SharedClock) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// The denial renderer.
+    pub fn renderer(mut self, renderer: Renderer) -> Self {
+        self.renderer = renderer;
+        self
+    }
+
+    /// Builds the layer. Fails on invalid weight patterns or an unknown default plan.
+    pub fn build(self) -> Result<QuotaLayer<St>, ConfigError> {
+        let unknown_plan = match &self.default_plan {
+            Some(name) => UnknownPlan::Default(self.plans.get(name).cloned().ok_or_else(|| {
+                ConfigError::invalid(
+                    "quota.default_plan",
+                    format!("plan {name:?} is not configured"),
+                )
+            })?),
+            None => self.unknown_plan,
+        };
+        let weights = if self.weights.is_empty() {
+            None
+        } else {
+            let mut merged: Vec<(RoutePattern, RouteCost)> = Vec::new();
+            for (i, (route, query, cost)) in self.weights.iter().enumerate() {
+                let p = RoutePattern::parse(route, &format!("quota.weights[{i}]"))?;
+                let idx = match merged.iter().position(|(q, _)| *q == p) {
+                    Some(idx) => idx,
+                    None => {
+                        merged.push((p, RouteCost::default()));
+                        merged.len() - 1
+                    }
+                };
+                match query {
+                    Some(q) => merged[idx].1.by_query.push((q.clone(), *cost)),
+                    None => merged[idx].1.cost = Some(*cost),
+                }
+            }
+            let mut b = RouteSet::builder().key("quota.weights");
+            for (p, c) in merged {
+                b = b.pattern(p, c);
+            }
+            Some(b.try_build()?)
+        };
+        let clock = self.clock.unwrap_or_else(system_clock);
+        // the default memory store reads expiry from the same clock as the windows
+        let store = match (self.store, self.make_store) {
+            (Some(s), _) => s,
+            (None, Some(make)) => make(clock.clone()),
+            (None, None) => unreachable!("a builder always has a store or a way to make one"),
+        };
+        let fallback_store = (self.failure_mode == FailureMode::LocalFallback)
+            .then(|| MemoryCounterStore::new(clock.clone()));
+        let provider = self
+            .provider
+            .unwrap_or_else(|| Arc::new(self.plans.clone()) as Arc<dyn LimitProvider>);
+        Ok(QuotaLayer {
+            shared: Arc::new(Shared {
+                store,
+                fallback_store,
+                provider,
+                unknown_plan,
+                key_fallback: self.key_fallback,
+                resolver: self.resolver,
+                weights,
+                default_cost: self.default_cost,
+                policy: self.policy,
+                failure_mode: self.failure_mode,
+                shadow: self.shadow,
+                headers_on_success: self.headers_on_success,
+                prefix: self.prefix,
+                clock,
+            }),
+            renderer: self.renderer,
+        })
+    }
+}
+
+/// Layer enforcing quotas. See the [module docs](super).
+pub struct QuotaLayer<St = QuotaStore> {
+    shared: Arc<Shared<St>>,
+    renderer: Renderer,
+}
+
+impl<St> Clone for QuotaLayer<St> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+            renderer: self.renderer.clone(),
+        }
+    }
+}
+
+impl<St> fmt::Debug for QuotaLayer<St> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("QuotaLayer")
+            .field("policy", &self.shared.policy)
+            .field("shadow", &self.shared.shadow)
+            .finish_non_exhaustive()
+    }
+}
+
+impl QuotaLayer<QuotaStore> {
+    /// Starts a builder (in-memory store, system clock, no plans).
+    pub fn builder() -> QuotaLayerBuilder<QuotaStore> {
+        QuotaLayerBuilder {
+            store: None,
+            make_store: Some(|clock| QuotaStore::Memory(MemoryCounterStore::new(clock))),
+            plans: PlanTable::default(),
+            provider: None,
+            unknown_plan: UnknownPlan::Deny,
+            default_plan: None,
+            key_fallback: KeyFallback::ClientIp,
+            resolver: ClientIpResolver::default(),
+            weights: Vec::new(),
+            default_cost: 1,
+            policy: CountPolicy::default(),
+            failure_mode: FailureMode::Reject,
+            shadow: false,
+            headers_on_success: true,
+            prefix: "quota:".into(),
+            clock: None,
+            renderer: Renderer::default(),
+        }
+    }
+}
+
+/// What one quota looked like in a decision.
+#[derive(Debug, Clone)]
+struct Outcome {
+    quota_idx: usize,
+    key: Vec<u8>,
+    used: u64,
+    exceeded: bool,
+    counted: bool,
+    reset_at: SystemTime,
+}
+
+fn push_escaped(out: &mut Vec<u8>, s: &str) {
+    for b in s.bytes() {
+        match b {
+            b'{' | b'}' | b'%' | b':' => {
+                out.extend_from_slice(format!("%{b:02X}").as_bytes());
+            }
+            _ => out.push(b),
+        }
+    }
+}
+
+impl<St: CounterStore + Clone> QuotaLayer<St> {
+    /// Replaces the denial renderer.
+    pub fn with_renderer(mut self, renderer: Renderer) -> Self {
+        self.renderer = renderer;
+        self
+    }
+
+    fn store_key(&self, caller: &str, quota: &Quota, label: &str) -> Vec<u8> {
+        // `{caller}` is a Redis Cluster hash tag: all counters of a caller live on one slot
+        let p = &self.shared.prefix;
+        let mut k = Vec::with_capacity(p.len() + caller.len() + quota.name.len() + label.len() + 6);
+        k.extend_from_slice(p.as_bytes());
+        k.push(b'{');
+        push_escaped(&mut k, caller);
+        k.push(b'}');
+        k.push(b':');
+        push_escaped(&mut k, &quota.name);
+        k.push(b':');
+        k.extend_from_slice(label.as_bytes());
+        k
+    }
+
+    /// Current usage and reset of every quota that applies to `principal`.
+    pub async fn usage_of(&self, principal: &Principal) -> Result<Vec<QuotaUsage>, StoreError> {
+        let key = format!("p:{}", principal.id());
+        self.usage_for(Some(principal), principal.plan(), &key)
+            .await
+    }
+
+    /// Current usage of the caller keyed `key` (`p:<principal id>`, `ip:<address>`,
+    /// `h:<header value>`) on `plan`.
+    pub async fn usage_for(
+        &self,
+        principal: Option<&Principal>,
+        plan: Option<&str>,
+        key: &str,
+    ) -> Result<Vec<QuotaUsage>, StoreError> {
+        let caller = Caller {
+            principal,
+            plan,
+            key,
+        };
+        let Some(limits) = self.limits_for(&caller) else {
+            return Ok(Vec::new());
+        };
+        let now = self.shared.clock.wall();
+        let mut out = Vec::with_capacity(limits.len());
+        for (i, q) in limits.iter().enumerate() {
+            let o = self.measure(&self.shared.store, key, q, i, now, 0).await?;
+            let reset_after = o.reset_at.duration_since(now).unwrap_or_default();
+            out.push(QuotaUsage {
+                name: q.name.to_string(),
+                limit: q.limit,
+                used: o.used,
+                remaining: q.limit.saturating_sub(o.used),
+                resets_at: ratelimit::ceil_secs(
+                    o.reset_at.duration_since(UNIX_EPOCH).unwrap_or_default(),
+                ),
+                reset_after_secs: ratelimit::ceil_secs(reset_after),
+                window_secs: q.window.nominal_secs(),
+            });
+        }
+        Ok(out)
+    }
+
+    fn limits_for(&self, caller: &Caller<'_>) -> Option<Limits> {
+        self.shared
+            .provider
+            .limits(caller)
+            .or_else(|| match &self.shared.unknown_plan {
+                UnknownPlan::Deny => None,
+                UnknownPlan::Default(l) => Some(l.clone()),
+            })
+    }
+
+    /// Reads the usage of one quota without counting. For a rolling window, sums the
+    /// buckets; returns the outcome with `used` and the reset time.
+    async fn measure<T: CounterStore>(
+        &self,
+        store: &T,
+        caller: &str,
+        q: &Quota,
+        idx: usize,
+        now: SystemTime,
+        _cost: u64,
+    ) -> Result<Outcome, StoreError> {
+        let span = q.span(now);
+        if let Some((bucket, n)) = q.window.rolling_parts() {
+            let (prev, oldest) = self
+                .rolling_prev(store, caller, q, &span, bucket, n)
+                .await?;
+            let key = self.store_key(caller, q, &span.label);
+            let cur = store.get(&key).await?;
+            let reset_at = oldest.unwrap_or(if cur > 0 { span.end } else { now });
+            return Ok(Outcome {
+                quota_idx: idx,
+                key,
+                used: prev + cur,
+                exceeded: false,
+                counted: false,
+                reset_at,
+            });
+        }
+        let key = self.store_key(caller, q, &span.label);
+        let used = store.get(&key).await?;
+        Ok(Outcome {
+            quota_idx: idx,
+            key,
+            used,
+            exceeded: false,
+            counted: false,
+            reset_at: span.end,
+        })
+    }
+
+    /// Sum of the previous buckets of a rolling window still inside it, and when the oldest
+    /// non-empty one leaves the window.
+    async fn rolling_prev<T: CounterStore>(
+        &self,
+        store: &T,
+        caller: &str,
+        q: &Quota,
+        span: &super::window::Span,
+        bucket: Duration,
+        n: u32,
+    ) -> Result<(u64, Option<SystemTime>), StoreError> {
+        let idx: i128 = span.label[1..].parse().unwrap_or(0);
+        let mut sum = 0;
+        let mut oldest = None;
+        for back in (1..i128::from(n)).rev() {
+            let label = format!("r{}", idx - back);
+            let used = store.get(&self.store_key(caller, q, &label)).await?;
+            if used > 0 {
+                sum += used;
+                if oldest.is_none() {
+                    // bucket idx-back leaves the window n buckets after it started
+                    let start = span.start - bucket * (back as u32);
+                    oldest = Some(start + bucket * n);
+                }
+            }
+        }
+        Ok((sum, oldest))
+    }
+
+    /// Counts `cost` against every quota, all or nothing.
+    async fn decide<T: CounterStore>(
+        &self,
+        store: &T,
+        caller: &str,
+        limits: &[Quota],
+        cost: u64,
+        now: SystemTime,
+    ) -> Result<Vec<Outcome>, StoreError> {
+        let mut outcomes: Vec<Outcome> = Vec::with_capacity(limits.len());
+        let mut refused = false;
+        for (i, q) in limits.iter().enumerate() {
+            if refused {
+                let mut o = self.measure(store, caller, q, i, now, cost).await?;
+                o.exceeded = o.used.saturating_add(cost) > q.limit;
+                outcomes.push(o);
+                continue;
+            }
+            let span = q.span(now);
+            let key = self.store_key(caller, q, &span.label);
+            let (prev, oldest, end) = match q.window.rolling_parts() {
+                Some((bucket, n)) => {
+                    let (p, o) = self
+                        .rolling_prev(store, caller, q, &span, bucket, n)
+                        .await?;
+                    (p, o, span.end)
+                }
+                None => (0, None, span.end),
+            };
+            let budget = q.limit.saturating_sub(prev);
+            let d = match store.add_within(&key, cost, budget, end).await {
+                Ok(d) => d,
+                Err(e) => {
+                    self.refund_all(store, &outcomes, cost).await;
+                    return Err(e);
+                }
+            };
+            let (used, exceeded) = match d {
+                CounterDecision::Counted { used } => (used, false),
+                CounterDecision::Exceeded { used } => (used, true),
+            };
+            let reset_at = if q.window.is_rolling() {
+                oldest.unwrap_or(end)
+            } else {
+                end
+            };
+            if exceeded {
+                refused = true;
+                self.refund_all(store, &outcomes, cost).await;
+                for o in &mut outcomes {
+                    o.counted = false;
+                    o.used = o.used.saturating_sub(cost);
+                }
+            }
+            outcomes.push(Outcome {
+                quota_idx: i,
+                key,
+                used: prev + used,
+                exceeded,
+                counted: !exceeded,
+                reset_at,
+            });
+        }
+        Ok(outcomes)
+    }
+
+    async fn refund_all<T: CounterStore>(&self, store: &T, outcomes: &[Outcome], cost: u64) {
+        for o in outcomes.iter().filter(|o| o.counted) {
+            if let Err(e) = store.refund(&o.key, cost).await {
+                tracing::warn!(error = %e, "quota refund failed");
+            }
+        }
+    }
+
+    fn fields(limits: &[Quota], outcomes: &[Outcome], now: SystemTime) -> Vec<RateLimitField> {
+        outcomes
+            .iter()
+            .map(|o| {
+                let q = &limits[o.quota_idx];
+                RateLimitField::new(q.name.to_string(), q.limit)
+                    .window_secs(q.window.nominal_secs())
+                    .remaining(q.limit.saturating_sub(o.used))
+                    .reset_after(o.reset_at.duration_since(now).unwrap_or_default())
+            })
+            .collect()
+    }
+}
+
+impl<S, St> Layer<S> for QuotaLayer<St> {
+    type Service = QuotaService<S, St>;
+    fn layer(&self, inner: S) -> Self::Service {
+        QuotaService {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// The quota service. See the [module docs](super).
+pub struct QuotaService<S, St = QuotaStore> {
+    inner: S,
+    layer: QuotaLayer<St>,
+}
+
+impl<S: Clone, St> Clone for QuotaService<S, St> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            layer: self.layer.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug, St> fmt::Debug for QuotaService<S, St> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("QuotaService")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The response future of [`QuotaService`].
+pub type ResponseFuture<R, E> = Pin<Box<dyn Future<Output = Result<R, E>> + Send + 'static>>;
+
+fn caller_key<B>(req: &mut Request<B>, shared: &Shared<impl Sized>) -> Option<String> {
+    if let Some(p) = req.extensions().get::<Principal>() {
+        return Some(format!("p:{}", p.id()));
+    }
+    match &shared.key_fallback {
+        KeyFallback::ClientIp => {
+            let ip: ClientIp = client_ip_of(req, &shared.resolver)?;
+            Some(format!("ip:{}", ip.prefix_key(64)))
+        }
+        KeyFallback::Header(name) => {
+            let v = req.headers().get(name)?;
+            let s = v.to_str().ok()?;
+            (!s.is_empty() && s.len() <= 128).then(|| format!("h:{s}"))
+        }
+        KeyFallback::None => None,
+    }
+}
+
+fn cost_of(shared: &Shared<impl Sized>, method: &Method, path: &str, query: Option<&str>) -> u64 {
+    match shared.weights.as_ref().and_then(|w| w.at(method, path)) {
+        Some(m) => m.value.for_query(query, shared.default_cost),
+        None => shared.default_cost,
+    }
+}
+
+impl<S, St, ReqB, ResB> Service<Request<ReqB>> for QuotaService<S, St>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    St: CounterStore + Clone,
+    ReqB: Send + 'static,
+    ResB: BodyFromBytes + Send + 'static,
+{
+    type Response = Response<ResB>;
+    type Error = S::Error;
+    type Future = ResponseFuture<Response<ResB>, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let layer = self.layer.clone();
+        let shared = &*layer.shared;
+
+        let Some(key) = caller_key(&mut req, shared) else {
+            let d = Denial::new(StatusCode::FORBIDDEN, "quota", "quota_key_missing")
+                .with_detail("The caller could not be identified for quota accounting.");
+            return deny_or_shadow(&layer, d, req, inner);
+        };
+        let principal = req.extensions().get::<Principal>().cloned();
+        let caller = Caller {
+            principal: principal.as_ref(),
+            plan: principal.as_ref().and_then(|p| p.plan()),
+            key: &key,
+        };
+        let Some(limits) = layer.limits_for(&caller) else {
+            let d = Denial::new(StatusCode::FORBIDDEN, "quota", "unknown_plan")
+                .with_detail("No quota is configured for the caller's plan.");
+            return deny_or_shadow(&layer, d, req, inner);
+        };
+        let cost = cost_of(shared, req.method(), req.uri().path(), req.uri().query());
+        if cost == 0 || limits.is_empty() {
+            return Box::pin(inner.call(req));
+        }
+
+        Box::pin(async move {
+            let shared = &*layer.shared;
+            let now = shared.clock.wall();
+            let mut used_fallback = false;
+            let outcomes = match layer.decide(&shared.store, &key, &limits, cost, now).await {
+                Ok(o) => o,
+                Err(e) => {
+                    tracing::warn!(error = %e, "quota store failed");
+                    match (shared.failure_mode, &shared.fallback_store) {
+                        (FailureMode::Allow, _) => return inner.call(req).await,
+                        (FailureMode::LocalFallback, Some(fb)) => {
+                            used_fallback = true;
+                            match layer.decide(fb, &key, &limits, cost, now).await {
+                                Ok(o) => o,
+                                Err(_) => return Ok(store_down(&layer, &req)),
+                            }
+                        }
+                        _ => return Ok(store_down(&layer, &req)),
+                    }
+                }
+            };
+            let fields = QuotaLayer::<St>::fields(&limits, &outcomes, now);
+            let violated: Vec<&Outcome> = outcomes.iter().filter(|o| o.exceeded).collect();
+            if !violated.is_empty() {
+                let names: Vec<&str> = violated
+                    .iter()
+                    .map(|o| &*limits[o.quota_idx].name)
+                    .collect();
+                let wait = violated
+                    .iter()
+                    .map(|o| o.reset_at.duration_since(now).unwrap_or_default())
+                    .max()
+                    .unwrap_or_default();
+                let mut d = Denial::new(StatusCode::TOO_MANY_REQUESTS, "quota", "quota_exceeded")
+                    .with_type(QUOTA_EXCEEDED_TYPE)
+                    .with_title(QUOTA_EXCEEDED_TITLE)
+                    .with_detail(format!("Quota exceeded for policy {}", names.join(", ")))
+                    .with_member("violated-policies", serde_json::json!(names))
+                    .with_retry_after(wait);
+                for f in fields {
+                    d = d.with_rate_limit(f);
+                }
+                if shared.shadow {
+                    tracing::info!(policies = ?names, "quota would deny (shadow mode)");
+                    crate::facts::record_shadow_denial(req.extensions(), d);
+                    return inner.call(req).await;
+                }
+                tracing::debug!(policies = ?names, "quota denied request");
+                return Ok(layer.renderer.respond(d, &req));
+            }
+            let result = inner.call(req).await;
+            let status = result.as_ref().ok().map(|r| r.status());
+            if shared.policy.refunds(status) {
+                if used_fallback {
+                    if let Some(fb) = &shared.fallback_store {
+                        layer.refund_all(fb, &outcomes, cost).await;
+                    }
+                } else {
+                    layer.refund_all(&shared.store, &outcomes, cost).await;
+                }
+            }
+            let mut res = result?;
+            if shared.headers_on_success && !res.headers().contains_key(&ratelimit::RATELIMIT) {
+                ratelimit::append_headers(res.headers_mut(), &fields);
+            }
+            Ok(res)
+        })
+    }
+}
+
+fn store_down<St, ReqB, ResB: BodyFromBytes>(
+    layer: &QuotaLayer<St>,
+    req: &Request<ReqB>,
+) -> Response<ResB> {
+    let d = Denial::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "quota",
+        "quota_store_unavailable",
+    )
+    .with_detail("Quota accounting is temporarily unavailable.")
+    .with_retry_after(Duration::from_secs(1));
+    layer.renderer.respond(d, req)
+}
+
+fn deny_or_shadow<S, St, ReqB, ResB>(
+    layer: &QuotaLayer<St>,
+    d: Denial,
+    req: Request<ReqB>,
+    mut inner: S,
+) -> ResponseFuture<Response<ResB>, S::Error>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ResB: BodyFromBytes + Send + 'static,
+{
+    if layer.shared.shadow {
+        crate::facts::record_shadow_denial(req.extensions(), d);
+        return Box::pin(inner.call(req));
+    }
+    let res = layer.renderer.respond(d, &req);
+    Box::pin(std::future::ready(Ok(res)))
+}

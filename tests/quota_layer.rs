@@ -1,0 +1,610 @@
+//! The quota layer around axum, bare hyper and tonic over loopback TCP, and its counting
+//! semantics (plans, weights, refunds, exactness, shadow mode).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::get;
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use tower::{Service, ServiceBuilder, ServiceExt};
+use tower_shield::clock::ManualClock;
+use tower_shield::facts::RequestFacts;
+use tower_shield::quota::{
+    CountPolicy, DurableCounterStore, DurableOptions, KeyFallback, MemoryCounterStore, Quota,
+    QuotaLayer, QuotaStore, Window,
+};
+use tower_shield::{CredentialKind, Principal};
+
+/// 2026-11-18T11:06:40Z
+const NOW: i64 = 1_795_000_000;
+/// Seconds from NOW to 2026-12-01T00:00:00Z.
+const TO_DEC_1: u64 = 1_083_200;
+
+fn clock() -> ManualClock {
+    ManualClock::at_unix(NOW)
+}
+
+/// Stands in for the auth layer: `x-client` and `x-plan` headers become a Principal.
+fn fake_auth<B>(mut req: Request<B>) -> Request<B> {
+    let client = req
+        .headers()
+        .get("x-client")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    if let Some(id) = client {
+        let mut p = Principal::new(id, CredentialKind::ApiKey);
+        if let Some(plan) = req.headers().get("x-plan").and_then(|v| v.to_str().ok()) {
+            p = p.with_plan(plan);
+        }
+        req.extensions_mut().insert(p);
+    }
+    req
+}
+
+fn base(clock: &ManualClock) -> tower_shield::quota::QuotaLayerBuilder {
+    QuotaLayer::builder()
+        .plan("free", [Quota::new("monthly", 3, Window::month())])
+        .plan(
+            "pro",
+            [
+                Quota::new("monthly", 100, Window::month()),
+                Quota::new("daily", 5, Window::day()),
+            ],
+        )
+        .weight("GET /products?search", 10)
+        .weight("GET /health", 0)
+        .clock(Arc::new(clock.clone()))
+}
+
+async fn serve_axum(layer: QuotaLayer) -> SocketAddr {
+    let app = Router::new()
+        .route("/products", get(|| async { "[]" }))
+        .route("/health", get(|| async { "up" }))
+        .route(
+            "/fail",
+            get(|| async { (StatusCode::BAD_GATEWAY, "upstream down") }),
+        )
+        .route(
+            "/missing",
+            get(|| async { (StatusCode::NOT_FOUND, "no such thing") }),
+        )
+        .layer(layer)
+        .layer(tower::util::MapRequestLayer::new(
+            fake_auth::<axum::body::Body>,
+        ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .unwrap();
+    });
+    addr
+}
+
+async fn get_as(addr: SocketAddr, path: &str, client: &str, plan: &str) -> reqwest::Response {
+    let mut rb = reqwest::Client::new().get(format!("http://{addr}{path}"));
+    if !client.is_empty() {
+        rb = rb.header("x-client", client);
+    }
+    if !plan.is_empty() {
+        rb = rb.header("x-plan", plan);
+    }
+    rb.send().await.unwrap()
+}
+
+#[tokio::test]
+async fn axum_free_plan_is_refused_after_its_monthly_quota_with_full_headers() {
+    let c = clock();
+    let addr = serve_axum(base(&c).build().unwrap()).await;
+    for left in [2, 1, 0] {
+        let res = get_as(addr, "/products", "alice", "free").await;
+        assert_eq!(res.status(), 200);
+        assert_eq!(
+            res.headers()["ratelimit-policy"],
+            r#""monthly";q=3;w=2592000"#
+        );
+        assert_eq!(
+            res.headers()["ratelimit"].to_str().unwrap(),
+            format!(r#""monthly";r={left};t={TO_DEC_1}"#)
+        );
+    }
+    let res = get_as(addr, "/products", "alice", "free").await;
+    assert_eq!(res.status(), 429);
+    assert_eq!(res.headers()["content-type"], "application/problem+json");
+    assert_eq!(res.headers()["retry-after"], TO_DEC_1.to_string().as_str());
+    assert_eq!(
+        res.headers()["ratelimit"].to_str().unwrap(),
+        format!(r#""monthly";r=0;t={TO_DEC_1}"#)
+    );
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(
+        body,
+        serde_json::json!({
+            "type": "https://iana.org/assignments/http-problem-types#quota-exceeded",
+            "title": "Request cannot be satisfied as assigned quota has been exceeded",
+            "status": 429,
+            "detail": "Quota exceeded for policy monthly",
+            "violated-policies": ["monthly"]
+        })
+    );
+    // another principal has its own quota
+    assert_eq!(get_as(addr, "/products", "bob", "free").await.status(), 200);
+    // the next calendar month resets it
+    c.advance(Duration::from_secs(TO_DEC_1));
+    let res = get_as(addr, "/products", "alice", "free").await;
+    assert_eq!(res.status(), 200);
+    assert!(
+        res.headers()["ratelimit"]
+            .to_str()
+            .unwrap()
+            .starts_with(r#""monthly";r=2;t=2678400"#)
+    );
+}
+
+#[tokio::test]
+async fn plan_selects_limits_and_several_quotas_apply() {
+    let c = clock();
+    let addr = serve_axum(base(&c).build().unwrap()).await;
+    // pro: 100/month and 5/day; the daily one is hit first
+    for _ in 0..5 {
+        assert_eq!(
+            get_as(addr, "/products", "carol", "pro").await.status(),
+            200
+        );
+    }
+    let res = get_as(addr, "/products", "carol", "pro").await;
+    assert_eq!(res.status(), 429);
+    // 12:53:20 until midnight UTC
+    assert_eq!(res.headers()["retry-after"], "46400");
+    assert_eq!(
+        res.headers()["ratelimit"].to_str().unwrap(),
+        format!(r#""monthly";r=95;t={TO_DEC_1}, "daily";r=0;t=46400"#)
+    );
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["violated-policies"], serde_json::json!(["daily"]));
+    // the refused call was not counted in the monthly quota either
+    c.advance(Duration::from_secs(46_400));
+    let res = get_as(addr, "/products", "carol", "pro").await;
+    assert_eq!(res.status(), 200);
+    assert!(
+        res.headers()["ratelimit"]
+            .to_str()
+            .unwrap()
+            .starts_with(r#""monthly";r=94;"#)
+    );
+}
+
+#[tokio::test]
+async fn unknown_plan_is_denied_or_gets_the_default_plan() {
+    let c = clock();
+    let addr = serve_axum(base(&c).build().unwrap()).await;
+    let res = get_as(addr, "/products", "dave", "platinum").await;
+    assert_eq!(res.status(), 403);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(
+        body["detail"],
+        "No quota is configured for the caller's plan."
+    );
+    // anonymous callers (no principal, keyed by IP) have no plan either
+    assert_eq!(get_as(addr, "/products", "", "").await.status(), 403);
+
+    let addr = serve_axum(base(&c).default_plan("free").build().unwrap()).await;
+    for _ in 0..3 {
+        assert_eq!(
+            get_as(addr, "/products", "dave", "platinum").await.status(),
+            200
+        );
+    }
+    assert_eq!(
+        get_as(addr, "/products", "dave", "platinum").await.status(),
+        429
+    );
+    // anonymous: keyed by client IP, on the default plan
+    for _ in 0..3 {
+        assert_eq!(get_as(addr, "/products", "", "").await.status(), 200);
+    }
+    assert_eq!(get_as(addr, "/products", "", "").await.status(), 429);
+    assert!(base(&c).default_plan("nope").build().is_err());
+}
+
+#[tokio::test]
+async fn weighted_routes_cost_more_and_zero_weight_is_free() {
+    let c = clock();
+    let layer = QuotaLayer::builder()
+        .plan("free", [Quota::new("monthly", 25, Window::month())])
+        .weight("GET /products?search=", 10)
+        .weight("GET /health", 0)
+        .clock(Arc::new(c.clone()))
+        .build()
+        .unwrap();
+    let addr = serve_axum(layer.clone()).await;
+    let res = get_as(addr, "/products?search=shoes", "erin", "free").await;
+    assert_eq!(res.status(), 200);
+    assert!(
+        res.headers()["ratelimit"]
+            .to_str()
+            .unwrap()
+            .starts_with(r#""monthly";r=15;"#)
+    );
+    let res = get_as(addr, "/products?page=2", "erin", "free").await;
+    assert!(
+        res.headers()["ratelimit"]
+            .to_str()
+            .unwrap()
+            .starts_with(r#""monthly";r=14;"#)
+    );
+    for _ in 0..5 {
+        let res = get_as(addr, "/health", "erin", "free").await;
+        assert_eq!(res.status(), 200);
+        assert!(res.headers().get("ratelimit").is_none());
+    }
+    get_as(addr, "/products?search=a", "erin", "free").await;
+    // 4 left: a search (10) is refused, a plain call (1) is not
+    assert_eq!(
+        get_as(addr, "/products?search=b", "erin", "free")
+            .await
+            .status(),
+        429
+    );
+    assert_eq!(
+        get_as(addr, "/products", "erin", "free").await.status(),
+        200
+    );
+    let p = Principal::new("erin", CredentialKind::ApiKey).with_plan("free");
+    let usage = layer.usage_of(&p).await.unwrap();
+    assert_eq!(usage.len(), 1);
+    assert_eq!(
+        (usage[0].used, usage[0].remaining, usage[0].reset_after_secs),
+        (22, 3, TO_DEC_1)
+    );
+    assert_eq!(usage[0].resets_at, NOW as u64 + TO_DEC_1);
+}
+
+#[tokio::test]
+async fn server_errors_are_refunded_and_success_only_refunds_4xx() {
+    let c = clock();
+    let addr = serve_axum(base(&c).build().unwrap()).await;
+    for _ in 0..10 {
+        assert_eq!(get_as(addr, "/fail", "fay", "free").await.status(), 502);
+    }
+    // 4xx count under the default policy
+    assert_eq!(get_as(addr, "/missing", "fay", "free").await.status(), 404);
+    assert_eq!(get_as(addr, "/products", "fay", "free").await.status(), 200);
+    assert_eq!(get_as(addr, "/products", "fay", "free").await.status(), 200);
+    assert_eq!(get_as(addr, "/products", "fay", "free").await.status(), 429);
+
+    let addr = serve_axum(
+        base(&c)
+            .count_policy(CountPolicy::SuccessOnly)
+            .build()
+            .unwrap(),
+    )
+    .await;
+    for _ in 0..5 {
+        assert_eq!(get_as(addr, "/missing", "gil", "free").await.status(), 404);
+    }
+    for _ in 0..3 {
+        assert_eq!(get_as(addr, "/products", "gil", "free").await.status(), 200);
+    }
+    assert_eq!(get_as(addr, "/products", "gil", "free").await.status(), 429);
+
+    let addr = serve_axum(
+        base(&c)
+            .count_policy(CountPolicy::EveryCall)
+            .build()
+            .unwrap(),
+    )
+    .await;
+    for _ in 0..3 {
+        assert_eq!(get_as(addr, "/fail", "hal", "free").await.status(), 502);
+    }
+    assert_eq!(get_as(addr, "/products", "hal", "free").await.status(), 429);
+}
+
+#[tokio::test]
+async fn shadow_mode_lets_over_quota_calls_through_and_records_the_denial() {
+    let c = clock();
+    let layer = base(&c).shadow(true).build().unwrap();
+    let svc = ServiceBuilder::new()
+        .layer(layer)
+        .service_fn(|_req: Request<()>| async {
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("ok"))))
+        });
+    for i in 0..5 {
+        let facts = Arc::new(RequestFacts::default());
+        let mut req = Request::get("/products").body(()).unwrap();
+        req.extensions_mut().insert(facts.clone());
+        req.extensions_mut()
+            .insert(Principal::new("ivy", CredentialKind::ApiKey).with_plan("free"));
+        let res = svc.clone().oneshot(req).await.unwrap();
+        assert_eq!(res.status(), 200);
+        let shadow = facts.shadow_denials();
+        if i < 3 {
+            assert!(shadow.is_empty());
+        } else {
+            assert_eq!(shadow.len(), 1);
+            assert_eq!(shadow[0].reason(), "quota_exceeded");
+            assert!(shadow[0].is_shadow());
+        }
+    }
+}
+
+async fn exactly_n_admitted(store: QuotaStore, m: usize, n: u64) -> usize {
+    let c = clock();
+    let layer = QuotaLayer::builder()
+        .store(store)
+        .plan("free", [Quota::new("monthly", n, Window::month())])
+        .clock(Arc::new(c))
+        .build()
+        .unwrap();
+    let svc = ServiceBuilder::new()
+        .layer(layer)
+        .service_fn(|_req: Request<()>| async {
+            tokio::task::yield_now().await;
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("ok"))))
+        });
+    let mut tasks = Vec::new();
+    for _ in 0..m {
+        let svc = svc.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut req = Request::get("/x").body(()).unwrap();
+            req.extensions_mut()
+                .insert(Principal::new("jo", CredentialKind::ApiKey).with_plan("free"));
+            svc.oneshot(req).await.unwrap().status()
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        if t.await.unwrap() == StatusCode::OK {
+            ok += 1;
+        }
+    }
+    ok
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_calls_admit_exactly_the_remaining_quota_in_memory() {
+    let store = QuotaStore::Memory(MemoryCounterStore::new(Arc::new(clock())));
+    assert_eq!(exactly_n_admitted(store, 400, 137).await, 137);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_calls_admit_exactly_the_remaining_quota_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = DurableOptions {
+        flush_interval: Duration::from_millis(5),
+        clock: Arc::new(clock()),
+        ..Default::default()
+    };
+    let store = DurableCounterStore::open(dir.path().join("q.redb"), opts.clone()).unwrap();
+    assert_eq!(
+        exactly_n_admitted(QuotaStore::Durable(store.clone()), 400, 137).await,
+        137
+    );
+    drop(store);
+    // and the count is on disk
+    let store = DurableCounterStore::open(dir.path().join("q.redb"), opts).unwrap();
+    let layer = QuotaLayer::builder()
+        .store(QuotaStore::Durable(store))
+        .plan("free", [Quota::new("monthly", 137, Window::month())])
+        .clock(Arc::new(clock()))
+        .build()
+        .unwrap();
+    let usage = layer
+        .usage_of(&Principal::new("jo", CredentialKind::ApiKey).with_plan("free"))
+        .await
+        .unwrap();
+    assert_eq!(usage[0].used, 137);
+}
+
+#[tokio::test]
+async fn bare_hyper_keys_anonymous_callers_by_ip_or_header() {
+    use hyper::server::conn::http1;
+    use hyper_util::rt::TokioIo;
+    use hyper_util::service::TowerToHyperService;
+
+    let c = clock();
+    for fallback in [
+        KeyFallback::ClientIp,
+        KeyFallback::Header("x-tenant".parse().unwrap()),
+    ] {
+        let header_keyed = matches!(fallback, KeyFallback::Header(_));
+        let layer = base(&c)
+            .default_plan("free")
+            .key_fallback(fallback)
+            .build()
+            .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (stream, peer) = listener.accept().await.unwrap();
+                let svc = ServiceBuilder::new()
+                    .map_request(move |mut req: Request<hyper::body::Incoming>| {
+                        req.extensions_mut().insert(peer);
+                        req
+                    })
+                    .layer(layer.clone())
+                    .service_fn(|_req| async {
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("hi"))))
+                    });
+                tokio::spawn(async move {
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc))
+                        .await;
+                });
+            }
+        });
+        let client = reqwest::Client::new();
+        let send = |tenant: &'static str| {
+            client
+                .get(format!("http://{addr}/products"))
+                .header("x-tenant", tenant)
+                .send()
+        };
+        for _ in 0..3 {
+            assert_eq!(send("t1").await.unwrap().status(), 200);
+        }
+        assert_eq!(send("t1").await.unwrap().status(), 429);
+        // a different header value is a different caller only when keyed by header
+        let other = send("t2").await.unwrap().status();
+        assert_eq!(other, if header_keyed { 200 } else { 429 });
+        if header_keyed {
+            // without the header there is no key
+            let res = client
+                .get(format!("http://{addr}/products"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), 403);
+            let body = res.bytes().await.unwrap();
+            assert!(String::from_utf8_lossy(&body).contains("could not be identified"));
+        }
+    }
+}
+
+#[tokio::test]
+async fn tonic_calls_get_resource_exhausted_after_the_quota() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+
+    let c = clock();
+    let layer = base(&c).default_plan("free").build().unwrap();
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter
+        .set_serving::<tonic_health::pb::health_server::HealthServer<tonic_health::server::HealthService>>()
+        .await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .layer(layer)
+            .add_service(health)
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
+            .await
+            .unwrap();
+    });
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = HealthClient::new(channel);
+    for _ in 0..3 {
+        client
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .unwrap();
+    }
+    let err = client
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+    assert_eq!(err.message(), "Quota exceeded for policy monthly");
+}
+
+#[tokio::test]
+async fn response_body_of_denial_is_problem_json_without_request_data() {
+    let c = clock();
+    let layer = base(&c).default_plan("free").build().unwrap();
+    let svc = ServiceBuilder::new()
+        .layer(layer)
+        .service_fn(|_req: Request<()>| async {
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("ok"))))
+        });
+    let mk = || {
+        let mut req = Request::get("/products?q=%3Cscript%3E").body(()).unwrap();
+        req.extensions_mut().insert(
+            Principal::new("<script>alert(1)</script>", CredentialKind::ApiKey).with_plan("free"),
+        );
+        req
+    };
+    for _ in 0..3 {
+        svc.clone().oneshot(mk()).await.unwrap();
+    }
+    let res = svc.clone().oneshot(mk()).await.unwrap();
+    assert_eq!(res.status(), 429);
+    assert_eq!(
+        res.extensions()
+            .get::<tower_shield::Denial>()
+            .unwrap()
+            .reason(),
+        "quota_exceeded"
+    );
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    assert!(!String::from_utf8_lossy(&body).contains("script"));
+}
+
+#[tokio::test]
+async fn poll_ready_and_call_use_the_ready_service() {
+    // the layer's service can be driven with Service::ready + call
+    let c = clock();
+    let layer = base(&c).default_plan("free").build().unwrap();
+    let mut svc = ServiceBuilder::new()
+        .layer(layer)
+        .service_fn(|_req: Request<()>| async {
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("ok"))))
+        });
+    let mut req = Request::get("/").body(()).unwrap();
+    req.extensions_mut()
+        .insert("192.0.2.1:1000".parse::<SocketAddr>().unwrap());
+    let res = svc.ready().await.unwrap().call(req).await.unwrap();
+    assert_eq!(res.status(), 200);
+}
+
+#[tokio::test]
+async fn rolling_window_releases_units_bucket_by_bucket() {
+    let c = clock();
+    let layer = QuotaLayer::builder()
+        .plan(
+            "free",
+            [Quota::new(
+                "per-minute",
+                3,
+                Window::rolling(Duration::from_secs(60), 6).unwrap(),
+            )],
+        )
+        .clock(Arc::new(c.clone()))
+        .build()
+        .unwrap();
+    let svc = ServiceBuilder::new()
+        .layer(layer)
+        .service_fn(|_req: Request<()>| async {
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("ok"))))
+        });
+    let call = || {
+        let mut req = Request::get("/").body(()).unwrap();
+        req.extensions_mut()
+            .insert(Principal::new("kim", CredentialKind::ApiKey).with_plan("free"));
+        svc.clone().oneshot(req)
+    };
+    // NOW is 40 s into a minute: buckets of 10 s; two calls now, one 25 s later
+    assert_eq!(call().await.unwrap().status(), 200);
+    assert_eq!(call().await.unwrap().status(), 200);
+    c.advance(Duration::from_secs(25));
+    assert_eq!(call().await.unwrap().status(), 200);
+    let res = call().await.unwrap();
+    assert_eq!(res.status(), 429);
+    // the first bucket (started 40 s into the minute) leaves 60 s after it started: 35 s on
+    assert_eq!(res.headers()["retry-after"], "35");
+    c.advance(Duration::from_secs(34));
+    assert_eq!(call().await.unwrap().status(), 429);
+    c.advance(Duration::from_secs(1));
+    assert_eq!(call().await.unwrap().status(), 200);
+    assert_eq!(call().await.unwrap().status(), 200);
+    assert_eq!(call().await.unwrap().status(), 429);
+}
