@@ -37,6 +37,8 @@
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(feature = "audit")]
+pub mod audit;
 pub mod body;
 pub mod client_ip;
 pub mod clock;
@@ -54,6 +56,8 @@ pub mod route;
 pub mod shield;
 pub mod store;
 
+#[cfg(feature = "audit")]
+pub use audit::{AuditLayer, RequestId};
 pub use body::BodyFromBytes;
 pub use client_ip::{CidrSet, ClientIp, ClientIpResolver, ForwardedHeader};
 pub use config::ShieldConfig;

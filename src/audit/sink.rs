@@ -1,0 +1,391 @@
+//! Where records go: a JSON-lines file with rotation, `tracing` events, or a callback.
+//!
+//! Sinks run on the audit writer thread, never on the request path. Each receives the
+//! record and its encoded line (one JSON object, no newline; with the chain on, it carries
+//! `seq` and `mac`).
+
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use super::record::AuditRecord;
+
+/// A destination for audit records.
+pub trait AuditSink: Send + 'static {
+    /// A short name used in failure reports (`file:/var/log/audit.jsonl`).
+    fn name(&self) -> String;
+    /// Writes one record. `line` is the complete JSON object, without a newline.
+    fn write(&mut self, record: &AuditRecord, line: &str) -> io::Result<()>;
+    /// Called when the writer has no more records queued: push buffered bytes out.
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+    /// Called periodically while idle (for time-based fsync).
+    fn tick(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+    /// The last line this sink already holds (a file from a previous run), so the hash
+    /// chain can continue from it.
+    fn last_line(&mut self) -> Option<String> {
+        None
+    }
+}
+
+/// When the file sink calls `fsync` (`File::sync_data`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Fsync {
+    /// Never: the operating system decides (fastest; a power cut loses recent records).
+    #[default]
+    Never,
+    /// After every batch the writer drains (each burst of records is durable before the
+    /// writer waits for more).
+    Always,
+    /// At most once per interval, and when idle with unsynced records.
+    Interval(Duration),
+}
+
+/// Builder for [`FileSink`].
+#[derive(Debug, Clone)]
+pub struct FileSinkBuilder {
+    path: PathBuf,
+    max_bytes: Option<u64>,
+    max_age: Option<Duration>,
+    fsync: Fsync,
+    buffer: usize,
+}
+
+impl FileSinkBuilder {
+    /// Rotates when the file would exceed this size.
+    pub fn max_bytes(mut self, bytes: u64) -> Self {
+        self.max_bytes = (bytes > 0).then_some(bytes);
+        self
+    }
+    /// Rotates when the file is older than this.
+    pub fn rotate_every(mut self, age: Duration) -> Self {
+        self.max_age = (!age.is_zero()).then_some(age);
+        self
+    }
+    /// The fsync policy (default [`Fsync::Never`]).
+    pub fn fsync(mut self, fsync: Fsync) -> Self {
+        self.fsync = fsync;
+        self
+    }
+    /// Write buffer size (default 64 KiB).
+    pub fn buffer(mut self, bytes: usize) -> Self {
+        self.buffer = bytes.max(512);
+        self
+    }
+    /// Opens (or creates) the file for appending.
+    pub fn build(self) -> io::Result<FileSink> {
+        let mut sink = FileSink {
+            cfg: self,
+            out: None,
+            size: 0,
+            opened: Instant::now(),
+            last_sync: Instant::now(),
+            dirty: false,
+        };
+        sink.open()?;
+        Ok(sink)
+    }
+}
+
+/// A JSON-lines file with size- and/or time-based rotation and an fsync policy.
+///
+/// The active file is `path`; a rotated file is renamed to `path.N` with `N` counting up
+/// from 1 (`audit.jsonl.1`, `audit.jsonl.2`, ... oldest first), so
+/// [`rotated_files`] lists them in chain order. Records are never split across files.
+pub struct FileSink {
+    cfg: FileSinkBuilder,
+    out: Option<BufWriter<File>>,
+    size: u64,
+    opened: Instant,
+    last_sync: Instant,
+    dirty: bool,
+}
+
+impl fmt::Debug for FileSink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FileSink")
+            .field("path", &self.cfg.path)
+            .field("size", &self.size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FileSink {
+    /// Starts a builder for a file at `path`.
+    pub fn builder(path: impl Into<PathBuf>) -> FileSinkBuilder {
+        FileSinkBuilder {
+            path: path.into(),
+            max_bytes: None,
+            max_age: None,
+            fsync: Fsync::Never,
+            buffer: 64 * 1024,
+        }
+    }
+
+    /// The active file path.
+    pub fn path(&self) -> &Path {
+        &self.cfg.path
+    }
+
+    fn open(&mut self) -> io::Result<()> {
+        if let Some(dir) = self.cfg.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            fs::create_dir_all(dir)?;
+        }
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .read(true)
+            .open(&self.cfg.path)?;
+        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        // A previous failure may have left a torn last line: start on a fresh line so the
+        // damage stays confined to that one line.
+        if len > 0 {
+            let mut last = [0u8; 1];
+            if file.seek(SeekFrom::Start(len - 1)).is_ok()
+                && file.read_exact(&mut last).is_ok()
+                && last[0] != b'\n'
+            {
+                file.write_all(b"\n")?;
+            }
+        }
+        self.size = file.metadata().map(|m| m.len()).unwrap_or(len);
+        self.opened = Instant::now();
+        self.out = Some(BufWriter::with_capacity(self.cfg.buffer, file));
+        Ok(())
+    }
+
+    /// Discards a writer after an error without flushing its buffer again.
+    fn discard(&mut self) {
+        if let Some(w) = self.out.take() {
+            let _ = w.into_parts();
+        }
+    }
+
+    fn rotate(&mut self) -> io::Result<()> {
+        if let Some(mut w) = self.out.take() {
+            w.flush()?;
+            if self.cfg.fsync != Fsync::Never {
+                w.get_ref().sync_data()?;
+            }
+        }
+        let next = rotated_files(&self.cfg.path)
+            .ok()
+            .and_then(|v| {
+                v.iter()
+                    .rev()
+                    .find_map(|p| rotation_index(&self.cfg.path, p))
+            })
+            .unwrap_or(0)
+            + 1;
+        let mut target = self.cfg.path.clone().into_os_string();
+        target.push(format!(".{next}"));
+        fs::rename(&self.cfg.path, &target)?;
+        self.open()
+    }
+
+    fn sync_if_due(&mut self, batch_end: bool) -> io::Result<()> {
+        if !self.dirty {
+            return Ok(());
+        }
+        let due = match self.cfg.fsync {
+            Fsync::Never => false,
+            Fsync::Always => batch_end,
+            Fsync::Interval(d) => self.last_sync.elapsed() >= d,
+        };
+        if due {
+            if let Some(w) = &self.out {
+                w.get_ref().sync_data()?;
+            }
+            self.last_sync = Instant::now();
+            self.dirty = false;
+        }
+        Ok(())
+    }
+}
+
+impl AuditSink for FileSink {
+    fn name(&self) -> String {
+        format!("file:{}", self.cfg.path.display())
+    }
+
+    fn write(&mut self, _record: &AuditRecord, line: &str) -> io::Result<()> {
+        let len = line.len() as u64 + 1;
+        let too_big = self
+            .cfg
+            .max_bytes
+            .is_some_and(|max| self.size > 0 && self.size + len > max);
+        let too_old = self
+            .cfg
+            .max_age
+            .is_some_and(|age| self.size > 0 && self.opened.elapsed() >= age);
+        let result = (|| {
+            if self.out.is_none() {
+                self.open()?;
+            }
+            if too_big || too_old {
+                self.rotate()?;
+            }
+            let w = self
+                .out
+                .as_mut()
+                .ok_or_else(|| io::Error::other("closed"))?;
+            // One write call per line into the buffer: a line is never split by our own
+            // flushes in a way that interleaves with another record.
+            w.write_all(line.as_bytes())?;
+            w.write_all(b"\n")
+        })();
+        match result {
+            Ok(()) => {
+                self.size += len;
+                self.dirty = true;
+                Ok(())
+            }
+            Err(e) => {
+                self.discard();
+                Err(e)
+            }
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        let r = match &mut self.out {
+            Some(w) => w.flush(),
+            None => Ok(()),
+        };
+        if let Err(e) = r {
+            self.discard();
+            return Err(e);
+        }
+        self.sync_if_due(true)
+    }
+
+    fn tick(&mut self) -> io::Result<()> {
+        self.sync_if_due(false)
+    }
+
+    fn last_line(&mut self) -> Option<String> {
+        let candidates = rotated_files(&self.cfg.path).ok()?;
+        for p in candidates.iter().rev() {
+            if let Some(l) = read_last_line(p) {
+                return Some(l);
+            }
+        }
+        None
+    }
+}
+
+impl Drop for FileSink {
+    fn drop(&mut self) {
+        if let Some(w) = &mut self.out {
+            let _ = w.flush();
+            if self.cfg.fsync != Fsync::Never {
+                let _ = w.get_ref().sync_data();
+            }
+        }
+    }
+}
+
+fn rotation_index(base: &Path, p: &Path) -> Option<u64> {
+    let base = base.file_name()?.to_str()?;
+    let name = p.file_name()?.to_str()?;
+    name.strip_prefix(base)?.strip_prefix('.')?.parse().ok()
+}
+
+/// The files of a rotated log, oldest first: `path.1`, `path.2`, ..., then `path` itself
+/// (when it exists). This is the order the chain runs through them.
+pub fn rotated_files(path: &Path) -> io::Result<Vec<PathBuf>> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut rotated: Vec<(u64, PathBuf)> = Vec::new();
+    for entry in fs::read_dir(&dir)? {
+        let p = entry?.path();
+        if let Some(n) = rotation_index(path, &p) {
+            rotated.push((n, p));
+        }
+    }
+    rotated.sort();
+    let mut out: Vec<PathBuf> = rotated.into_iter().map(|(_, p)| p).collect();
+    if path.exists() {
+        out.push(path.to_path_buf());
+    }
+    Ok(out)
+}
+
+fn read_last_line(p: &Path) -> Option<String> {
+    let mut f = File::open(p).ok()?;
+    let len = f.metadata().ok()?.len();
+    let start = len.saturating_sub(64 * 1024);
+    f.seek(SeekFrom::Start(start)).ok()?;
+    let mut buf = Vec::new();
+    f.read_to_end(&mut buf).ok()?;
+    let text = String::from_utf8_lossy(&buf);
+    text.lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .map(str::to_owned)
+}
+
+/// Emits each record as a `tracing` event (target `tower_shield::audit`, level INFO) with
+/// the main fields as event fields and the full JSON line as `record`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TracingSink;
+
+impl AuditSink for TracingSink {
+    fn name(&self) -> String {
+        "tracing".into()
+    }
+    fn write(&mut self, r: &AuditRecord, line: &str) -> io::Result<()> {
+        tracing::info!(
+            target: "tower_shield::audit",
+            kind = r.kind,
+            request_id = r.request_id.as_deref(),
+            outcome = r.outcome.map(|o| o.as_str()),
+            status = r.status,
+            layer = r.layer.as_deref(),
+            reason = r.reason.as_deref(),
+            latency_us = r.latency_us,
+            record = line,
+            "audit"
+        );
+        Ok(())
+    }
+}
+
+/// Calls a function for each record (custom destinations). An `Err` is a sink failure and
+/// follows the configured [`FailurePolicy`](super::FailurePolicy).
+pub struct CallbackSink<F> {
+    name: String,
+    f: F,
+}
+
+impl<F> CallbackSink<F>
+where
+    F: FnMut(&AuditRecord, &str) -> io::Result<()> + Send + 'static,
+{
+    /// A callback sink with a name for failure reports.
+    pub fn new(name: impl Into<String>, f: F) -> Self {
+        Self {
+            name: name.into(),
+            f,
+        }
+    }
+}
+
+impl<F> AuditSink for CallbackSink<F>
+where
+    F: FnMut(&AuditRecord, &str) -> io::Result<()> + Send + 'static,
+{
+    fn name(&self) -> String {
+        format!("callback:{}", self.name)
+    }
+    fn write(&mut self, record: &AuditRecord, line: &str) -> io::Result<()> {
+        (self.f)(record, line)
+    }
+}
