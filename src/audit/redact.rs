@@ -132,7 +132,7 @@ impl Redactor {
                     start += 1;
                 }
                 let mut end = start;
-                while end < bytes.len() && !is_value_end(bytes[end]) {
+                while end < bytes.len() && is_b64token_byte(bytes[end]) {
                     end += 1;
                 }
                 if end > start {
@@ -152,6 +152,11 @@ impl Redactor {
 
 fn is_name_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'%')
+}
+
+/// RFC 6750 `b64token` characters.
+fn is_b64token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/' | b'=')
 }
 
 fn is_value_end(b: u8) -> bool {
