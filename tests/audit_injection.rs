@@ -37,7 +37,8 @@ async fn serve(audit: AuditLayer, calls: Arc<AtomicUsize>) -> SocketAddr {
                     calls.fetch_add(1, Ordering::SeqCst);
                     async {
                         let mut res = Response::new(Full::new(Bytes::from_static(b"hello")));
-                        res.headers_mut().insert("set-cookie", "sid=SECRET-SET-COOKIE".parse().unwrap());
+                        res.headers_mut()
+                            .insert("set-cookie", "sid=SECRET-SET-COOKIE".parse().unwrap());
                         Ok::<_, Infallible>(res)
                     }
                 });
@@ -124,7 +125,8 @@ async fn hostile_values_never_end_a_record_or_forge_one() {
         }
     }
     for (i, t) in hostile_targets.iter().enumerate() {
-        let req = format!("GET {t} HTTP/1.1\r\nhost: x\r\nconnection: close\r\nx-test-id: t{i}\r\n\r\n");
+        let req =
+            format!("GET {t} HTTP/1.1\r\nhost: x\r\nconnection: close\r\nx-test-id: t{i}\r\n\r\n");
         sent += 1;
         if raw(addr, req.as_bytes()).await == Some(200) {
             answered_by_service += 1;
@@ -137,21 +139,31 @@ async fn hostile_values_never_end_a_record_or_forge_one() {
     assert_eq!(n, answered_by_service);
 
     let a = audit.clone();
-    assert!(tokio::task::spawn_blocking(move || a.flush(Duration::from_secs(10))).await.unwrap());
+    assert!(
+        tokio::task::spawn_blocking(move || a.flush(Duration::from_secs(10)))
+            .await
+            .unwrap()
+    );
     let bytes = std::fs::read(&path).unwrap();
     let text = String::from_utf8(bytes).expect("the log is valid UTF-8");
-    for bad in ['\u{1b}', '\r', '\u{2028}', '\u{2029}', '\u{85}', '\u{202e}', '\u{7f}', '\0'] {
+    for bad in [
+        '\u{1b}', '\r', '\u{2028}', '\u{2029}', '\u{85}', '\u{202e}', '\u{7f}', '\0',
+    ] {
         assert!(!text.contains(bad), "raw {bad:?} in the log");
     }
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), n, "one line per request, no forged lines");
     let mut test_ids = Vec::new();
     for l in &lines {
-        let v: serde_json::Value = serde_json::from_str(l).expect("each line is exactly one JSON object");
+        let v: serde_json::Value =
+            serde_json::from_str(l).expect("each line is exactly one JSON object");
         assert_eq!(v["kind"], "request");
         assert_eq!(v["outcome"], "served");
         let rid = v["request_id"].as_str().unwrap();
-        assert!(rid.len() == 32 && rid.bytes().all(|b| b.is_ascii_hexdigit()), "hostile ids are replaced: {rid}");
+        assert!(
+            rid.len() == 32 && rid.bytes().all(|b| b.is_ascii_hexdigit()),
+            "hostile ids are replaced: {rid}"
+        );
         assert!(v["path"].as_str().unwrap().len() <= 512 + "...[truncated]".len());
         test_ids.push(v["headers"]["x-test-id"].as_str().unwrap().to_owned());
     }
@@ -189,7 +201,11 @@ async fn no_secret_from_the_request_reaches_the_log() {
         user-agent: app/1.0 (apikey=SECRET-U1; Bearer SECRET-U2) 6011 1111 1111 1117\r\n\r\n";
     assert_eq!(raw(addr, req.as_bytes()).await, Some(200));
     let a = audit.clone();
-    assert!(tokio::task::spawn_blocking(move || a.flush(Duration::from_secs(10))).await.unwrap());
+    assert!(
+        tokio::task::spawn_blocking(move || a.flush(Duration::from_secs(10)))
+            .await
+            .unwrap()
+    );
     let text = std::fs::read_to_string(&path).unwrap();
     for secret in ["SECRET", "4111111111111111", "5555", "3782", "6011", "sid="] {
         assert!(!text.contains(secret), "{secret} leaked: {text}");
@@ -199,9 +215,21 @@ async fn no_secret_from_the_request_reaches_the_log() {
         v["path"],
         "/pay/[CARD]?access_token=[REDACTED]&password=[REDACTED]&API_KEY=[REDACTED]&client_secret=[REDACTED]&card=[CARD]&page=2"
     );
-    for h in ["authorization", "proxy-authorization", "cookie", "x-api-key", "x-partner-key"] {
+    for h in [
+        "authorization",
+        "proxy-authorization",
+        "cookie",
+        "x-api-key",
+        "x-partner-key",
+    ] {
         assert_eq!(v["headers"][h], "[REDACTED]", "{h}");
     }
-    assert_eq!(v["headers"]["referer"], "https://shop.example/cb?token=[REDACTED]&ok=1 card [CARD]");
-    assert_eq!(v["user_agent"], "app/1.0 (apikey=[REDACTED]; Bearer [REDACTED]) [CARD]");
+    assert_eq!(
+        v["headers"]["referer"],
+        "https://shop.example/cb?token=[REDACTED]&ok=1 card [CARD]"
+    );
+    assert_eq!(
+        v["user_agent"],
+        "app/1.0 (apikey=[REDACTED]; Bearer [REDACTED]) [CARD]"
+    );
 }

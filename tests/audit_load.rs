@@ -42,7 +42,12 @@ async fn thousands_of_mixed_requests_give_exactly_one_record_each() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.jsonl");
     let audit = AuditLayer::builder()
-        .file(FileSink::builder(&path).max_bytes(128 * 1024).build().unwrap())
+        .file(
+            FileSink::builder(&path)
+                .max_bytes(128 * 1024)
+                .build()
+                .unwrap(),
+        )
         .chain_key(KEY.to_vec())
         .capacity(64) // small: the lossless policy must apply back-pressure, not drop
         .overflow(Overflow::Block)
@@ -75,9 +80,12 @@ async fn thousands_of_mixed_requests_give_exactly_one_record_each() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
-        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-            .await
-            .unwrap()
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .unwrap()
     });
 
     // Cancelled: raw connections that send a request, wait until the handler runs, and
@@ -85,19 +93,29 @@ async fn thousands_of_mixed_requests_give_exactly_one_record_each() {
     let mut sockets = Vec::new();
     for i in 0..CANCELLED {
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        s.write_all(format!("GET /hang HTTP/1.1\r\nhost: x\r\nx-request-id: cancel-{i}\r\n\r\n").as_bytes())
-            .await
-            .unwrap();
+        s.write_all(
+            format!("GET /hang HTTP/1.1\r\nhost: x\r\nx-request-id: cancel-{i}\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
         sockets.push(s);
     }
-    wait_for(|| hanging.load(Ordering::SeqCst) == CANCELLED, "hanging handlers").await;
+    wait_for(
+        || hanging.load(Ordering::SeqCst) == CANCELLED,
+        "hanging handlers",
+    )
+    .await;
 
     // Served and denied: concurrent requests from a pooled client.
     let client = reqwest::Client::new();
     let sem = Arc::new(tokio::sync::Semaphore::new(128));
     let mut tasks = Vec::new();
     for i in 0..SERVED + DENIED {
-        let (route, id) = if i < SERVED { ("ok", format!("ok-{i}")) } else { ("deny", format!("deny-{i}")) };
+        let (route, id) = if i < SERVED {
+            ("ok", format!("ok-{i}"))
+        } else {
+            ("deny", format!("deny-{i}"))
+        };
         let client = client.clone();
         let sem = sem.clone();
         tasks.push(tokio::spawn(async move {
@@ -122,9 +140,16 @@ async fn thousands_of_mixed_requests_give_exactly_one_record_each() {
 
     wait_for(|| audit.stats().enqueued as usize == TOTAL, "all records").await;
     let a = audit.clone();
-    assert!(tokio::task::spawn_blocking(move || a.flush(Duration::from_secs(30))).await.unwrap());
+    assert!(
+        tokio::task::spawn_blocking(move || a.flush(Duration::from_secs(30)))
+            .await
+            .unwrap()
+    );
     let stats = audit.stats();
-    assert_eq!((stats.written as usize, stats.dropped, stats.sink_errors), (TOTAL, 0, 0));
+    assert_eq!(
+        (stats.written as usize, stats.dropped, stats.sink_errors),
+        (TOTAL, 0, 0)
+    );
 
     let files = rotated_files(&path).unwrap();
     assert!(files.len() > 3, "rotation happened under load: {files:?}");
@@ -135,7 +160,8 @@ async fn thousands_of_mixed_requests_give_exactly_one_record_each() {
     let mut ids = std::collections::HashSet::new();
     for f in &files {
         for line in std::fs::read_to_string(f).unwrap().lines() {
-            let rec: serde_json::Value = serde_json::from_str(line).expect("every line is one JSON object");
+            let rec: serde_json::Value =
+                serde_json::from_str(line).expect("every line is one JSON object");
             let id = rec["request_id"].as_str().unwrap().to_owned();
             let outcome = rec["outcome"].as_str().unwrap();
             let expected = match id.split('-').next().unwrap() {
@@ -146,7 +172,10 @@ async fn thousands_of_mixed_requests_give_exactly_one_record_each() {
             };
             assert_eq!(outcome, expected, "{line}");
             if outcome == "denied" {
-                assert_eq!((rec["layer"].as_str(), rec["reason"].as_str()), (Some("test"), Some("forbidden_by_test")));
+                assert_eq!(
+                    (rec["layer"].as_str(), rec["reason"].as_str()),
+                    (Some("test"), Some("forbidden_by_test"))
+                );
                 assert_eq!(rec["status"], 403);
             }
             if outcome == "served" {
@@ -183,11 +212,12 @@ async fn drop_policy_never_waits_and_counts_every_dropped_record() {
         .overflow(Overflow::Drop)
         .build()
         .unwrap();
-    let mut svc = ServiceBuilder::new()
-        .layer(audit.clone())
-        .service_fn(|_r: http::Request<()>| async {
-            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"x"))))
-        });
+    let mut svc =
+        ServiceBuilder::new()
+            .layer(audit.clone())
+            .service_fn(|_r: http::Request<()>| async {
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"x"))))
+            });
     for i in 0..N {
         let req = http::Request::get(format!("/r/{i}")).body(()).unwrap();
         svc.ready().await.unwrap().call(req).await.unwrap();
@@ -207,6 +237,13 @@ async fn drop_policy_never_waits_and_counts_every_dropped_record() {
             k => panic!("unexpected kind {k}"),
         }
     }
-    assert_eq!(reported, stats.dropped, "the dropped records say how many were lost");
-    assert_eq!(requests + reported, N as u64, "every request is written or counted");
+    assert_eq!(
+        reported, stats.dropped,
+        "the dropped records say how many were lost"
+    );
+    assert_eq!(
+        requests + reported,
+        N as u64,
+        "every request is written or counted"
+    );
 }

@@ -135,12 +135,14 @@ impl Pipeline {
                     sink,
                     failed: false,
                     lost: 0,
+                    batch: 0,
                 })
                 .collect(),
             chain: chain_key.map(|k| Chain::new(&k)),
             cfg,
             counters: counters.clone(),
             buf: Vec::with_capacity(1024),
+            batch_ok: 0,
             clock,
         };
         writer.resume_chain();
@@ -220,8 +222,12 @@ impl Drop for Pipeline {
 
 struct Slot {
     sink: Box<dyn AuditSink>,
+    /// The sink failed and has not yet proven it works again (a write and a flush).
     failed: bool,
+    /// Records lost in this sink since it failed.
     lost: u64,
+    /// Records accepted since the last flush (lost too if the flush fails).
+    batch: u64,
 }
 
 struct Writer {
@@ -231,6 +237,8 @@ struct Writer {
     cfg: RecordCfg,
     counters: Arc<Counters>,
     buf: Vec<u8>,
+    /// Records of this batch every sink accepted.
+    batch_ok: u64,
     clock: SharedClock,
 }
 
@@ -281,10 +289,14 @@ impl Writer {
                 Ok(m) => return Some(m),
                 Err(RecvTimeoutError::Timeout) => {
                     for i in 0..self.sinks.len() {
-                        let r = self.sinks[i].sink.tick();
-                        self.outcome(i, r);
+                        if let Err(e) = self.sinks[i].sink.tick() {
+                            self.fail(i, &e);
+                        }
                     }
                     self.report_drops();
+                    if self.batch_ok > 0 {
+                        self.end_batch();
+                    }
                 }
                 Err(RecvTimeoutError::Disconnected) => return None,
             }
@@ -304,11 +316,47 @@ impl Writer {
         }
     }
 
+    /// Flushes every sink; a sink that failed and has now taken records and flushed them
+    /// is reported recovered (with a `sink_recovered` record).
     fn end_batch(&mut self) {
         self.report_drops();
-        for i in 0..self.sinks.len() {
-            let r = self.sinks[i].sink.flush();
-            self.outcome(i, r);
+        let mut all_ok = true;
+        for _round in 0..2 {
+            let mut recovered = Vec::new();
+            for i in 0..self.sinks.len() {
+                let r = self.sinks[i].sink.flush();
+                let slot = &mut self.sinks[i];
+                let batch = std::mem::take(&mut slot.batch);
+                match r {
+                    Ok(()) if slot.failed && batch > 0 => {
+                        slot.failed = false;
+                        recovered.push((slot.sink.name(), std::mem::take(&mut slot.lost)));
+                    }
+                    Ok(()) => {}
+                    Err(e) => {
+                        all_ok = false;
+                        slot.lost += batch;
+                        self.fail(i, &e);
+                    }
+                }
+            }
+            self.update_failing();
+            if recovered.is_empty() {
+                break;
+            }
+            for (name, lost) in recovered {
+                tracing::warn!(target: "tower_shield::audit", sink = %name, lost, "audit sink recovered");
+                let mut rec = AuditRecord::new("sink_recovered", self.clock.wall());
+                rec.count = Some(lost);
+                rec.message = Some(format!(
+                    "audit sink {name} failed and recovered; records lost there"
+                ));
+                self.emit(&rec);
+            }
+        }
+        let n = std::mem::take(&mut self.batch_ok);
+        if all_ok {
+            self.counters.written.fetch_add(n, Ordering::Relaxed);
         }
     }
 
@@ -323,33 +371,14 @@ impl Writer {
         }
     }
 
-    fn outcome(&mut self, i: usize, r: io::Result<()>) {
+    fn fail(&mut self, i: usize, e: &io::Error) {
+        self.counters.sink_errors.fetch_add(1, Ordering::Relaxed);
         let slot = &mut self.sinks[i];
-        match r {
-            Ok(()) => {
-                if slot.failed {
-                    slot.failed = false;
-                    let lost = std::mem::take(&mut slot.lost);
-                    let name = slot.sink.name();
-                    tracing::warn!(target: "tower_shield::audit", sink = %name, lost, "audit sink recovered");
-                    self.update_failing();
-                    let mut rec = AuditRecord::new("sink_recovered", self.clock.wall());
-                    rec.count = Some(lost);
-                    rec.message = Some(format!(
-                        "audit sink {name} failed and recovered; records lost there"
-                    ));
-                    self.emit(&rec);
-                }
-            }
-            Err(e) => {
-                self.counters.sink_errors.fetch_add(1, Ordering::Relaxed);
-                if !slot.failed {
-                    slot.failed = true;
-                    tracing::error!(target: "tower_shield::audit", sink = %slot.sink.name(), error = %e, "audit sink failed");
-                }
-                self.update_failing();
-            }
+        if !slot.failed {
+            slot.failed = true;
+            tracing::error!(target: "tower_shield::audit", sink = %slot.sink.name(), error = %e, "audit sink failed");
         }
+        self.update_failing();
     }
 
     fn update_failing(&self) {
@@ -369,17 +398,18 @@ impl Writer {
         let line = std::str::from_utf8(&buf).unwrap_or("{}");
         let mut ok = true;
         for i in 0..self.sinks.len() {
-            let r = self.sinks[i].sink.write(rec, line);
-            if r.is_err() {
-                ok = false;
-                self.sinks[i].lost += 1;
-                self.outcome(i, r);
-            } else if self.sinks[i].failed {
-                self.outcome(i, Ok(()));
+            match self.sinks[i].sink.write(rec, line) {
+                Ok(()) => self.sinks[i].batch += 1,
+                Err(e) => {
+                    ok = false;
+                    let slot = &mut self.sinks[i];
+                    slot.lost += 1 + std::mem::take(&mut slot.batch);
+                    self.fail(i, &e);
+                }
             }
         }
         if ok {
-            self.counters.written.fetch_add(1, Ordering::Relaxed);
+            self.batch_ok += 1;
         }
         self.buf = buf;
     }
