@@ -8,7 +8,9 @@ use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::clock::{SharedClock, system_clock};
 
 use super::record::AuditRecord;
 
@@ -49,6 +51,7 @@ pub enum Fsync {
 /// Builder for [`FileSink`].
 #[derive(Debug, Clone)]
 pub struct FileSinkBuilder {
+    clock: SharedClock,
     path: PathBuf,
     max_bytes: Option<u64>,
     max_age: Option<Duration>,
@@ -72,6 +75,11 @@ impl FileSinkBuilder {
         self.fsync = fsync;
         self
     }
+    /// The clock for time-based rotation and fsync intervals.
+    pub fn clock(mut self, clock: SharedClock) -> Self {
+        self.clock = clock;
+        self
+    }
     /// Write buffer size (default 64 KiB).
     pub fn buffer(mut self, bytes: usize) -> Self {
         self.buffer = bytes.max(512);
@@ -79,12 +87,13 @@ impl FileSinkBuilder {
     }
     /// Opens (or creates) the file for appending.
     pub fn build(self) -> io::Result<FileSink> {
+        let now = self.clock.monotonic();
         let mut sink = FileSink {
             cfg: self,
             out: None,
             size: 0,
-            opened: Instant::now(),
-            last_sync: Instant::now(),
+            opened: now,
+            last_sync: now,
             dirty: false,
         };
         sink.open()?;
@@ -101,8 +110,8 @@ pub struct FileSink {
     cfg: FileSinkBuilder,
     out: Option<BufWriter<File>>,
     size: u64,
-    opened: Instant,
-    last_sync: Instant,
+    opened: Duration,
+    last_sync: Duration,
     dirty: bool,
 }
 
@@ -119,6 +128,7 @@ impl FileSink {
     /// Starts a builder for a file at `path`.
     pub fn builder(path: impl Into<PathBuf>) -> FileSinkBuilder {
         FileSinkBuilder {
+            clock: system_clock(),
             path: path.into(),
             max_bytes: None,
             max_age: None,
@@ -154,9 +164,13 @@ impl FileSink {
             }
         }
         self.size = file.metadata().map(|m| m.len()).unwrap_or(len);
-        self.opened = Instant::now();
+        self.opened = self.cfg.clock.monotonic();
         self.out = Some(BufWriter::with_capacity(self.cfg.buffer, file));
         Ok(())
+    }
+
+    fn elapsed(&self, since: Duration) -> Duration {
+        self.cfg.clock.monotonic().saturating_sub(since)
     }
 
     /// Discards a writer after an error without flushing its buffer again.
@@ -195,13 +209,13 @@ impl FileSink {
         let due = match self.cfg.fsync {
             Fsync::Never => false,
             Fsync::Always => batch_end,
-            Fsync::Interval(d) => self.last_sync.elapsed() >= d,
+            Fsync::Interval(d) => self.elapsed(self.last_sync) >= d,
         };
         if due {
             if let Some(w) = &self.out {
                 w.get_ref().sync_data()?;
             }
-            self.last_sync = Instant::now();
+            self.last_sync = self.cfg.clock.monotonic();
             self.dirty = false;
         }
         Ok(())
@@ -222,7 +236,7 @@ impl AuditSink for FileSink {
         let too_old = self
             .cfg
             .max_age
-            .is_some_and(|age| self.size > 0 && self.opened.elapsed() >= age);
+            .is_some_and(|age| self.size > 0 && self.elapsed(self.opened) >= age);
         let result = (|| {
             if self.out.is_none() {
                 self.open()?;
@@ -387,5 +401,45 @@ where
     }
     fn write(&mut self, record: &AuditRecord, line: &str) -> io::Result<()> {
         (self.f)(record, line)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use std::sync::Arc;
+    use std::time::SystemTime;
+
+    #[test]
+    fn rotates_by_age_and_by_size_without_splitting_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.jsonl");
+        let clock = ManualClock::at_unix(1_700_000_000);
+        let mut sink = FileSink::builder(&path)
+            .rotate_every(Duration::from_secs(3600))
+            .max_bytes(100)
+            .clock(Arc::new(clock.clone()))
+            .build()
+            .unwrap();
+        let rec = AuditRecord::new("request", SystemTime::UNIX_EPOCH);
+        sink.write(&rec, "first").unwrap();
+        sink.write(&rec, "second").unwrap();
+        clock.advance(Duration::from_secs(3600));
+        sink.write(&rec, "third").unwrap(); // too old: rotates first
+        let long = "x".repeat(95);
+        sink.write(&rec, &long).unwrap(); // too big together with "third": rotates
+        sink.flush().unwrap();
+        let files = rotated_files(&path).unwrap();
+        let names: Vec<String> = files
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["a.jsonl.1", "a.jsonl.2", "a.jsonl"]);
+        let read = |i: usize| std::fs::read_to_string(&files[i]).unwrap();
+        assert_eq!(read(0), "first\nsecond\n");
+        assert_eq!(read(1), "third\n");
+        assert_eq!(read(2), format!("{long}\n"));
+        assert_eq!(sink.last_line().as_deref(), Some(long.as_str()));
     }
 }
