@@ -98,12 +98,12 @@ async fn intact_log_verifies_and_each_tampering_is_located() {
     write_log(&path, 40, None).await;
     let orig = lines(&path);
     assert_eq!(orig.len(), 40);
-    assert_eq!(check(&[path.clone()]), Ok(40));
+    assert_eq!(check(std::slice::from_ref(&path)), Ok(40));
 
     let t = dir.path().join("t.jsonl");
     let run = |l: &[String]| {
         write_lines(&t, l);
-        check(&[t.clone()]).map_err(|(_, line, kind)| (line, kind))
+        check(std::slice::from_ref(&t)).map_err(|(_, line, kind)| (line, kind))
     };
 
     // Edited: one field of record seq 9 (line 10).
@@ -157,7 +157,7 @@ async fn intact_log_verifies_and_each_tampering_is_located() {
 
     // The wrong key: the very first record fails.
     assert!(matches!(
-        verify_files(&[path.clone()], b"another-key-0123456789", VerifyOptions::default()),
+        verify_files(std::slice::from_ref(&path), b"another-key-0123456789", VerifyOptions::default()),
         Err(VerifyFailure::Tampered(e)) if e.line == 1 && e.kind == Tampering::Edited
     ));
 

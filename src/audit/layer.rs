@@ -207,13 +207,13 @@ impl AuditLayerBuilder {
                 "no sink configured (add a file, tracing or callback sink)",
             ));
         }
-        if let Some(k) = &self.chain_key {
-            if k.len() < 16 {
-                return Err(ConfigError::invalid(
-                    "audit.chain_key",
-                    "the chain key must be at least 16 bytes",
-                ));
-            }
+        if let Some(k) = &self.chain_key
+            && k.len() < 16
+        {
+            return Err(ConfigError::invalid(
+                "audit.chain_key",
+                "the chain key must be at least 16 bytes",
+            ));
         }
         let cfg = RecordCfg {
             cap: self.cap,

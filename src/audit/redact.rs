@@ -71,7 +71,7 @@ impl Redactor {
         let name = decoded.trim().to_ascii_lowercase();
         SECRET_PARAMS.contains(&name.as_str())
             || SECRET_FRAGMENTS.iter().any(|f| name.contains(f))
-            || self.extra_params.iter().any(|p| *p == name)
+            || self.extra_params.contains(&name)
     }
 
     /// Redacts a request target (`/path?query`): secret query values and card numbers.
@@ -261,7 +261,7 @@ fn luhn(digits: &[(u8, usize)]) -> bool {
         }
         sum += d;
     }
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// Whether a header is always redacted (credentials and cookies).

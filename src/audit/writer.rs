@@ -246,11 +246,11 @@ impl Writer {
     fn resume_chain(&mut self) {
         let Some(chain) = &mut self.chain else { return };
         for slot in &mut self.sinks {
-            if let Some(line) = slot.sink.last_line() {
-                if chain.resume_after(&line) {
-                    tracing::info!(target: "tower_shield::audit", seq = chain.seq, "audit chain resumed from the existing log");
-                    return;
-                }
+            if let Some(line) = slot.sink.last_line()
+                && chain.resume_after(&line)
+            {
+                tracing::info!(target: "tower_shield::audit", seq = chain.seq, "audit chain resumed from the existing log");
+                return;
             }
         }
     }
