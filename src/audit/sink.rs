@@ -443,3 +443,60 @@ mod tests {
         assert_eq!(sink.last_line().as_deref(), Some(long.as_str()));
     }
 }
+
+#[cfg(test)]
+mod tracing_tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+    use std::time::SystemTime;
+    use tracing::field::{Field, Visit};
+    use tracing::span::{Attributes, Id, Record};
+    use tracing::{Event, Metadata, Subscriber};
+
+    #[derive(Default, Clone)]
+    struct Capture(Arc<Mutex<Vec<(String, String)>>>);
+
+    struct V<'a>(&'a mut Vec<(String, String)>);
+    impl Visit for V<'_> {
+        fn record_str(&mut self, f: &Field, v: &str) {
+            self.0.push((f.name().to_owned(), v.to_owned()));
+        }
+        fn record_debug(&mut self, f: &Field, v: &dyn fmt::Debug) {
+            self.0.push((f.name().to_owned(), format!("{v:?}")));
+        }
+    }
+
+    impl Subscriber for Capture {
+        fn enabled(&self, _: &Metadata<'_>) -> bool {
+            true
+        }
+        fn new_span(&self, _: &Attributes<'_>) -> Id {
+            Id::from_u64(1)
+        }
+        fn record(&self, _: &Id, _: &Record<'_>) {}
+        fn record_follows_from(&self, _: &Id, _: &Id) {}
+        fn event(&self, e: &Event<'_>) {
+            if e.metadata().target() == "tower_shield::audit" {
+                e.record(&mut V(&mut self.0.lock().unwrap()));
+            }
+        }
+        fn enter(&self, _: &Id) {}
+        fn exit(&self, _: &Id) {}
+    }
+
+    #[test]
+    fn tracing_sink_emits_the_record_as_an_event() {
+        let cap = Capture::default();
+        let mut rec = AuditRecord::new("request", SystemTime::UNIX_EPOCH);
+        rec.request_id = Some("r-1".into());
+        rec.outcome = Some(super::super::Outcome::Denied);
+        let line = rec.to_json(100);
+        tracing::subscriber::with_default(cap.clone(), || {
+            TracingSink.write(&rec, &line).unwrap();
+        });
+        let fields = cap.0.lock().unwrap().clone();
+        assert!(fields.contains(&("record".into(), line)));
+        assert!(fields.contains(&("request_id".into(), "r-1".into())));
+        assert!(fields.contains(&("outcome".into(), "denied".into())));
+    }
+}
