@@ -85,7 +85,7 @@ pub(crate) struct Event {
 }
 
 pub(crate) enum Msg {
-    Event(Box<Event>),
+    Event(Event),
     Flush(SyncSender<()>),
 }
 
@@ -160,7 +160,7 @@ impl Pipeline {
     pub(crate) fn send(&self, ev: Event) {
         let Some(tx) = &self.tx else { return };
         self.counters.enqueued.fetch_add(1, Ordering::Relaxed);
-        let msg = Msg::Event(Box::new(ev));
+        let msg = Msg::Event(ev);
         let res = match self.overflow {
             Overflow::Block => tx.send(msg).map_err(|_| ()),
             Overflow::Drop => match tx.try_send(msg) {
@@ -306,7 +306,7 @@ impl Writer {
     fn handle(&mut self, msg: Msg) {
         match msg {
             Msg::Event(ev) => {
-                let rec = self.build(*ev);
+                let rec = self.build(ev);
                 self.emit(&rec);
             }
             Msg::Flush(ack) => {
