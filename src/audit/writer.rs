@@ -84,6 +84,9 @@ pub(crate) struct Event {
     pub bytes_out: Option<u64>,
 }
 
+// Events are stored inline: the bounded queue preallocates its slots, and boxing would cost
+// an allocation on the request path and a cross-thread free on the writer.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Msg {
     Event(Event),
     Flush(SyncSender<()>),
