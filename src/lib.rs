@@ -37,6 +37,8 @@
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(feature = "audit")]
+pub mod audit;
 #[cfg(feature = "auth")]
 pub mod auth;
 pub mod body;
@@ -60,6 +62,8 @@ pub mod sanitize;
 pub mod shield;
 pub mod store;
 
+#[cfg(feature = "audit")]
+pub use audit::{AuditLayer, RequestId};
 #[cfg(feature = "auth")]
 pub use auth::{AuthLayer, JwtVerifier};
 pub use body::BodyFromBytes;

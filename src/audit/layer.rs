@@ -1,0 +1,524 @@
+//! The audit layer, its service and its response future.
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use http::header::{CONTENT_LENGTH, USER_AGENT};
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
+use http_body::Body;
+use pin_project_lite::pin_project;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use super::record::{AuditRecord, Outcome};
+use super::redact::Redactor;
+use super::sink::{AuditSink, CallbackSink, FileSink, TracingSink};
+use super::writer::{AuditStats, Event, FailurePolicy, Overflow, Pipeline, RecordCfg};
+use crate::body::BodyFromBytes;
+use crate::clock::{SharedClock, system_clock};
+use crate::denial::{Denial, Renderer};
+use crate::error::ConfigError;
+use crate::facts::RequestFacts;
+use crate::future::ShieldFuture;
+
+/// The request id of a request, inserted into the request extensions by the audit layer
+/// (taken from the incoming `x-request-id` when valid, else generated) and sent back in
+/// the response header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestId(HeaderValue);
+
+impl RequestId {
+    /// The id.
+    pub fn as_str(&self) -> &str {
+        // Only ids of the safe charset are accepted or generated.
+        self.0.to_str().unwrap_or("")
+    }
+    /// The id as a header value.
+    pub fn header_value(&self) -> &HeaderValue {
+        &self.0
+    }
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Builder for [`AuditLayer`].
+pub struct AuditLayerBuilder {
+    sinks: Vec<Box<dyn AuditSink>>,
+    capacity: usize,
+    overflow: Overflow,
+    failure: FailurePolicy,
+    chain_key: Option<Vec<u8>>,
+    request_id_header: HeaderName,
+    trust_request_id: bool,
+    max_request_id_len: usize,
+    log_headers: Vec<HeaderName>,
+    secret_headers: Vec<HeaderName>,
+    redactor: Redactor,
+    cap: usize,
+    path_cap: usize,
+    clock: SharedClock,
+    renderer: Renderer,
+}
+
+impl fmt::Debug for AuditLayerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuditLayerBuilder")
+            .field(
+                "sinks",
+                &self.sinks.iter().map(|s| s.name()).collect::<Vec<_>>(),
+            )
+            .field("capacity", &self.capacity)
+            .field("overflow", &self.overflow)
+            .field("failure", &self.failure)
+            .field("chain", &self.chain_key.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for AuditLayerBuilder {
+    fn default() -> Self {
+        Self {
+            sinks: Vec::new(),
+            capacity: 8192,
+            overflow: Overflow::Block,
+            failure: FailurePolicy::Continue,
+            chain_key: None,
+            request_id_header: HeaderName::from_static("x-request-id"),
+            trust_request_id: true,
+            max_request_id_len: 128,
+            log_headers: Vec::new(),
+            secret_headers: vec![HeaderName::from_static("x-api-key")],
+            redactor: Redactor::default(),
+            cap: 1024,
+            path_cap: 2048,
+            clock: system_clock(),
+            renderer: Renderer::default(),
+        }
+    }
+}
+
+impl AuditLayerBuilder {
+    /// Adds a sink.
+    pub fn sink(mut self, sink: impl AuditSink) -> Self {
+        self.sinks.push(Box::new(sink));
+        self
+    }
+    /// Adds a JSON-lines file sink (see [`FileSink::builder`] for rotation and fsync).
+    pub fn file(self, sink: FileSink) -> Self {
+        self.sink(sink)
+    }
+    /// Adds the `tracing` sink.
+    pub fn tracing(self) -> Self {
+        self.sink(TracingSink)
+    }
+    /// Adds a callback sink: `f(&record, line)` for each record; an `Err` is a sink failure.
+    pub fn callback<F>(self, name: &str, f: F) -> Self
+    where
+        F: FnMut(&AuditRecord, &str) -> io::Result<()> + Send + 'static,
+    {
+        self.sink(CallbackSink::new(name, f))
+    }
+    /// Queue capacity between the request path and the writer (default 8192 records).
+    pub fn capacity(mut self, records: usize) -> Self {
+        self.capacity = records.max(1);
+        self
+    }
+    /// Overflow policy (default [`Overflow::Block`], lossless).
+    pub fn overflow(mut self, policy: Overflow) -> Self {
+        self.overflow = policy;
+        self
+    }
+    /// Sink failure policy (default [`FailurePolicy::Continue`]).
+    pub fn on_sink_failure(mut self, policy: FailurePolicy) -> Self {
+        self.failure = policy;
+        self
+    }
+    /// Turns on the HMAC-SHA256 chain with this key (at least 16 bytes).
+    pub fn chain_key(mut self, key: impl Into<Vec<u8>>) -> Self {
+        self.chain_key = Some(key.into());
+        self
+    }
+    /// The request id header (default `x-request-id`).
+    pub fn request_id_header(mut self, name: HeaderName) -> Self {
+        self.request_id_header = name;
+        self
+    }
+    /// Whether to reuse a valid incoming request id (default true). When false, every
+    /// request gets a fresh id.
+    pub fn trust_request_id(mut self, trust: bool) -> Self {
+        self.trust_request_id = trust;
+        self
+    }
+    /// Longest incoming request id accepted (default 128).
+    pub fn max_request_id_len(mut self, len: usize) -> Self {
+        self.max_request_id_len = len.clamp(1, 1024);
+        self
+    }
+    /// Logs this request header (redacted: credentials, cookies and the secret headers are
+    /// always `[REDACTED]`; other values have tokens and card numbers removed).
+    pub fn log_header(mut self, name: HeaderName) -> Self {
+        self.log_headers.push(name);
+        self
+    }
+    /// A header carrying a secret (an API key header): never logged in clear. Default:
+    /// `x-api-key`.
+    pub fn secret_header(mut self, name: HeaderName) -> Self {
+        self.secret_headers.push(name);
+        self
+    }
+    /// An extra query parameter name whose value is redacted.
+    pub fn secret_query_param(mut self, name: &str) -> Self {
+        self.redactor.secret_param(name);
+        self
+    }
+    /// Cap for every string field, in bytes (default 1024); the path has its own cap
+    /// (default 2048). Capped values end with `...[truncated]`.
+    pub fn field_caps(mut self, field: usize, path: usize) -> Self {
+        self.cap = field.max(16);
+        self.path_cap = path.max(16);
+        self
+    }
+    /// The clock (latency and timestamps).
+    pub fn clock(mut self, clock: SharedClock) -> Self {
+        self.clock = clock;
+        self
+    }
+    /// The denial renderer (for the fail-closed 503).
+    pub fn renderer(mut self, renderer: Renderer) -> Self {
+        self.renderer = renderer;
+        self
+    }
+
+    /// Starts the writer thread and builds the layer.
+    pub fn build(self) -> Result<AuditLayer, ConfigError> {
+        if self.sinks.is_empty() {
+            return Err(ConfigError::invalid(
+                "audit",
+                "no sink configured (add a file, tracing or callback sink)",
+            ));
+        }
+        if let Some(k) = &self.chain_key
+            && k.len() < 16
+        {
+            return Err(ConfigError::invalid(
+                "audit.chain_key",
+                "the chain key must be at least 16 bytes",
+            ));
+        }
+        let cfg = RecordCfg {
+            cap: self.cap,
+            path_cap: self.path_cap,
+            secret_headers: self.secret_headers,
+            redactor: self.redactor,
+        };
+        let pipeline = Pipeline::start(
+            self.sinks,
+            self.capacity,
+            self.overflow,
+            self.chain_key,
+            cfg,
+            self.clock.clone(),
+        )
+        .map_err(|e| ConfigError::invalid("audit", format!("cannot start the writer: {e}")))?;
+        Ok(AuditLayer {
+            inner: Arc::new(Inner {
+                pipeline,
+                failure: self.failure,
+                request_id_header: self.request_id_header,
+                trust_request_id: self.trust_request_id,
+                max_request_id_len: self.max_request_id_len,
+                log_headers: self.log_headers,
+                clock: self.clock,
+            }),
+            renderer: self.renderer,
+        })
+    }
+}
+
+struct Inner {
+    pipeline: Pipeline,
+    failure: FailurePolicy,
+    request_id_header: HeaderName,
+    trust_request_id: bool,
+    max_request_id_len: usize,
+    log_headers: Vec<HeaderName>,
+    clock: SharedClock,
+}
+
+/// Records one audit record per request. See the [module docs](super).
+#[derive(Clone)]
+pub struct AuditLayer {
+    inner: Arc<Inner>,
+    renderer: Renderer,
+}
+
+impl fmt::Debug for AuditLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuditLayer")
+            .field("failure", &self.inner.failure)
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+impl AuditLayer {
+    /// Starts a builder.
+    pub fn builder() -> AuditLayerBuilder {
+        AuditLayerBuilder::default()
+    }
+    /// Replaces the denial renderer.
+    pub fn with_renderer(mut self, renderer: Renderer) -> Self {
+        self.renderer = renderer;
+        self
+    }
+    /// Pipeline counters.
+    pub fn stats(&self) -> AuditStats {
+        self.inner.pipeline.stats()
+    }
+    /// Waits (blocking the calling thread, at most `timeout`) until every record enqueued
+    /// before the call is written and the sinks are flushed. Returns false on timeout.
+    pub fn flush(&self, timeout: Duration) -> bool {
+        self.inner.pipeline.flush(timeout)
+    }
+}
+
+impl<S> Layer<S> for AuditLayer {
+    type Service = Audit<S>;
+    fn layer(&self, inner: S) -> Audit<S> {
+        Audit {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// The audit service. See the [module docs](super).
+#[derive(Clone)]
+pub struct Audit<S> {
+    inner: S,
+    layer: AuditLayer,
+}
+
+impl<S: fmt::Debug> fmt::Debug for Audit<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Audit").field("inner", &self.inner).finish()
+    }
+}
+
+impl<S> Audit<S> {
+    /// Wraps `inner`.
+    pub fn new(inner: S, layer: AuditLayer) -> Self {
+        Self { inner, layer }
+    }
+}
+
+fn valid_request_id(v: &HeaderValue, max: usize) -> bool {
+    let b = v.as_bytes();
+    !b.is_empty()
+        && b.len() <= max
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b':'))
+}
+
+fn new_request_id() -> HeaderValue {
+    let n: u128 = rand::random();
+    let mut buf = [0u8; 32];
+    let _ = hex::encode_to_slice(n.to_be_bytes(), &mut buf);
+    HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("0"))
+}
+
+fn content_length(h: &http::HeaderMap) -> Option<u64> {
+    h.get(CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Audit<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: BodyFromBytes + Body,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, ResBody>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+        let inner = &self.layer.inner;
+        let start = inner.clock.monotonic();
+        let wall = inner.clock.wall();
+        let request_id = req
+            .headers()
+            .get(&inner.request_id_header)
+            .filter(|v| inner.trust_request_id && valid_request_id(v, inner.max_request_id_len))
+            .cloned()
+            .unwrap_or_else(new_request_id);
+        let facts = Arc::new(RequestFacts::default());
+        let ext = req.extensions_mut();
+        ext.insert(RequestId(request_id.clone()));
+        ext.insert(facts.clone());
+        let peer: Option<IpAddr> =
+            crate::client_ip::peer_addr(req.extensions()).map(|a| a.ip().to_canonical());
+        let headers = req.headers();
+        let event = Event {
+            wall,
+            request_id,
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            peer,
+            facts,
+            user_agent: headers.get(USER_AGENT).cloned(),
+            headers: inner
+                .log_headers
+                .iter()
+                .flat_map(|n| {
+                    headers
+                        .get_all(n)
+                        .iter()
+                        .map(move |v| (n.clone(), v.clone()))
+                })
+                .take(32)
+                .collect(),
+            bytes_in: content_length(headers),
+            status: None,
+            grpc_status: None,
+            outcome: Outcome::Cancelled,
+            layer: None,
+            reason: None,
+            latency: Duration::ZERO,
+            bytes_out: None,
+        };
+        let guard = Guard {
+            event: Some(event),
+            layer: self.layer.inner.clone(),
+            start,
+        };
+        let fut = if inner.failure == FailurePolicy::FailClosed && inner.pipeline.failing() {
+            let denial = Denial::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "audit",
+                "audit_unavailable",
+            )
+            .with_detail("Audit logging is unavailable; the request was refused.");
+            ShieldFuture::denied(self.layer.renderer.respond(denial, &req))
+        } else {
+            ShieldFuture::inner(self.inner.call(req))
+        };
+        ResponseFuture { fut, guard }
+    }
+}
+
+/// Sends exactly one record: on completion, or — when dropped first — as `cancelled`.
+struct Guard {
+    event: Option<Event>,
+    layer: Arc<Inner>,
+    start: Duration,
+}
+
+impl Guard {
+    fn finish(&mut self, fill: impl FnOnce(&mut Event)) {
+        if let Some(mut ev) = self.event.take() {
+            ev.latency = self.layer.clock.monotonic().saturating_sub(self.start);
+            fill(&mut ev);
+            self.layer.pipeline.send(ev);
+        }
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let panicking = std::thread::panicking();
+        self.finish(|ev| {
+            if panicking {
+                ev.outcome = Outcome::Error;
+                ev.reason = Some("panic".into());
+            } else {
+                ev.outcome = Outcome::Cancelled;
+                ev.reason = Some("client_gone".into());
+            }
+        });
+    }
+}
+
+pin_project! {
+    /// Response future of [`Audit`].
+    pub struct ResponseFuture<F, B> {
+        #[pin]
+        fut: ShieldFuture<F, B>,
+        guard: Guard,
+    }
+}
+
+/// gRPC codes counted as server errors.
+fn grpc_is_error(code: u16) -> bool {
+    matches!(code, 2 | 4 | 13 | 14 | 15)
+}
+
+impl<F, B, E> Future for ResponseFuture<F, B>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    B: Body,
+{
+    type Output = Result<Response<B>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = ready!(this.fut.poll(cx));
+        match result {
+            Ok(mut res) => {
+                let header = this.guard.layer.request_id_header.clone();
+                let rid = this.guard.event.as_ref().map(|e| e.request_id.clone());
+                this.guard.finish(|ev| {
+                    let status = res.status().as_u16();
+                    ev.status = Some(status);
+                    ev.grpc_status = res
+                        .headers()
+                        .get("grpc-status")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse().ok());
+                    ev.bytes_out = res
+                        .body()
+                        .size_hint()
+                        .exact()
+                        .or_else(|| content_length(res.headers()));
+                    if let Some(d) = res.extensions().get::<Denial>() {
+                        ev.outcome = Outcome::Denied;
+                        ev.layer = Some(d.layer());
+                        ev.reason = Some(d.reason().to_owned().into());
+                    } else if status >= 500 || ev.grpc_status.is_some_and(grpc_is_error) {
+                        ev.outcome = Outcome::Error;
+                        ev.reason = Some(if status >= 500 {
+                            "server_error".into()
+                        } else {
+                            "grpc_error".into()
+                        });
+                    } else {
+                        ev.outcome = Outcome::Served;
+                    }
+                });
+                if let Some(rid) = rid {
+                    res.headers_mut().insert(header, rid);
+                }
+                Poll::Ready(Ok(res))
+            }
+            Err(e) => {
+                this.guard.finish(|ev| {
+                    ev.outcome = Outcome::Error;
+                    ev.reason = Some("service_error".into());
+                });
+                Poll::Ready(Err(e))
+            }
+        }
+    }
+}
