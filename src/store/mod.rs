@@ -121,3 +121,6 @@ pub trait NonceStore: Send + Sync + 'static {
         ttl: Duration,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 }
+
+#[cfg(feature = "redis")]
+pub mod redis;
