@@ -53,6 +53,8 @@ pub mod ratelimit;
 pub mod route;
 pub mod shield;
 pub mod store;
+#[cfg(feature = "throttle")]
+pub mod throttle;
 
 pub use body::BodyFromBytes;
 pub use client_ip::{CidrSet, ClientIp, ClientIpResolver, ForwardedHeader};
@@ -66,3 +68,5 @@ pub use ip_filter::{IpFilter, IpFilterLayer, UnknownIp};
 pub use principal::{CredentialKind, Principal};
 pub use route::{MatchedRoute, RoutePattern, RouteSet};
 pub use shield::{Shield, ShieldBuilder, ShieldLayer, ShieldService};
+#[cfg(feature = "throttle")]
+pub use throttle::{Policy as ThrottlePolicy, Rate, Throttle, ThrottleLayer};

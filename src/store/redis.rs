@@ -212,8 +212,7 @@ impl RedisConn {
 
     /// The key `<prefix>:<namespace>:{<key>}` (the client key is the cluster hash tag).
     pub fn key(&self, namespace: &str, key: &[u8]) -> Vec<u8> {
-        let mut out =
-            Vec::with_capacity(self.inner.prefix.len() + namespace.len() + key.len() + 4);
+        let mut out = Vec::with_capacity(self.inner.prefix.len() + namespace.len() + key.len() + 4);
         out.extend_from_slice(self.inner.prefix.as_bytes());
         out.push(b':');
         out.extend_from_slice(namespace.as_bytes());
