@@ -161,9 +161,10 @@ fn nanos(d: Duration) -> u64 {
 }
 
 impl MemoryRateStore {
-    /// A store tracking at most about `max_keys` keys (rounded up to a multiple of 64).
+    /// A store tracking at most `max_keys` keys (at least 128; one slot per shard is kept for
+    /// the overflow bucket).
     pub fn new(max_keys: usize, clock: SharedClock) -> Self {
-        let shard_cap = max_keys.div_ceil(SHARDS).max(1);
+        let shard_cap = (max_keys.max(2 * SHARDS) / SHARDS) - 1;
         let shards = (0..SHARDS)
             .map(|_| Shard {
                 inner: Mutex::new(ShardInner {
@@ -419,7 +420,7 @@ mod tests {
         for k in 0..10_000u64 {
             s.decide(hash_bytes(&k.to_le_bytes()), &l, 1, 0);
         }
-        assert!(s.len() <= 64 * 10 + 64);
+        assert!(s.len() <= 64 * 10);
         assert!(matches!(s.decide(42, &l, 1, 0), Verdict::Limited { .. }));
     }
 
