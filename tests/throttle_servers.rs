@@ -19,13 +19,18 @@ fn layer() -> ThrottleLayer {
 #[tokio::test]
 async fn axum_router_gets_429_with_headers() {
     use axum::{Router, routing::get};
-    let app = Router::new().route("/", get(|| async { "hello" })).layer(layer());
+    let app = Router::new()
+        .route("/", get(|| async { "hello" }))
+        .layer(layer());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
-        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-            .await
-            .unwrap();
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .unwrap();
     });
     let client = reqwest::Client::new();
     let url = format!("http://{addr}/");
@@ -37,9 +42,18 @@ async fn axum_router_gets_429_with_headers() {
     let r3 = client.get(&url).send().await.unwrap();
     assert_eq!(r3.status(), 429);
     assert_eq!(r3.headers()["content-type"], "application/problem+json");
-    let ra: u64 = r3.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    let ra: u64 = r3.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!((1..=1800).contains(&ra));
-    assert!(r3.headers()["ratelimit"].to_str().unwrap().starts_with(r#""per-ip";r=0;t="#));
+    assert!(
+        r3.headers()["ratelimit"]
+            .to_str()
+            .unwrap()
+            .starts_with(r#""per-ip";r=0;t="#)
+    );
     let body: serde_json::Value = r3.json().await.unwrap();
     assert_eq!(body["status"], 429);
 }
