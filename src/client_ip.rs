@@ -332,10 +332,11 @@ pub fn peer_addr(ext: &http::Extensions) -> Option<SocketAddr> {
         return Some(ci.0);
     }
     #[cfg(feature = "tonic")]
-    if let Some(ci) = ext.get::<tonic::transport::server::TcpConnectInfo>() {
-        if let Some(addr) = ci.remote_addr() {
-            return Some(addr);
-        }
+    if let Some(addr) = ext
+        .get::<tonic::transport::server::TcpConnectInfo>()
+        .and_then(|ci| ci.remote_addr())
+    {
+        return Some(addr);
     }
     ext.get::<SocketAddr>().copied()
 }

@@ -98,11 +98,11 @@ where
             crate::facts::record_client_ip(req.extensions(), ClientIp(ip));
             req.extensions_mut().insert(ClientIp(ip));
         }
-        if let Some(routes) = &self.layer.routes {
-            if let Some(m) = routes.matched_route(req.method(), req.uri().path()) {
-                crate::facts::record_route(req.extensions(), &m);
-                req.extensions_mut().insert(m);
-            }
+        if let Some(m) = (self.layer.routes.as_ref())
+            .and_then(|routes| routes.matched_route(req.method(), req.uri().path()))
+        {
+            crate::facts::record_route(req.extensions(), &m);
+            req.extensions_mut().insert(m);
         }
         self.inner.call(req)
     }

@@ -107,22 +107,18 @@ pub fn record_principal(ext: &Extensions, principal: &Principal) {
 
 /// Records a sanitizer finding.
 pub fn record_finding(ext: &Extensions, finding: InputFinding) {
-    if let Some(f) = get(ext) {
-        if let Ok(mut v) = f.findings.lock() {
-            if v.len() < 64 {
-                v.push(finding);
-            }
-        }
+    if let Some(mut v) = get(ext).and_then(|f| f.findings.lock().ok())
+        && v.len() < 64
+    {
+        v.push(finding);
     }
 }
 
 /// Records a denial a shadow-mode policy would have issued (the request went through).
 pub fn record_shadow_denial(ext: &Extensions, denial: Denial) {
-    if let Some(f) = get(ext) {
-        if let Ok(mut v) = f.shadow_denials.lock() {
-            if v.len() < 16 {
-                v.push(denial.into_shadow());
-            }
-        }
+    if let Some(mut v) = get(ext).and_then(|f| f.shadow_denials.lock().ok())
+        && v.len() < 16
+    {
+        v.push(denial.into_shadow());
     }
 }

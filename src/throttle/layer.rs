@@ -573,7 +573,7 @@ fn push_u64(s: &mut String, mut n: u64) {
 
 impl Shared {
     /// Keys, route costs and in-flight slots: everything decided without a store.
-    fn plan<B>(self: &Arc<Self>, req: &Request<B>, with_keys: bool) -> Result<Plan, Denial> {
+    fn plan<B>(self: &Arc<Self>, req: &Request<B>, with_keys: bool) -> Result<Plan, Box<Denial>> {
         let ip = req
             .extensions()
             .get::<ClientIp>()
@@ -655,7 +655,7 @@ impl Shared {
             });
         }
         match denial {
-            Some(d) => Err(d), // guards dropped with the plan: slots released
+            Some(d) => Err(Box::new(d)), // guards dropped with the plan: slots released
             None => Ok(plan),
         }
     }
@@ -822,7 +822,7 @@ where
             Ok(plan) => plan,
             Err(d) => {
                 return ResponseFuture::Denied {
-                    res: Some(self.layer.renderer.respond(d, &req)),
+                    res: Some(self.layer.renderer.respond(*d, &req)),
                 };
             }
         };
