@@ -61,6 +61,8 @@ pub mod route;
 pub mod sanitize;
 pub mod shield;
 pub mod store;
+#[cfg(feature = "throttle")]
+pub mod throttle;
 
 #[cfg(feature = "audit")]
 pub use audit::{AuditLayer, RequestId};
@@ -82,3 +84,5 @@ pub use route::{MatchedRoute, RoutePattern, RouteSet};
 #[cfg(feature = "sanitize")]
 pub use sanitize::{Sanitize, SanitizeLayer};
 pub use shield::{Shield, ShieldBuilder, ShieldLayer, ShieldService};
+#[cfg(feature = "throttle")]
+pub use throttle::{Policy as ThrottlePolicy, Rate, Throttle, ThrottleLayer};

@@ -51,8 +51,11 @@ pub struct Gcra {
 /// The outcome of a rate decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RateDecision {
-    /// Admitted now.
+    /// Admitted: now when `wait` is zero, else after holding the request for `wait` (the
+    /// slot is reserved; only returned when the caller allowed a `max_wait`).
     Allowed {
+        /// How long the request must be held before it conforms.
+        wait: Duration,
         /// Units still available in the burst.
         remaining: u64,
         /// Time until the burst is full again.
@@ -69,12 +72,15 @@ pub enum RateDecision {
 
 /// Rate state for the throttle: one atomic GCRA decision per call.
 pub trait RateStore: Send + Sync + 'static {
-    /// Takes `cost` units for `key` under `limit`, or says how long until it could.
+    /// Takes `cost` units for `key` under `limit`, or says how long until it could. When the
+    /// request would conform within `max_wait`, the units are reserved and the decision is
+    /// `Allowed` with that `wait` (pacing); pass `Duration::ZERO` for a plain check.
     fn check(
         &self,
         key: &[u8],
         limit: Gcra,
         cost: u32,
+        max_wait: Duration,
     ) -> impl Future<Output = Result<RateDecision, StoreError>> + Send;
 }
 
@@ -121,3 +127,6 @@ pub trait NonceStore: Send + Sync + 'static {
         ttl: Duration,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 }
+
+#[cfg(feature = "redis")]
+pub mod redis;

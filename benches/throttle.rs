@@ -1,0 +1,143 @@
+//! Added cost per request of the throttle vs tower_governor, side by side.
+//!
+//! `cargo bench --bench throttle --features throttle,axum -- --warm-up-time 1 --measurement-time 3`
+
+use std::convert::Infallible;
+use std::hint::black_box;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use futures_util::FutureExt;
+use http::{Request, Response};
+use tower::{Layer, Service};
+use tower_governor::GovernorLayer;
+use tower_governor::governor::GovernorConfigBuilder;
+use tower_shield::throttle::{Policy, Rate, ThrottleLayer};
+
+type Ready = std::future::Ready<Result<Response<Body>, Infallible>>;
+fn ok(_req: Request<Body>) -> Ready {
+    std::future::ready(Ok(Response::new(Body::empty())))
+}
+fn bare() -> tower::util::ServiceFn<fn(Request<Body>) -> Ready> {
+    tower::service_fn(ok as fn(Request<Body>) -> Ready)
+}
+
+fn ips(n: u32) -> Vec<SocketAddr> {
+    (0..n)
+        .map(|i| SocketAddr::new(IpAddr::V4(Ipv4Addr::from(0x0A00_0000 + i)), 4000))
+        .collect()
+}
+
+fn req(addr: SocketAddr) -> Request<Body> {
+    let mut r = Request::new(Body::empty());
+    r.extensions_mut().insert(ConnectInfo(addr));
+    r
+}
+
+fn shield(headers: bool) -> ThrottleLayer {
+    ThrottleLayer::builder()
+        .rate_limit_headers(headers)
+        .max_keys(2_000_000)
+        // a slow rate with a huge burst: every key stays tracked (live state) for the whole run
+        .policy(Policy::rate("per-ip", Rate::per_second(1)).burst(u32::MAX))
+        .build()
+        .unwrap()
+}
+
+fn run<S>(svc: &mut S, addrs: &[SocketAddr], i: &mut usize)
+where
+    S: Service<Request<Body>, Response = Response<Body>>,
+    S::Error: std::fmt::Debug,
+{
+    *i += 1;
+    if *i >= addrs.len() {
+        *i = 0;
+    }
+    let res = svc.call(req(addrs[*i])).now_or_never().unwrap().unwrap();
+    assert_eq!(res.status(), 200);
+    black_box(res);
+}
+
+fn added_cost(c: &mut Criterion) {
+    let mut g = c.benchmark_group("throttle_reject_mode_by_ip");
+    for n in [1u32, 100_000, 1_000_000] {
+        let addrs = ips(n);
+        let mut i = 0;
+        let mut svc = bare();
+        g.bench_with_input(BenchmarkId::new("bare", n), &n, |b, _| {
+            b.iter(|| run(&mut svc, &addrs, &mut i))
+        });
+        let mut svc = shield(false).layer(bare());
+        for _ in 0..n {
+            run(&mut svc, &addrs, &mut i);
+        }
+        g.bench_with_input(BenchmarkId::new("tower_shield", n), &n, |b, _| {
+            b.iter(|| run(&mut svc, &addrs, &mut i))
+        });
+        drop(svc);
+        let conf = Arc::new(
+            GovernorConfigBuilder::default()
+                .per_second(1)
+                .burst_size(u32::MAX)
+                .finish()
+                .unwrap(),
+        );
+        let mut svc = GovernorLayer::new(conf).layer(bare());
+        for _ in 0..n {
+            run(&mut svc, &addrs, &mut i);
+        }
+        g.bench_with_input(BenchmarkId::new("tower_governor", n), &n, |b, _| {
+            b.iter(|| run(&mut svc, &addrs, &mut i))
+        });
+    }
+    g.finish();
+}
+
+fn headers(c: &mut Criterion) {
+    let mut g = c.benchmark_group("throttle_headers_1_key");
+    let addrs = ips(1);
+    let mut i = 0;
+    let mut svc = shield(false).layer(bare());
+    g.bench_function("tower_shield_without", |b| {
+        b.iter(|| run(&mut svc, &addrs, &mut i))
+    });
+    let mut svc = shield(true).layer(bare());
+    g.bench_function("tower_shield_with_ratelimit_fields", |b| {
+        b.iter(|| run(&mut svc, &addrs, &mut i))
+    });
+    let conf = Arc::new(
+        GovernorConfigBuilder::default()
+            .per_second(1)
+            .burst_size(u32::MAX)
+            .use_headers()
+            .finish()
+            .unwrap(),
+    );
+    let mut svc = GovernorLayer::new(conf).layer(bare());
+    g.bench_function("tower_governor_with_headers", |b| {
+        b.iter(|| run(&mut svc, &addrs, &mut i))
+    });
+    g.finish();
+}
+
+fn memory_per_key(_c: &mut Criterion) {
+    let layer = shield(false);
+    let mut svc = layer.clone().layer(bare());
+    let addrs = ips(1_000_000);
+    let mut i = 0;
+    for _ in 0..addrs.len() {
+        run(&mut svc, &addrs, &mut i);
+    }
+    let keys = layer.tracked_keys("per-ip").unwrap();
+    let bytes = layer.memory_bytes("per-ip").unwrap();
+    println!(
+        "memory per tracked key: {keys} keys, {bytes} bytes, {:.1} bytes/key",
+        bytes as f64 / keys as f64
+    );
+}
+
+criterion_group!(benches, added_cost, headers, memory_per_key);
+criterion_main!(benches);

@@ -1,0 +1,320 @@
+//! The shared Redis connection (feature `redis`), used by the throttle, quota and replay
+//! stores.
+//!
+//! One [`RedisConn`] is one multiplexed connection ([`redis::aio::ConnectionManager`]) that
+//! reconnects by itself, a per-call timeout, and a key prefix. Stores run one atomic Lua
+//! script per decision with [`RedisConn::eval`]; every failure becomes a [`StoreError`]
+//! whose message never contains the connection URL's password.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use tower_shield::store::redis::RedisConn;
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let conn = RedisConn::builder("redis://:s3cret@127.0.0.1:6379/0")
+//!     .key_prefix("shop")
+//!     .timeout(Duration::from_millis(50))
+//!     .connect()               // bounded by the connect timeout
+//!     .await?;
+//! let script = redis::Script::new("return redis.call('INCR', KEYS[1])");
+//! let n: i64 = conn.eval(&script, &[&conn.key("demo", b"k")], &[]).await?;
+//! assert!(!format!("{conn:?}").contains("s3cret"));
+//! # let _ = n; Ok(()) }
+//! ```
+//!
+//! # Keys and Redis Cluster
+//! [`RedisConn::key`] builds `<prefix>:<namespace>:{<key>}`: the client key is the hash
+//! tag, so every namespace of one client (throttle, quota, ...) maps to the same cluster
+//! slot and a script may touch several of them atomically. Braces inside the client key are
+//! replaced so that they cannot end the tag early.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{FromRedisValue, Script, ToRedisArgs};
+
+use super::StoreError;
+use crate::error::ConfigError;
+
+/// Replaces the password (and user name) of a Redis URL with `***`.
+///
+/// ```
+/// use tower_shield::store::redis::redact_url;
+/// assert_eq!(redact_url("redis://user:pw@host:6379/1"), "redis://***:***@host:6379/1");
+/// assert_eq!(redact_url("redis://:pw@host"), "redis://:***@host");
+/// assert_eq!(redact_url("redis://host:6379"), "redis://host:6379");
+/// ```
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return "<redis url>".into();
+    };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_string();
+    };
+    let userinfo = &rest[..at];
+    let redacted = match userinfo.split_once(':') {
+        Some(("", _)) => ":***".to_string(),
+        Some(_) => "***:***".to_string(),
+        None => "***".to_string(),
+    };
+    format!("{}{}{}", &url[..scheme_end + 3], redacted, &rest[at..])
+}
+
+/// Builder for [`RedisConn`].
+pub struct RedisConnBuilder {
+    url: String,
+    prefix: String,
+    timeout: Duration,
+    connect_timeout: Duration,
+}
+
+impl fmt::Debug for RedisConnBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisConnBuilder")
+            .field("url", &redact_url(&self.url))
+            .field("prefix", &self.prefix)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl RedisConnBuilder {
+    /// Key prefix (default `"tower-shield"`). Use one per application sharing a Redis.
+    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+    /// Per-call timeout (default 50 ms): a call that takes longer fails with
+    /// [`StoreError::Timeout`] and the caller applies its failure mode.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+    /// Timeout of one connection attempt (default 1 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    fn parts(self) -> Result<(redis::Client, ConnectionManagerConfig, Inner), StoreError> {
+        let redacted: Arc<str> = redact_url(&self.url).into();
+        let client = redis::Client::open(self.url.as_str()).map_err(|e| {
+            StoreError::Unavailable(format!("invalid redis url {redacted}: {:?}", e.kind()))
+        })?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_response_timeout(Some(self.timeout))
+            .set_number_of_retries(2)
+            .set_min_delay(Duration::from_millis(10))
+            .set_max_delay(Duration::from_millis(500));
+        Ok((
+            client,
+            config,
+            Inner {
+                url: redacted,
+                prefix: self.prefix.into(),
+                timeout: self.timeout,
+            },
+        ))
+    }
+
+    /// Creates the connection lazily: returns at once, connects on first use (and reconnects
+    /// after failures). Must be called inside a Tokio runtime. Fails only on an invalid URL.
+    pub fn build_lazy(self) -> Result<RedisConn, ConfigError> {
+        let (client, config, inner) = self
+            .parts()
+            .map_err(|e| ConfigError::invalid("redis.url", e.to_string()))?;
+        let manager = ConnectionManager::new_lazy_with_config(client, config)
+            .map_err(|e| ConfigError::invalid("redis.url", format!("{:?}", e.kind())))?;
+        Ok(RedisConn {
+            manager,
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// Connects now, failing after the connect timeout when Redis is unreachable.
+    pub async fn connect(self) -> Result<RedisConn, StoreError> {
+        let connect_timeout = self.connect_timeout;
+        let (client, config, inner) = self.parts()?;
+        let fut = ConnectionManager::new_with_config(client, config);
+        let manager = match tokio::time::timeout(connect_timeout * 4, fut).await {
+            Ok(Ok(m)) => m,
+            Ok(Err(e)) => return Err(map_err(&inner.url, &e)),
+            Err(_) => return Err(StoreError::Timeout(connect_timeout)),
+        };
+        Ok(RedisConn {
+            manager,
+            inner: Arc::new(inner),
+        })
+    }
+}
+
+struct Inner {
+    url: Arc<str>,
+    prefix: Arc<str>,
+    timeout: Duration,
+}
+
+/// A shared, reconnecting Redis connection with a per-call timeout. Cheap to clone.
+#[derive(Clone)]
+pub struct RedisConn {
+    manager: ConnectionManager,
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for RedisConn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisConn")
+            .field("url", &self.inner.url)
+            .field("prefix", &self.inner.prefix)
+            .field("timeout", &self.inner.timeout)
+            .finish()
+    }
+}
+
+fn map_err(url: &str, e: &redis::RedisError) -> StoreError {
+    if e.is_timeout() {
+        return StoreError::Timeout(Duration::ZERO);
+    }
+    // The error kind and category only: redis error messages may quote connection details.
+    let what = format!("{:?} ({url})", e.kind());
+    if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
+        StoreError::Unavailable(what)
+    } else {
+        StoreError::Protocol(what)
+    }
+}
+
+impl RedisConn {
+    /// Starts a builder for the given URL (`redis://[:password@]host:port[/db]`).
+    pub fn builder(url: impl Into<String>) -> RedisConnBuilder {
+        RedisConnBuilder {
+            url: url.into(),
+            prefix: "tower-shield".into(),
+            timeout: Duration::from_millis(50),
+            connect_timeout: Duration::from_secs(1),
+        }
+    }
+
+    /// The URL with credentials redacted.
+    pub fn redacted_url(&self) -> &str {
+        &self.inner.url
+    }
+
+    /// The per-call timeout.
+    pub fn timeout(&self) -> Duration {
+        self.inner.timeout
+    }
+
+    /// The key `<prefix>:<namespace>:{<key>}` (the client key is the cluster hash tag).
+    pub fn key(&self, namespace: &str, key: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.inner.prefix.len() + namespace.len() + key.len() + 4);
+        out.extend_from_slice(self.inner.prefix.as_bytes());
+        out.push(b':');
+        out.extend_from_slice(namespace.as_bytes());
+        out.extend_from_slice(b":{");
+        out.extend(key.iter().map(|&b| match b {
+            b'{' => b'(',
+            b'}' => b')',
+            b => b,
+        }));
+        out.push(b'}');
+        out
+    }
+
+    /// Runs a Lua script (EVALSHA, loading it on first use) with `keys` and `args` and
+    /// converts the reply, within the per-call timeout.
+    pub async fn eval<T: FromRedisValue>(
+        &self,
+        script: &Script,
+        keys: &[&[u8]],
+        args: &[&dyn ToRedisArgsDyn],
+    ) -> Result<T, StoreError> {
+        let mut inv = script.prepare_invoke();
+        for k in keys {
+            inv.key(*k);
+        }
+        for a in args {
+            a.push_to(&mut inv);
+        }
+        let mut conn = self.manager.clone();
+        match tokio::time::timeout(self.inner.timeout, inv.invoke_async::<T>(&mut conn)).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => {
+                let err = map_err(&self.inner.url, &e);
+                Err(match err {
+                    StoreError::Timeout(_) => StoreError::Timeout(self.inner.timeout),
+                    other => other,
+                })
+            }
+            Err(_) => Err(StoreError::Timeout(self.inner.timeout)),
+        }
+    }
+}
+
+/// An argument for [`RedisConn::eval`]: implemented for integers, strings and byte slices.
+pub trait ToRedisArgsDyn: Sync {
+    /// Appends this argument to a script invocation.
+    fn push_to(&self, inv: &mut redis::ScriptInvocation<'_>);
+}
+
+impl<T: ToRedisArgs + Sync> ToRedisArgsDyn for T {
+    fn push_to(&self, inv: &mut redis::ScriptInvocation<'_>) {
+        inv.arg(self);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redaction_hides_passwords() {
+        assert_eq!(
+            redact_url("redis://alice:hunter2@10.0.0.1:6380/2"),
+            "redis://***:***@10.0.0.1:6380/2"
+        );
+        assert_eq!(redact_url("rediss://:pw@h/0"), "rediss://:***@h/0");
+        assert_eq!(redact_url("not a url"), "<redis url>");
+        let b = RedisConn::builder("redis://:hunter2@127.0.0.1:1");
+        assert!(!format!("{b:?}").contains("hunter2"));
+    }
+
+    #[tokio::test]
+    async fn errors_never_contain_the_password() {
+        let conn = RedisConn::builder("redis://:hunter2@127.0.0.1:1/0")
+            .timeout(Duration::from_millis(200))
+            .connect_timeout(Duration::from_millis(100))
+            .build_lazy()
+            .unwrap();
+        assert!(!format!("{conn:?}").contains("hunter2"));
+        let script = Script::new("return 1");
+        let err = conn.eval::<i64>(&script, &[b"k"], &[]).await.unwrap_err();
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        let err = RedisConn::builder("redis://:hunter2@127.0.0.1:1/0")
+            .connect_timeout(Duration::from_millis(100))
+            .connect()
+            .await
+            .unwrap_err();
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn keys_use_the_client_key_as_hash_tag() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _g = rt.enter();
+        let conn = RedisConn::builder("redis://127.0.0.1:1")
+            .key_prefix("shop")
+            .build_lazy()
+            .unwrap();
+        assert_eq!(conn.key("thr", b"ip:1.2.3.4"), b"shop:thr:{ip:1.2.3.4}");
+        assert_eq!(conn.key("q", b"a}b{"), b"shop:q:{a)b(}");
+    }
+}
