@@ -7,9 +7,7 @@ use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use serde_json::Value;
 use tower::{Layer, ServiceExt};
-use tower_shield::sanitize::{
-    Detectors, FieldRule, Kind, RoutePolicy, SanitizeLayer, SanitizeMode,
-};
+use tower_shield::sanitize::{FieldRule, Kind, RoutePolicy, SanitizeLayer, SanitizeMode};
 
 fn layer() -> SanitizeLayer {
     SanitizeLayer::builder()
