@@ -20,7 +20,13 @@ use axum::{
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
 use hyper_util::rt::TokioExecutor;
 use serde_json::json;
-use tower_shield::ShieldConfig;
+use tower_shield::quota::QuotaLayer;
+use tower_shield::{Principal, ShieldConfig};
+
+/// The demo API keys whose hashes are in examples/gateway.toml (demo only: real keys are
+/// printed once by `examples/keygen.rs` and never stored).
+const DEMO_READ_KEY: &str = "tsk_demoread_EX7nLtldAATkf37COJPWOBmOCUNsFRAEbIb6DZ4F424F1n";
+const DEMO_WRITE_KEY: &str = "tsk_demowrit_3Hlqkdr9Zww0ICJIRlm6ly4Tz6J1QI0am4RrDL2W3vWU8l";
 
 struct Args {
     config: String,
@@ -59,7 +65,17 @@ fn parse_args() -> Result<Args, String> {
     Ok(args)
 }
 
-fn demo_shop() -> Router {
+async fn usage(State(quota): State<Option<QuotaLayer>>, principal: Principal) -> Response {
+    match quota {
+        None => (StatusCode::NOT_FOUND, "no quota configured").into_response(),
+        Some(q) => match q.usage_of(&principal).await {
+            Ok(u) => Json(json!({"principal": principal.id(), "quotas": u})).into_response(),
+            Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+        },
+    }
+}
+
+fn demo_shop(quota: Option<QuotaLayer>) -> Router {
     Router::new()
         .route(
             "/products",
@@ -74,8 +90,23 @@ fn demo_shop() -> Router {
             }),
         )
         .route(
-            "/cart",
-            post(|| async { (StatusCode::CREATED, Json(json!({"cart": "updated"}))) }),
+            "/products/{id}/reviews",
+            post(|Path(id): Path<u32>, body: String| async move {
+                // echoes what the API received: the sanitizer cleaned the review field
+                (
+                    StatusCode::CREATED,
+                    Json(json!({"product": id, "received": body})),
+                )
+            }),
+        )
+        .route(
+            "/cart/{sku}",
+            post(|Path(sku): Path<String>| async move {
+                (
+                    StatusCode::CREATED,
+                    Json(json!({"cart": "updated", "sku": sku})),
+                )
+            }),
         )
         .route(
             "/checkout",
@@ -98,6 +129,8 @@ fn demo_shop() -> Router {
             "/promo/apply",
             post(|| async { Json(json!({"discount": "10%"})) }),
         )
+        .route("/admin/usage", get(usage))
+        .with_state(quota)
 }
 
 type Proxy = Client<HttpConnector, Body>;
@@ -157,7 +190,17 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let shield = match ShieldConfig::from_file(&args.config).and_then(|c| c.build()) {
+    // The quota layer is built here (not inside the Shield) so that /admin/usage can read
+    // usage back from the same store.
+    let built = ShieldConfig::from_file(&args.config).and_then(|mut c| {
+        let quota = c.quota.take().map(|q| q.build()).transpose()?;
+        let mut b = c.into_builder()?;
+        if let Some(q) = &quota {
+            b = b.quota(q.clone());
+        }
+        Ok((b.build()?, quota))
+    });
+    let (shield, quota) = match built {
         Ok(s) => s,
         Err(e) => {
             eprintln!("configuration error: {e}");
@@ -165,7 +208,7 @@ async fn main() -> ExitCode {
         }
     };
     let app = match &args.upstream {
-        None => demo_shop(),
+        None => demo_shop(quota),
         Some(up) => {
             let client: Proxy = Client::builder(TokioExecutor::new()).build_http();
             Router::new()
@@ -193,11 +236,21 @@ async fn main() -> ExitCode {
     match &args.upstream {
         Some(up) => println!("protecting upstream {up}"),
         None => {
+            println!("demo API keys (read-only, free plan / read-write, pro plan):");
+            println!("  READ={DEMO_READ_KEY}");
+            println!("  WRITE={DEMO_WRITE_KEY}");
             println!("try:");
-            println!("  curl -i http://{addr}/products");
-            println!(
-                "  curl -i -H 'X-Forwarded-For: 203.0.113.7' http://{addr}/products   # denied client IP: 403 problem+json"
-            );
+            for line in [
+                "curl -i http://ADDR/products                                  # 401: no credentials",
+                "curl -i -H \"x-api-key: $READ\" http://ADDR/products            # 200 with RateLimit fields",
+                "curl -i -H \"x-api-key: $READ\" -X POST http://ADDR/checkout    # 403 insufficient_scope",
+                "curl -i -H \"x-api-key: $WRITE\" -X POST http://ADDR/checkout   # 200",
+                "curl -i -H \"x-api-key: $READ\" 'http://ADDR/products?q=1%27%20OR%201=1--'   # 400 sqli",
+                "curl -i -H \"x-api-key: $WRITE\" http://ADDR/admin/usage       # quota usage",
+                "curl -i -H 'X-Forwarded-For: 203.0.113.7' http://ADDR/products # denied client IP: 403",
+            ] {
+                println!("  {}", line.replace("ADDR", &addr));
+            }
         }
     }
     if let Err(e) = axum::serve(

@@ -58,6 +58,44 @@ pub struct ShieldConfig {
     /// gRPC rendering.
     #[serde(default)]
     pub grpc: GrpcConfig,
+    /// `[audit]`: one record per request (feature `audit`).
+    #[cfg(feature = "audit")]
+    pub audit: Option<crate::audit::AuditConfig>,
+    /// `[audit]` (this build lacks the `audit` feature: present is an error).
+    #[cfg(not(feature = "audit"))]
+    pub audit: Option<toml::Value>,
+    /// `[throttle]`: pre- and post-auth pacing (feature `throttle`).
+    #[cfg(feature = "throttle")]
+    pub throttle: Option<crate::throttle::ThrottleConfig>,
+    /// `[throttle]` (this build lacks the `throttle` feature: present is an error).
+    #[cfg(not(feature = "throttle"))]
+    pub throttle: Option<toml::Value>,
+    /// `[auth]`: API keys, JWT, introspection, scopes, lockout (feature `auth`).
+    #[cfg(feature = "auth")]
+    pub auth: Option<crate::auth::AuthConfig>,
+    /// `[auth]` (this build lacks the `auth` feature: present is an error).
+    #[cfg(not(feature = "auth"))]
+    pub auth: Option<toml::Value>,
+    /// `[quota]`: long-window allotments per plan (feature `quota`).
+    #[cfg(feature = "quota")]
+    pub quota: Option<crate::quota::config::QuotaConfig>,
+    /// `[quota]` (this build lacks the `quota` feature: present is an error).
+    #[cfg(not(feature = "quota"))]
+    pub quota: Option<toml::Value>,
+    /// `[sanitize]`: input inspection (feature `sanitize`).
+    #[cfg(feature = "sanitize")]
+    pub sanitize: Option<crate::sanitize::SanitizeConfig>,
+    /// `[sanitize]` (this build lacks the `sanitize` feature: present is an error).
+    #[cfg(not(feature = "sanitize"))]
+    pub sanitize: Option<toml::Value>,
+}
+
+#[allow(dead_code)]
+fn missing_feature(section: &str, feature: &str) -> ConfigError {
+    ConfigError::invalid(
+        section,
+        format!("this build of tower-shield lacks the `{feature}` feature"),
+    )
 }
 
 /// `[client_ip]`
@@ -150,6 +188,7 @@ impl ShieldConfig {
             }
             grpc = grpc.set(s, *code);
         }
+        #[allow(unused_mut)]
         let mut b = ShieldBuilder::default()
             .client_ip(resolver.clone())
             .routes(self.routes)
@@ -168,9 +207,55 @@ impl ShieldConfig {
                     .allow_nets(nets(&f.allow, "ip_filter.allow")?)
                     .deny_nets(nets(&f.deny, "ip_filter.deny")?)
                     .on_unknown_ip(f.unknown_ip)
-                    .resolver(resolver)
+                    .resolver(resolver.clone())
                     .build(),
             );
+        }
+        #[cfg(feature = "audit")]
+        if let Some(a) = &self.audit {
+            b = b.audit(a.build_layer()?);
+        }
+        #[cfg(not(feature = "audit"))]
+        if self.audit.is_some() {
+            return Err(missing_feature("audit", "audit"));
+        }
+        #[cfg(feature = "throttle")]
+        if let Some(t) = &self.throttle {
+            let (pre, post) = t.into_layers()?;
+            if let Some(l) = pre {
+                b = b.throttle_pre_auth(l);
+            }
+            if let Some(l) = post {
+                b = b.throttle_post_auth(l);
+            }
+        }
+        #[cfg(not(feature = "throttle"))]
+        if self.throttle.is_some() {
+            return Err(missing_feature("throttle", "throttle"));
+        }
+        #[cfg(feature = "auth")]
+        if let Some(a) = self.auth {
+            b = b.auth(a.into_layer(resolver.clone())?);
+        }
+        #[cfg(not(feature = "auth"))]
+        if self.auth.is_some() {
+            return Err(missing_feature("auth", "auth"));
+        }
+        #[cfg(feature = "quota")]
+        if let Some(q) = &self.quota {
+            b = b.quota(q.build()?);
+        }
+        #[cfg(not(feature = "quota"))]
+        if self.quota.is_some() {
+            return Err(missing_feature("quota", "quota"));
+        }
+        #[cfg(feature = "sanitize")]
+        if let Some(sz) = self.sanitize {
+            b = b.sanitize(sz.build()?);
+        }
+        #[cfg(not(feature = "sanitize"))]
+        if self.sanitize.is_some() {
+            return Err(missing_feature("sanitize", "sanitize"));
         }
         Ok(b)
     }
