@@ -13,15 +13,17 @@ use http_body_util::Full;
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_shield::{ClientIpResolver, IpFilterLayer, Shield};
 
-fn request(peer: SocketAddr) -> Request<()> {
-    let mut req = Request::get("/products/42").body(()).unwrap();
+fn request(peer: SocketAddr) -> Request<Full<Bytes>> {
+    let mut req = Request::get("/products/42")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
     req.extensions_mut().insert(peer);
     req
 }
 
 fn bench<S>(c: &mut Criterion, name: &str, svc: S, peer: SocketAddr)
 where
-    S: Service<Request<()>, Response = Response<Full<Bytes>>, Error = Infallible> + Clone,
+    S: Service<Request<Full<Bytes>>, Response = Response<Full<Bytes>>, Error = Infallible> + Clone,
 {
     c.bench_function(name, |b| {
         b.iter(|| {
@@ -39,7 +41,7 @@ where
 fn benches(c: &mut Criterion) {
     let peer: SocketAddr = "198.51.100.7:40000".parse().unwrap();
     let denied: SocketAddr = "203.0.113.7:40000".parse().unwrap();
-    let bare = tower::service_fn(|_req: Request<()>| async {
+    let bare = tower::service_fn(|_req: Request<Full<Bytes>>| async {
         Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
     });
 

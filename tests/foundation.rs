@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use axum::{Router, extract::Extension, routing::get};
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
@@ -163,12 +163,15 @@ async fn bare_hyper_server_with_socket_addr_extension() {
             let layer = layer.clone();
             tokio::spawn(async move {
                 let svc = ServiceBuilder::new()
-                    .map_request(move |mut req: Request<hyper::body::Incoming>| {
+                    .map_request(move |req: Request<hyper::body::Incoming>| {
+                        // hyper's `Incoming` cannot be rebuilt from bytes (the sanitizer
+                        // needs that): box it, and hand the layers the peer address
+                        let mut req = req.map(|b| b.boxed());
                         req.extensions_mut().insert(peer);
                         req
                     })
                     .layer(layer)
-                    .service_fn(|_req: Request<hyper::body::Incoming>| async {
+                    .service_fn(|_req: Request<BoxBody<Bytes, hyper::Error>>| async {
                         Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"hello"))))
                     });
                 let svc = hyper_util::service::TowerToHyperService::new(svc);
@@ -250,10 +253,13 @@ async fn unknown_client_address_fails_closed() {
     use tower::ServiceExt;
     let svc = ServiceBuilder::new()
         .layer(shield("[ip_filter]\ndeny = [\"203.0.113.0/24\"]"))
-        .service_fn(|_req: Request<()>| async {
+        .service_fn(|_req: Request<Full<Bytes>>| async {
             Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"hello"))))
         });
-    let res = svc.oneshot(Request::new(())).await.unwrap();
+    let res = svc
+        .oneshot(Request::new(Full::new(Bytes::new())))
+        .await
+        .unwrap();
     assert_eq!(res.status(), StatusCode::FORBIDDEN);
     assert_eq!(
         res.extensions()
