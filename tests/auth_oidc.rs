@@ -5,7 +5,8 @@
 //! OIDC discovery, opaque ones by an `Introspector` at its introspection endpoint, both
 //! inside an `AuthLayer` around an axum app over loopback TCP.
 //!
-//! Needs `node` and `npm ci --prefix tests/oidc`; without them the tests fail and say so.
+//! Needs `node` and `npm`; the pinned packages are installed with `npm ci --prefix
+//! tests/oidc` when missing. Without Node.js the tests fail and say so.
 
 #![cfg(all(feature = "auth", feature = "axum"))]
 
@@ -52,6 +53,30 @@ fn oidc_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/oidc")
 }
 
+/// Installs the pinned npm packages (`npm ci`, from the committed lockfile) once per test
+/// run when they are missing, so `cargo test` alone works on a fresh machine with Node.js.
+fn ensure_packages(dir: &std::path::Path) {
+    static INSTALLED: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+    let mut done = INSTALLED.lock().unwrap_or_else(|e| e.into_inner());
+    if *done
+        || dir
+            .join("node_modules/oidc-provider/package.json")
+            .is_file()
+    {
+        *done = true;
+        return;
+    }
+    let status = Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund", "--prefix"])
+        .arg(dir)
+        .status()
+        .unwrap_or_else(|e| {
+            panic!("`npm` not found ({e}): install Node.js and npm, then `{INSTALL}`")
+        });
+    assert!(status.success(), "`{INSTALL}` failed ({status})");
+    *done = true;
+}
+
 /// Starts `node tests/oidc/server.mjs 0` and waits for its `READY <issuer>` line. Fails
 /// (never skips) when node or the npm packages are missing.
 fn start_provider() -> OidcServer {
@@ -68,11 +93,11 @@ fn start_provider() -> OidcServer {
         ),
     }
     let dir = oidc_dir();
+    ensure_packages(&dir);
     assert!(
         dir.join("node_modules/oidc-provider/package.json")
             .is_file(),
-        "tests/oidc/node_modules/oidc-provider is missing: run `{INSTALL}` before the OIDC \
-         interop test"
+        "tests/oidc/node_modules/oidc-provider is missing and `{INSTALL}` did not install it"
     );
     let mut child = Command::new("node")
         .arg(dir.join("server.mjs"))
