@@ -15,6 +15,7 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use super::fast::{FastHasher, Seeds};
 use super::memory::{GcraNs, InFlightTable, MemoryRateStore, Verdict};
 use super::policy::{Action, Key, KeyPart, Limit, Policy};
 use crate::body::BodyFromBytes;
@@ -75,7 +76,7 @@ struct Shared {
     resolver: ClientIpResolver,
     v6_prefix: u8,
     headers_on_allowed: bool,
-    hasher: std::hash::RandomState,
+    hasher: Seeds,
     #[cfg(feature = "redis")]
     redis: Option<RedisBackend>,
 }
@@ -207,7 +208,7 @@ impl ThrottleBuilder {
                 resolver: self.resolver,
                 v6_prefix: self.v6_prefix,
                 headers_on_allowed: self.headers_on_allowed,
-                hasher: std::hash::RandomState::new(),
+                hasher: Seeds::random(),
                 #[cfg(feature = "redis")]
                 redis: self.redis,
             }),
@@ -312,7 +313,7 @@ trait Sink {
     fn bytes(&mut self, tag: u8, b: &[u8]);
 }
 
-impl Sink for std::hash::DefaultHasher {
+impl Sink for FastHasher {
     #[inline]
     fn ip(&mut self, ip: IpAddr) {
         match ip {
