@@ -15,6 +15,7 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use super::fast::{FastHasher, InlineList, Seeds};
 use super::memory::{GcraNs, InFlightTable, MemoryRateStore, Verdict};
 use super::policy::{Action, Key, KeyPart, Limit, Policy};
 use crate::body::BodyFromBytes;
@@ -44,6 +45,8 @@ pub(crate) struct PolicyRt {
     mem: Option<MemoryRateStore>,
     inflight: Option<InFlightTable>,
     policy_header: HeaderValue,
+    /// `"<name>";r=`, rendered once at build time.
+    field_prefix: Box<str>,
     quota: u64,
     window: Option<u64>,
 }
@@ -75,7 +78,7 @@ struct Shared {
     resolver: ClientIpResolver,
     v6_prefix: u8,
     headers_on_allowed: bool,
-    hasher: std::hash::RandomState,
+    hasher: Seeds,
     #[cfg(feature = "redis")]
     redis: Option<RedisBackend>,
 }
@@ -194,6 +197,7 @@ impl ThrottleBuilder {
                 mem,
                 inflight,
                 policy_header: HeaderValue::from_static(""),
+                field_prefix: format!("\"{}\";r=", p.name).into(),
                 quota,
                 window,
             };
@@ -207,7 +211,7 @@ impl ThrottleBuilder {
                 resolver: self.resolver,
                 v6_prefix: self.v6_prefix,
                 headers_on_allowed: self.headers_on_allowed,
-                hasher: std::hash::RandomState::new(),
+                hasher: Seeds::random(),
                 #[cfg(feature = "redis")]
                 redis: self.redis,
             }),
@@ -312,7 +316,7 @@ trait Sink {
     fn bytes(&mut self, tag: u8, b: &[u8]);
 }
 
-impl Sink for std::hash::DefaultHasher {
+impl Sink for FastHasher {
     #[inline]
     fn ip(&mut self, ip: IpAddr) {
         match ip {
@@ -467,7 +471,7 @@ impl std::fmt::Debug for InFlightGuards {
 
 /// Result of the sync part of a decision.
 struct Plan {
-    applied: Vec<Applied>,
+    applied: InlineList<Applied, 4>,
     guards: Option<InFlightGuards>,
 }
 
@@ -475,7 +479,7 @@ struct Plan {
 struct Fold {
     denial: Option<Denial>,
     wait: u64,
-    fields: Vec<(usize, u64, Option<u64>)>,
+    fields: InlineList<(usize, u64, Option<u64>), 4>,
 }
 
 fn secs_up(ns: u64) -> u64 {
@@ -533,17 +537,15 @@ impl Fold {
         }
     }
 
-    fn headers(&self, shared: &Shared) -> Option<Vec<(HeaderValue, HeaderValue)>> {
+    fn headers(&self, shared: &Shared) -> Option<RateLimitFields> {
         if self.fields.is_empty() {
             return None;
         }
-        let mut out = Vec::with_capacity(self.fields.len());
-        for &(i, r, t) in &self.fields {
+        let mut out = InlineList::default();
+        for &(i, r, t) in self.fields.iter() {
             let p = &shared.policies[i];
-            let mut s = String::with_capacity(p.name.len() + 24);
-            s.push('"');
-            s.push_str(&p.name);
-            s.push_str("\";r=");
+            let mut s = String::with_capacity(p.field_prefix.len() + 24);
+            s.push_str(&p.field_prefix);
             push_u64(&mut s, r);
             if let Some(t) = t {
                 s.push_str(";t=");
@@ -553,7 +555,16 @@ impl Fold {
                 .unwrap_or_else(|_| HeaderValue::from_static(""));
             out.push((p.policy_header.clone(), v));
         }
-        Some(out)
+        Some(RateLimitFields(out))
+    }
+}
+
+/// `RateLimit-Policy`/`RateLimit` field pairs waiting to be added to an allowed response.
+pub struct RateLimitFields(InlineList<(HeaderValue, HeaderValue), 2>);
+
+impl std::fmt::Debug for RateLimitFields {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RateLimitFields(..)")
     }
 }
 
@@ -579,9 +590,10 @@ impl Shared {
             .get::<ClientIp>()
             .copied()
             .or_else(|| self.resolver.resolve(req).map(ClientIp));
-        let grpc_deadline = grpc_timeout(req.headers());
+        // parsed only when a Delay policy applies
+        let mut grpc_deadline: Option<Option<Duration>> = None;
         let mut plan = Plan {
-            applied: Vec::with_capacity(self.policies.len()),
+            applied: InlineList::default(),
             guards: None,
         };
         let mut denial: Option<Denial> = None;
@@ -636,7 +648,8 @@ impl Shared {
             let max_wait = match p.action {
                 Action::Reject => 0,
                 Action::Delay { max_wait } => {
-                    let w = grpc_deadline.map_or(max_wait, |g| g.min(max_wait));
+                    let g = *grpc_deadline.get_or_insert_with(|| grpc_timeout(req.headers()));
+                    let w = g.map_or(max_wait, |g| g.min(max_wait));
                     w.as_nanos().min(u128::from(u64::MAX)) as u64
                 }
             };
@@ -662,10 +675,13 @@ impl Shared {
 
     fn decide_memory(&self, plan: &Plan, ext: &http::Extensions) -> Fold {
         let mut fold = Fold::default();
-        for a in &plan.applied {
+        // one clock read per request (all tables share the layer's clock)
+        let mut now = None;
+        for a in plan.applied.iter() {
             let p = &self.policies[a.idx];
             let mem = p.mem.as_ref().expect("rate table");
-            let v = mem.decide(a.hash, &p.gcra, a.cost, a.max_wait);
+            let now = *now.get_or_insert_with(|| mem.now());
+            let v = mem.decide_at(now, a.hash, &p.gcra, a.cost, a.max_wait);
             fold.verdict(self, a, v, ext);
         }
         fold
@@ -679,7 +695,7 @@ impl Shared {
         ext: &http::Extensions,
     ) -> Fold {
         let mut fold = Fold::default();
-        for a in &plan.applied {
+        for a in plan.applied.iter() {
             let p = &self.policies[a.idx];
             let limit = Gcra {
                 emission_interval: Duration::from_nanos(p.gcra.t),
@@ -749,7 +765,7 @@ pin_project! {
             #[pin]
             fut: F,
             guards: Option<InFlightGuards>,
-            headers: Option<Vec<(HeaderValue, HeaderValue)>>,
+            headers: Option<RateLimitFields>,
         },
         /// Refused.
         Denied { res: Option<Response<B>> },
@@ -758,10 +774,10 @@ pin_project! {
     }
 }
 
-fn add_headers<B>(res: &mut Response<B>, headers: Option<Vec<(HeaderValue, HeaderValue)>>) {
+fn add_headers<B>(res: &mut Response<B>, headers: Option<RateLimitFields>) {
     if let Some(hs) = headers {
         let map = res.headers_mut();
-        for (p, r) in hs {
+        for (p, r) in hs.0 {
             map.append(RATELIMIT_POLICY.clone(), p);
             map.append(RATELIMIT.clone(), r);
         }

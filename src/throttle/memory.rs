@@ -225,11 +225,29 @@ impl MemoryRateStore {
         }
     }
 
-    /// One decision for a pre-hashed key. `now` is monotonic nanoseconds.
+    /// The store's time in nanoseconds, as [`decide_at`](Self::decide_at) expects it.
+    #[inline]
+    pub(crate) fn now(&self) -> u64 {
+        // +1 so that time zero of a fresh manual clock is "after" an empty TAT of 0
+        nanos(self.clock.monotonic()) + 1
+    }
+
+    /// One decision for a pre-hashed key at the clock's current time.
     #[inline]
     pub(crate) fn decide(&self, hash: u64, limit: &GcraNs, cost: u32, max_wait: u64) -> Verdict {
-        // +1 so that time zero of a fresh manual clock is "after" an empty TAT of 0
-        let now = nanos(self.clock.monotonic()) + 1;
+        self.decide_at(self.now(), hash, limit, cost, max_wait)
+    }
+
+    /// One decision for a pre-hashed key; `now` comes from [`now`](Self::now).
+    #[inline]
+    pub(crate) fn decide_at(
+        &self,
+        now: u64,
+        hash: u64,
+        limit: &GcraNs,
+        cost: u32,
+        max_wait: u64,
+    ) -> Verdict {
         let hash = if hash == OVERFLOW { OVERFLOW - 1 } else { hash };
         let shard = &self.shards[(hash >> 58) as usize];
         let mut g = match shard.inner.lock() {
@@ -282,8 +300,8 @@ impl From<Gcra> for GcraNs {
 
 pub(crate) fn hash_bytes(key: &[u8]) -> u64 {
     use std::hash::BuildHasher;
-    static SEED: std::sync::OnceLock<std::hash::RandomState> = std::sync::OnceLock::new();
-    SEED.get_or_init(std::hash::RandomState::new).hash_one(key)
+    static SEED: std::sync::OnceLock<super::fast::Seeds> = std::sync::OnceLock::new();
+    SEED.get_or_init(super::fast::Seeds::random).hash_one(key)
 }
 
 impl RateStore for MemoryRateStore {

@@ -67,6 +67,7 @@
 //!   `max_wait`).
 
 pub mod config;
+mod fast;
 mod layer;
 pub mod memory;
 mod policy;
