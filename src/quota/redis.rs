@@ -5,7 +5,7 @@
 //! is left unchanged), and it expires at the window's end (`EXPIREAT`), so the next period
 //! starts with a new key and nothing needs sweeping. Keys are
 //! `<redis prefix>:<quota prefix>{<caller>}:<quota>:<period label>`, e.g.
-//! `tower-shield:quota:{p:alice}:monthly:2026-11`: the caller is the Redis Cluster hash tag,
+//! `tower-shield:quota:{p%3Aalice}:monthly:2026-11`: the caller is the Redis Cluster hash tag,
 //! so all counters of one caller live on one slot.
 //!
 //! Errors ([`StoreError`]) never contain the connection password; calls are bounded by the
