@@ -22,9 +22,14 @@
 //! cost = 10
 //!
 //! [quota.store]
-//! kind = "durable"                   # or "memory" (default)
+//! kind = "durable"                   # or "memory" (default), or "redis" (feature `redis`)
 //! path = "/var/lib/shop/quota.redb"
 //! flush_interval_ms = 250            # the loss window on a crash
+//! # with kind = "redis" instead:
+//! # url_env = "QUOTA_REDIS_URL"      # or url = "redis://:pw@host:6379/0"
+//! # timeout_ms = 50                  # per call; then failure_mode applies
+//! # key_prefix = "shop"
+//! # failure_mode = "local_fallback"  # overrides quota.failure_mode
 //! ```
 //!
 //! ```
@@ -135,6 +140,16 @@ pub struct StoreConfig {
     pub flush_interval_ms: Option<u64>,
     /// Bound on live counters.
     pub max_keys: Option<usize>,
+    /// Redis URL (`redis://[:password@]host:port[/db]`); prefer `url_env`.
+    pub url: Option<String>,
+    /// Name of the environment variable holding the Redis URL.
+    pub url_env: Option<String>,
+    /// Per-call Redis timeout in milliseconds (default 50).
+    pub timeout_ms: Option<u64>,
+    /// Redis key prefix (default `tower-shield`).
+    pub key_prefix: Option<String>,
+    /// Failure mode of the store (overrides `quota.failure_mode`).
+    pub failure_mode: Option<FailureMode>,
 }
 
 /// Store kinds.
@@ -146,6 +161,8 @@ pub enum StoreKind {
     Memory,
     /// Durable single-node (redb).
     Durable,
+    /// Redis, shared by a fleet (feature `redis`).
+    Redis,
 }
 
 impl QuotaItemConfig {
@@ -222,7 +239,23 @@ impl QuotaConfig {
     }
 
     /// Builds the layer reading time from `clock`.
+    /// With `kind = "redis"`, call inside a Tokio runtime (the connection is created lazily).
     pub fn build_with_clock(&self, clock: SharedClock) -> Result<QuotaLayer, ConfigError> {
+        if self.store.kind != StoreKind::Redis {
+            for (set, key) in [
+                (self.store.url.is_some(), "url"),
+                (self.store.url_env.is_some(), "url_env"),
+                (self.store.timeout_ms.is_some(), "timeout_ms"),
+                (self.store.key_prefix.is_some(), "key_prefix"),
+            ] {
+                if set {
+                    return Err(ConfigError::invalid(
+                        format!("quota.store.{key}"),
+                        "only a redis store takes this",
+                    ));
+                }
+            }
+        }
         let store = match self.store.kind {
             StoreKind::Memory => {
                 if self.store.path.is_some() {
@@ -262,12 +295,14 @@ impl QuotaConfig {
                     ConfigError::invalid("quota.store.path", format!("cannot open: {e}"))
                 })?)
             }
+            StoreKind::Redis => self.redis_store()?,
         };
+        let failure_mode = self.store.failure_mode.unwrap_or(self.failure_mode);
         let mut b = QuotaLayer::builder()
             .store(store)
             .clock(clock)
             .count_policy(self.count)
-            .failure_mode(self.failure_mode)
+            .failure_mode(failure_mode)
             .shadow(self.shadow)
             .headers_on_success(self.headers.unwrap_or(true))
             .default_cost(self.default_cost.unwrap_or(1));
@@ -329,6 +364,83 @@ impl QuotaConfig {
         }
         b.build()
     }
+
+    #[cfg(feature = "redis")]
+    fn redis_store(&self) -> Result<QuotaStore, ConfigError> {
+        let st = &self.store;
+        if st.path.is_some() || st.flush_interval_ms.is_some() || st.max_keys.is_some() {
+            let key = if st.path.is_some() {
+                "path"
+            } else if st.flush_interval_ms.is_some() {
+                "flush_interval_ms"
+            } else {
+                "max_keys"
+            };
+            return Err(ConfigError::invalid(
+                format!("quota.store.{key}"),
+                "a redis store does not take this",
+            ));
+        }
+        let url = match (&st.url, &st.url_env) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::invalid(
+                    "quota.store.url",
+                    "give either url or url_env, not both",
+                ));
+            }
+            (Some(u), None) => u.clone(),
+            (None, Some(var)) => std::env::var(var).map_err(|_| {
+                ConfigError::invalid(
+                    "quota.store.url_env",
+                    format!("environment variable {var:?} is not set"),
+                )
+            })?,
+            (None, None) => {
+                return Err(ConfigError::invalid(
+                    "quota.store.url",
+                    "a redis store needs url or url_env",
+                ));
+            }
+        };
+        let timeout = st.timeout_ms.unwrap_or(50);
+        if timeout == 0 {
+            return Err(ConfigError::invalid(
+                "quota.store.timeout_ms",
+                "must be positive",
+            ));
+        }
+        let mut cb =
+            crate::store::redis::RedisConn::builder(url).timeout(Duration::from_millis(timeout));
+        if let Some(p) = &st.key_prefix {
+            if p.is_empty() || p.contains(['{', '}']) {
+                return Err(ConfigError::invalid(
+                    "quota.store.key_prefix",
+                    "must be non-empty and contain no braces",
+                ));
+            }
+            cb = cb.key_prefix(p.clone());
+        }
+        let url_key = if st.url_env.is_some() {
+            "quota.store.url_env"
+        } else {
+            "quota.store.url"
+        };
+        let conn = cb.build_lazy().map_err(|e| match e {
+            ConfigError::Invalid { reason, .. } => ConfigError::invalid(url_key, reason),
+            other => other,
+        })?;
+        Ok(QuotaStore::Redis(super::redis::RedisCounterStore::new(
+            conn,
+        )))
+    }
+
+    #[cfg(not(feature = "redis"))]
+    fn redis_store(&self) -> Result<QuotaStore, ConfigError> {
+        Err(ConfigError::invalid(
+            "quota.store.kind",
+            "a redis store needs the `redis` cargo feature",
+        ))
+    }
 }
 
 #[cfg(test)]
@@ -379,6 +491,58 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn redis_store_keys_are_checked() {
+        const P: &str =
+            "[plans]\nfree = [{ name = \"m\", limit = 1, window = \"day\" }]\n[store]\n";
+        assert!(err(&format!("{P}url = \"redis://h\"")).starts_with("quota.store.url"));
+        #[cfg(feature = "redis")]
+        {
+            assert!(err(&format!("{P}kind = \"redis\"")).starts_with("quota.store.url"));
+            assert!(
+                err(&format!(
+                    "{P}kind = \"redis\"\nurl_env = \"TOWER_SHIELD_NO_SUCH_VAR\""
+                ))
+                .starts_with("quota.store.url_env")
+            );
+            assert!(
+                err(&format!(
+                    "{P}kind = \"redis\"\nurl = \"redis://h\"\ntimeout_ms = 0"
+                ))
+                .starts_with("quota.store.timeout_ms")
+            );
+            let e = err(&format!("{P}kind = \"redis\"\nurl = \"nope://:hunter2@h\""));
+            assert!(e.starts_with("quota.store.url"), "{e}");
+            assert!(!e.contains("hunter2"), "{e}");
+        }
+        #[cfg(not(feature = "redis"))]
+        assert!(
+            err(&format!("{P}kind = \"redis\"\nurl = \"redis://h\""))
+                .starts_with("quota.store.kind")
+        );
+    }
+
+    #[cfg(feature = "redis")]
+    #[tokio::test]
+    async fn redis_section_builds_lazily() {
+        let cfg: QuotaConfig = toml::from_str(
+            r#"
+            failure_mode = "reject"
+            [plans]
+            free = [{ name = "monthly", limit = 6000, window = "month" }]
+            [store]
+            kind = "redis"
+            url = "redis://:pw@127.0.0.1:1/0"
+            timeout_ms = 20
+            key_prefix = "shop"
+            failure_mode = "local_fallback"
+            "#,
+        )
+        .unwrap();
+        let layer = cfg.build().unwrap();
+        assert!(!format!("{layer:?}").contains("pw@"));
     }
 
     #[test]

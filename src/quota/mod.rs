@@ -17,8 +17,9 @@
 //!
 //! Windows ([`Window`]) are calendar hours, days, weeks, months and years in UTC, a fixed
 //! offset or an IANA zone (DST-safe), with a billing anchor ("resets on the 15th"), or
-//! rolling windows. Stores: [`MemoryCounterStore`] (default) and [`DurableCounterStore`]
-//! (redb, write-behind, survives restarts; see [`store`] for the loss window).
+//! rolling windows. Stores: [`MemoryCounterStore`] (default), [`DurableCounterStore`]
+//! (redb, write-behind, survives restarts; see [`store`] for the loss window) and, with
+//! feature `redis`, `RedisCounterStore` (one quota shared by a fleet).
 //!
 //! ```
 //! use std::sync::Arc;
@@ -58,7 +59,7 @@
 //! ```
 //!
 //! # Deployment caveats
-//! - Several instances need a shared store (Redis) to enforce one quota; the memory and
+//! - Several instances need the shared Redis store to enforce one quota; the memory and
 //!   durable stores count per process.
 //! - Multiple quotas are counted one after the other and rolled back when a later one
 //!   refuses; a concurrent request may briefly see the rolled-back units and be refused
@@ -67,6 +68,8 @@
 
 pub mod config;
 mod layer;
+#[cfg(feature = "redis")]
+pub mod redis;
 pub mod store;
 pub mod window;
 
@@ -74,5 +77,7 @@ pub use layer::{
     Caller, CountPolicy, KeyFallback, LimitProvider, Limits, PlanTable, QUOTA_EXCEEDED_TYPE, Quota,
     QuotaLayer, QuotaLayerBuilder, QuotaService, QuotaUsage, ResponseFuture, UnknownPlan,
 };
+#[cfg(feature = "redis")]
+pub use redis::RedisCounterStore;
 pub use store::{DurableCounterStore, DurableOptions, MemoryCounterStore, QuotaStore};
 pub use window::{Period, Span, Window, Zone};

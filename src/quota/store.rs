@@ -480,6 +480,9 @@ pub enum QuotaStore {
     Memory(MemoryCounterStore),
     /// Durable, single node.
     Durable(DurableCounterStore),
+    /// Redis, shared by a fleet (feature `redis`).
+    #[cfg(feature = "redis")]
+    Redis(super::redis::RedisCounterStore),
 }
 
 impl Default for QuotaStore {
@@ -500,13 +503,43 @@ impl From<DurableCounterStore> for QuotaStore {
     }
 }
 
+#[cfg(feature = "redis")]
+impl From<super::redis::RedisCounterStore> for QuotaStore {
+    fn from(s: super::redis::RedisCounterStore) -> Self {
+        QuotaStore::Redis(s)
+    }
+}
+
 impl QuotaStore {
-    fn table(&self) -> &Table {
+    fn table(&self) -> Option<&Table> {
         match self {
-            QuotaStore::Memory(m) => &m.table,
-            QuotaStore::Durable(d) => &d.inner.table,
+            QuotaStore::Memory(m) => Some(&m.table),
+            QuotaStore::Durable(d) => Some(&d.inner.table),
+            #[cfg(feature = "redis")]
+            QuotaStore::Redis(_) => None,
         }
     }
+}
+
+/// The Redis store's future, or a ready result for the in-process stores.
+macro_rules! dispatch {
+    ($self:ident, $r:ident => $redis:expr, $t:ident => $local:expr) => {{
+        #[cfg(feature = "redis")]
+        {
+            match $self {
+                QuotaStore::Redis($r) => futures_util::future::Either::Left($redis),
+                _ => {
+                    let $t = $self.table().expect("in-process store");
+                    futures_util::future::Either::Right(std::future::ready($local))
+                }
+            }
+        }
+        #[cfg(not(feature = "redis"))]
+        {
+            let $t = $self.table().expect("in-process store");
+            std::future::ready($local)
+        }
+    }};
 }
 
 impl CounterStore for QuotaStore {
@@ -517,14 +550,17 @@ impl CounterStore for QuotaStore {
         limit: u64,
         window_end: SystemTime,
     ) -> impl Future<Output = Result<CounterDecision, StoreError>> + Send {
-        std::future::ready(self.table().add_within(key, cost, limit, window_end))
+        dispatch!(self, r => r.add_within(key, cost, limit, window_end),
+            t => t.add_within(key, cost, limit, window_end))
     }
     fn refund(&self, key: &[u8], cost: u64) -> impl Future<Output = Result<(), StoreError>> + Send {
-        self.table().refund(key, cost);
-        std::future::ready(Ok(()))
+        dispatch!(self, r => r.refund(key, cost), t => {
+            t.refund(key, cost);
+            Ok(())
+        })
     }
     fn get(&self, key: &[u8]) -> impl Future<Output = Result<u64, StoreError>> + Send {
-        std::future::ready(Ok(self.table().get(key)))
+        dispatch!(self, r => r.get(key), t => Ok(t.get(key)))
     }
 }
 

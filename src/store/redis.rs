@@ -226,6 +226,16 @@ impl RedisConn {
         out
     }
 
+    /// The key `<prefix>:<key>` with `key` used verbatim: for callers that build their own
+    /// key with a cluster hash tag (the quota store's keys carry `{<caller>}` already).
+    pub fn prefixed(&self, key: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.inner.prefix.len() + key.len() + 1);
+        out.extend_from_slice(self.inner.prefix.as_bytes());
+        out.push(b':');
+        out.extend_from_slice(key);
+        out
+    }
+
     /// Runs a Lua script (EVALSHA, loading it on first use) with `keys` and `args` and
     /// converts the reply, within the per-call timeout.
     pub async fn eval<T: FromRedisValue>(

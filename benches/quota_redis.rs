@@ -1,0 +1,159 @@
+//! Quota decisions per second through the Redis store from 64 concurrent tasks, against an
+//! own `redis-server` on a free port. Compare with `redis-benchmark` running the same script
+//! (the bench prints the exact command and the script's SHA).
+//!
+//! `cargo bench --bench quota_redis --features quota,redis -- --warm-up-time 1 --measurement-time 3`
+
+use std::convert::Infallible;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use http::{Request, Response};
+use http_body_util::Full;
+use tower::{Service, ServiceExt};
+use tower_shield::quota::{Quota, QuotaLayer, QuotaStore, RedisCounterStore, Window};
+use tower_shield::store::CounterStore;
+use tower_shield::store::redis::RedisConn;
+use tower_shield::{CredentialKind, Principal};
+
+const TASKS: u64 = 64;
+const LIMIT: u64 = 1_000_000_000_000_000;
+
+struct RedisServer {
+    port: u16,
+    child: Child,
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start() -> RedisServer {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server must be installed");
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    RedisServer { port, child }
+}
+
+fn bench(c: &mut Criterion) {
+    let redis = start();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let url = format!("redis://127.0.0.1:{}/0", redis.port);
+    let store = rt.block_on(async {
+        let conn = RedisConn::builder(url)
+            .key_prefix("bench")
+            .timeout(Duration::from_secs(5))
+            .connect()
+            .await
+            .unwrap();
+        RedisCounterStore::new(conn)
+    });
+    let sha = String::from_utf8(
+        Command::new("redis-cli")
+            .args(["-p", &redis.port.to_string(), "SCRIPT", "LOAD"])
+            .arg(RedisCounterStore::add_within_script())
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    eprintln!(
+        "compare: redis-benchmark -p {} -n 200000 -c 64 -P 16 EVALSHA {} 1 'bench:q:{{rb}}:m:x' 1 {LIMIT} 4102444800",
+        redis.port,
+        sha.trim()
+    );
+    let end = SystemTime::now() + Duration::from_secs(86_400);
+
+    let mut g = c.benchmark_group("quota_redis");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("store_add_within_64_tasks", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let per = iters.div_ceil(TASKS);
+                let t0 = Instant::now();
+                let tasks: Vec<_> = (0..TASKS)
+                    .map(|i| {
+                        let s = store.clone();
+                        tokio::spawn(async move {
+                            let key = format!("{{c{}}}:m:x", i % 8);
+                            for _ in 0..per {
+                                s.add_within(key.as_bytes(), 1, LIMIT, end).await.unwrap();
+                            }
+                        })
+                    })
+                    .collect();
+                for t in tasks {
+                    t.await.unwrap();
+                }
+                t0.elapsed().mul_f64(iters as f64 / (per * TASKS) as f64)
+            })
+        })
+    });
+
+    let layer = QuotaLayer::builder()
+        .store(QuotaStore::Redis(store.clone()))
+        .plan("free", [Quota::new("monthly", LIMIT, Window::month())])
+        .default_plan("free")
+        .build()
+        .unwrap();
+    let svc = tower::ServiceBuilder::new()
+        .layer(layer)
+        .service_fn(|_req: Request<()>| async {
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+        });
+    g.bench_function("layer_request_64_tasks", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let per = iters.div_ceil(TASKS);
+                let t0 = Instant::now();
+                let tasks: Vec<_> = (0..TASKS)
+                    .map(|i| {
+                        let mut svc = svc.clone();
+                        tokio::spawn(async move {
+                            let p = Principal::new(format!("c{}", i % 8), CredentialKind::ApiKey);
+                            for _ in 0..per {
+                                let mut req = Request::get("/x").body(()).unwrap();
+                                req.extensions_mut().insert(p.clone());
+                                let res = svc.ready().await.unwrap().call(req).await.unwrap();
+                                assert_eq!(res.status(), 200);
+                            }
+                        })
+                    })
+                    .collect();
+                for t in tasks {
+                    t.await.unwrap();
+                }
+                t0.elapsed().mul_f64(iters as f64 / (per * TASKS) as f64)
+            })
+        })
+    });
+    g.finish();
+    drop(redis);
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,0 +1,307 @@
+//! The quota layer's Redis store against a real `redis-server` started by the test on a
+//! free port (never 127.0.0.1:6379).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::routing::get;
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use tower::{ServiceBuilder, ServiceExt};
+use tower_shield::quota::{Quota, QuotaLayer, QuotaStore, RedisCounterStore, Window};
+use tower_shield::store::redis::RedisConn;
+use tower_shield::store::{CounterDecision, CounterStore, FailureMode};
+use tower_shield::{CredentialKind, Principal};
+
+struct RedisServer {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut s = Self { port, child: None };
+        s.spawn();
+        s
+    }
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed");
+        self.child = Some(child);
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("redis-server did not start");
+    }
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+    fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli must be installed");
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn store(url: &str, prefix: &str) -> RedisCounterStore {
+    let conn = RedisConn::builder(url)
+        .key_prefix(prefix)
+        .timeout(Duration::from_millis(300))
+        .connect_timeout(Duration::from_millis(200))
+        .build_lazy()
+        .unwrap();
+    RedisCounterStore::new(conn)
+}
+
+fn layer(url: &str, prefix: &str, quotas: Vec<Quota>, mode: FailureMode) -> QuotaLayer {
+    QuotaLayer::builder()
+        .store(QuotaStore::Redis(store(url, prefix)))
+        .failure_mode(mode)
+        .plan("free", quotas)
+        .default_plan("free")
+        .build()
+        .unwrap()
+}
+
+fn alice<B>(mut req: Request<B>) -> Request<B> {
+    req.extensions_mut()
+        .insert(Principal::new("alice", CredentialKind::ApiKey).with_plan("free"));
+    req
+}
+
+type Ready = std::future::Ready<Result<Response<Full<Bytes>>, Infallible>>;
+fn ok(_req: Request<()>) -> Ready {
+    std::future::ready(Ok(Response::new(Full::new(Bytes::from("ok")))))
+}
+
+async fn status(l: &QuotaLayer) -> u16 {
+    let svc = ServiceBuilder::new()
+        .layer(l.clone())
+        .service_fn(ok as fn(Request<()>) -> Ready);
+    let req = alice(Request::get("/products").body(()).unwrap());
+    svc.oneshot(req).await.unwrap().status().as_u16()
+}
+
+fn secs(t: SystemTime) -> u64 {
+    let d = t.duration_since(UNIX_EPOCH).unwrap();
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_calls_against_remaining_n_admit_exactly_n() {
+    let redis = RedisServer::start();
+    let s = store(&redis.url(), "exact");
+    let end = SystemTime::now() + Duration::from_secs(3600);
+    // 30 units used already: 50 remain of 80
+    assert_eq!(
+        s.add_within(b"{c}:m:x", 30, 80, end).await.unwrap(),
+        CounterDecision::Counted { used: 30 }
+    );
+    let tasks: Vec<_> = (0..300)
+        .map(|_| {
+            let s = s.clone();
+            tokio::spawn(async move { s.add_within(b"{c}:m:x", 1, 80, end).await.unwrap() })
+        })
+        .collect();
+    let mut counted = 0;
+    for t in tasks {
+        if let CounterDecision::Counted { used } = t.await.unwrap() {
+            assert!(used <= 80);
+            counted += 1;
+        }
+    }
+    assert_eq!(counted, 50);
+    assert_eq!(s.get(b"{c}:m:x").await.unwrap(), 80);
+    assert_eq!(redis.cli(&["GET", "exact:{c}:m:x"]), "80");
+    // refused without incrementing; refund floors at zero and keeps the expiry
+    assert_eq!(
+        s.add_within(b"{c}:m:x", 1, 80, end).await.unwrap(),
+        CounterDecision::Exceeded { used: 80 }
+    );
+    s.refund(b"{c}:m:x", 70).await.unwrap();
+    assert_eq!(s.get(b"{c}:m:x").await.unwrap(), 10);
+    s.refund(b"{c}:m:x", 70).await.unwrap();
+    assert_eq!(s.get(b"{c}:m:x").await.unwrap(), 0);
+    assert_eq!(
+        redis.cli(&["EXPIRETIME", "exact:{c}:m:x"]),
+        secs(end).to_string()
+    );
+    // refunding an absent counter does not create it
+    s.refund(b"{c}:absent", 3).await.unwrap();
+    assert_eq!(redis.cli(&["EXISTS", "exact:{c}:absent"]), "0");
+}
+
+async fn serve_axum(layer: QuotaLayer) -> SocketAddr {
+    let app = Router::new()
+        .route("/products", get(|| async { "[]" }))
+        .layer(layer)
+        .layer(tower::util::MapRequestLayer::new(alice::<axum::body::Body>));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .unwrap();
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_over_http_enforce_one_quota_keyed_by_period() {
+    let redis = RedisServer::start();
+    let quotas = || {
+        vec![
+            Quota::new("monthly", 40, Window::month()),
+            Quota::new("daily", 1000, Window::day()),
+        ]
+    };
+    let a = serve_axum(layer(&redis.url(), "fleet", quotas(), FailureMode::Reject)).await;
+    let b = serve_axum(layer(&redis.url(), "fleet", quotas(), FailureMode::Reject)).await;
+    let client = reqwest::Client::new();
+    let tasks: Vec<_> = (0..120)
+        .map(|i| {
+            let url = format!("http://{}/products", if i % 2 == 0 { a } else { b });
+            let client = client.clone();
+            tokio::spawn(async move { client.get(url).send().await.unwrap().status().as_u16() })
+        })
+        .collect();
+    let (mut admitted, mut refused) = (0, 0);
+    for t in tasks {
+        match t.await.unwrap() {
+            200 => admitted += 1,
+            429 => refused += 1,
+            s => panic!("unexpected status {s}"),
+        }
+    }
+    assert_eq!((admitted, refused), (40, 80));
+
+    // keys carry the period label and expire at the window end
+    let now = SystemTime::now();
+    let month = Window::month().span(now);
+    let day = Window::day().span(now);
+    let mkey = format!("fleet:quota:{{p%3Aalice}}:monthly:{}", month.label);
+    let dkey = format!("fleet:quota:{{p%3Aalice}}:daily:{}", day.label);
+    assert!(
+        month.label.len() == 7 && month.label.starts_with("20"),
+        "{}",
+        month.label
+    );
+    assert_eq!(redis.cli(&["GET", &mkey]), "40");
+    // all-or-nothing: refused calls did not burn the daily quota either
+    assert_eq!(redis.cli(&["GET", &dkey]), "40");
+    assert_eq!(
+        redis.cli(&["EXPIRETIME", &mkey]),
+        secs(month.end).to_string()
+    );
+    assert_eq!(redis.cli(&["EXPIRETIME", &dkey]), secs(day.end).to_string());
+    let mut keys: Vec<String> = redis
+        .cli(&["--scan", "--pattern", "fleet:*"])
+        .lines()
+        .map(str::to_string)
+        .collect();
+    keys.sort();
+    let mut want = vec![dkey, mkey];
+    want.sort();
+    assert_eq!(keys, want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failure_modes_when_redis_dies_and_counting_resumes_after_restart() {
+    let mut redis = RedisServer::start();
+    let q = || vec![Quota::new("monthly", 2, Window::month())];
+    let reject = layer(&redis.url(), "reject", q(), FailureMode::Reject);
+    let allow = layer(&redis.url(), "allow", q(), FailureMode::Allow);
+    let local = layer(&redis.url(), "local", q(), FailureMode::LocalFallback);
+    for l in [&reject, &allow, &local] {
+        assert_eq!(status(l).await, 200);
+    }
+    redis.kill();
+    for _ in 0..3 {
+        assert_eq!(status(&reject).await, 503);
+    }
+    for _ in 0..5 {
+        assert_eq!(status(&allow).await, 200);
+    }
+    // LocalFallback: this instance enforces the quota in its own memory (fresh state)
+    assert_eq!(status(&local).await, 200);
+    assert_eq!(status(&local).await, 200);
+    assert_eq!(status(&local).await, 429);
+    // usage read-back reports the store error instead of panicking
+    assert!(
+        reject
+            .usage_of(&Principal::new("alice", CredentialKind::ApiKey).with_plan("free"))
+            .await
+            .is_err()
+    );
+
+    redis.spawn();
+    // the connection reconnects; Redis lost its state (no persistence): counting restarts
+    let mut first = 0;
+    for _ in 0..100 {
+        first = status(&reject).await;
+        if first == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(first, 200, "counting resumes after restart");
+    assert_eq!(status(&reject).await, 200);
+    assert_eq!(status(&reject).await, 429);
+    let label = Window::month().span(SystemTime::now()).label;
+    assert_eq!(
+        redis.cli(&[
+            "GET",
+            &format!("reject:quota:{{p%3Aalice}}:monthly:{label}")
+        ]),
+        "2"
+    );
+}
+
+#[tokio::test]
+async fn errors_never_show_the_password() {
+    // nothing listens on port 1
+    let conn = RedisConn::builder("redis://:hunter2@127.0.0.1:1/0")
+        .timeout(Duration::from_millis(100))
+        .connect_timeout(Duration::from_millis(100))
+        .build_lazy()
+        .unwrap();
+    let s = RedisCounterStore::new(conn);
+    let e = s.get(b"k").await.unwrap_err();
+    assert!(!e.to_string().contains("hunter2"), "{e}");
+    assert!(!format!("{s:?}").contains("hunter2"));
+}
