@@ -85,6 +85,9 @@ mod extract;
 mod introspect;
 mod jwt;
 mod lockout;
+#[cfg(feature = "redis")]
+mod lockout_redis;
+mod login;
 
 use std::borrow::Cow;
 use std::fmt;
@@ -110,7 +113,9 @@ pub use introspect::{
     IntrospectionFailure, Introspector, IntrospectorBuilder, OnIntrospectionError,
 };
 pub use jwt::{JwtVerifier, JwtVerifierBuilder, KeySet, RemoteSource, TokenError};
-pub use lockout::{Lockout, LockoutPolicy};
+pub use lockout::{Lockout, LockoutPolicy, LockoutStore, MemoryLockoutStore};
+#[cfg(feature = "redis")]
+pub use lockout_redis::RedisLockoutStore;
 
 use crate::body::BodyFromBytes;
 use crate::client_ip::{ClientIpResolver, client_ip_of};
@@ -119,6 +124,8 @@ use crate::denial::{Denial, Renderer};
 use crate::error::ConfigError;
 use crate::principal::{CredentialKind, Principal};
 use crate::route::{RoutePattern, RouteSet};
+#[cfg(feature = "redis")]
+use crate::store::FailureMode;
 
 const LAYER: &str = "auth";
 
@@ -237,6 +244,8 @@ struct Core {
     default_rule: RouteRule,
     default_scopes: Option<(String, String)>,
     lockout: Option<Arc<Lockout>>,
+    login_field: Option<String>,
+    login_body_limit: usize,
     resolver: ClientIpResolver,
     clock: SharedClock,
     max_token_len: usize,
@@ -268,6 +277,10 @@ pub struct AuthLayerBuilder {
     default_rule: RouteRule,
     default_scopes: Option<(String, String)>,
     lockout: Option<LockoutPolicy>,
+    #[cfg(feature = "redis")]
+    lockout_redis: Option<(RedisLockoutStore, FailureMode)>,
+    login_field: Option<String>,
+    login_body_limit: usize,
     resolver: ClientIpResolver,
     clock: SharedClock,
     renderer: Renderer,
@@ -357,9 +370,32 @@ impl AuthLayerBuilder {
         self.default_scopes = Some((read.into(), write.into()));
         self
     }
-    /// Enables the failure lockout.
+    /// Enables the failure lockout (state in this instance's memory unless
+    /// [`lockout_redis`](Self::lockout_redis) is set).
     pub fn lockout(mut self, policy: LockoutPolicy) -> Self {
         self.lockout = Some(policy);
+        self
+    }
+    /// Keeps the lockout state in Redis, shared by every instance on the same server and
+    /// key prefix; `failure_mode` applies when Redis fails: `Reject` refuses requests (503),
+    /// `Allow` disables the lockout, `LocalFallback` counts in this instance's memory.
+    #[cfg(feature = "redis")]
+    pub fn lockout_redis(mut self, store: RedisLockoutStore, failure_mode: FailureMode) -> Self {
+        self.lockout_redis = Some((store, failure_mode));
+        self
+    }
+    /// On [login routes](RouteRule::login), also counts the app's 401/403 answers for the
+    /// username in this field of a form (`application/x-www-form-urlencoded`) or JSON body,
+    /// and refuses a banned username. The body is buffered up to
+    /// [`login_body_limit`](Self::login_body_limit) and passed on unchanged.
+    pub fn login_username_field(mut self, field: impl Into<String>) -> Self {
+        self.login_field = Some(field.into());
+        self
+    }
+    /// Largest login body inspected for the username (default 16 KiB). Larger bodies are
+    /// passed on without inspection.
+    pub fn login_body_limit(mut self, bytes: usize) -> Self {
+        self.login_body_limit = bytes;
         self
     }
     /// The client address resolver (used when no outer layer resolved it).
@@ -425,6 +461,32 @@ impl AuthLayerBuilder {
                 dummy,
             }
         });
+        if self.login_field.as_deref().is_some_and(str::is_empty) {
+            return Err(ConfigError::invalid(
+                "auth.lockout.username_field",
+                "expected a field name",
+            ));
+        }
+        if self.login_field.is_some() && self.lockout.is_none() {
+            return Err(ConfigError::invalid(
+                "auth.lockout.username_field",
+                "login watching needs a lockout policy",
+            ));
+        }
+        #[cfg(feature = "redis")]
+        if self.lockout_redis.is_some() && self.lockout.is_none() {
+            return Err(ConfigError::invalid(
+                "auth.lockout.redis_url",
+                "a lockout store needs a lockout policy",
+            ));
+        }
+        let lockout = self.lockout.map(|p| {
+            #[cfg(feature = "redis")]
+            if let Some((store, mode)) = self.lockout_redis {
+                return Arc::new(Lockout::redis(p, store, mode, self.clock.clone()));
+            }
+            Arc::new(Lockout::new(p, self.clock.clone()))
+        });
         let core = Core {
             realm: self.realm,
             api_keys,
@@ -435,9 +497,9 @@ impl AuthLayerBuilder {
             rules,
             default_rule: self.default_rule,
             default_scopes: self.default_scopes,
-            lockout: self
-                .lockout
-                .map(|p| Arc::new(Lockout::new(p, self.clock.clone()))),
+            lockout,
+            login_field: self.login_field,
+            login_body_limit: self.login_body_limit,
             resolver: self.resolver,
             clock: self.clock,
             max_token_len: self.max_token_len,
@@ -478,6 +540,10 @@ impl AuthLayer {
             default_rule: RouteRule::authenticated(),
             default_scopes: None,
             lockout: None,
+            #[cfg(feature = "redis")]
+            lockout_redis: None,
+            login_field: None,
+            login_body_limit: 16 * 1024,
             resolver: ClientIpResolver::default(),
             clock: system_clock(),
             renderer: Renderer::default(),
@@ -567,6 +633,11 @@ impl Core {
             .with_detail("Too many failed authentication attempts; try again later.")
             .with_retry_after(wait)
     }
+    fn lockout_unavailable(&self) -> Denial {
+        Denial::new(StatusCode::SERVICE_UNAVAILABLE, LAYER, "lockout_unavailable")
+            .with_detail("Authentication is unavailable; retry later.")
+            .with_retry_after(Duration::from_secs(1))
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -645,6 +716,7 @@ impl Core {
 // Verification
 
 enum Verdict {
+    Missing(Denial),
     Ok(Principal),
     Deny(Denial, Option<String>),
     Pending(Pin<Box<dyn Future<Output = Result<Principal, Denial>> + Send>>),
@@ -665,8 +737,10 @@ impl Core {
             );
         };
         let account = || Some(format!("key:{}", parsed.key_id()));
+        // (a shared lockout was checked before, asynchronously)
         if let Some(l) = self.lockout.as_ref().filter(|l| l.policy().per_credential)
-            && let Some(wait) = account().as_deref().and_then(|a| l.banned(a))
+            && let Some(mem) = l.memory()
+            && let Some(wait) = account().as_deref().and_then(|a| mem.banned_now(a))
         {
             return Verdict::Deny(self.banned(wait, l.policy().status), None);
         }
@@ -810,7 +884,7 @@ struct Watch {
 impl Watch {
     fn observe(&self, status: StatusCode) {
         if (status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN)
-            && let Some(ban) = self.lockout.fail(&self.key)
+            && let Some(ban) = self.lockout.memory().and_then(|m| m.fail_now(&self.key, self.lockout.policy()))
         {
             tracing::warn!(key = %self.key, ban_secs = ban.as_secs(), "auth: login failures; caller banned");
         }
@@ -899,17 +973,33 @@ where
     fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
         let core = self.layer.core.clone();
         let renderer = &self.layer.renderer;
-        let rule = core
-            .rules
-            .at(req.method(), req.uri().path())
-            .map_or(&core.default_rule, |m| m.value);
+        let rule = core.rule(&req);
+
+        // A shared lockout (a round trip per decision) or a login body to read: the whole
+        // request is handled asynchronously.
+        if let Some(lockout) = &core.lockout
+            && (lockout.is_shared() || (rule.login && core.login_field.is_some()))
+        {
+            let lockout = lockout.clone();
+            let clone = self.inner.clone();
+            let inner = std::mem::replace(&mut self.inner, clone);
+            let renderer = renderer.clone();
+            return AuthFuture {
+                state: State::Pending {
+                    fut: Box::pin(slow_path(core, lockout, renderer, inner, req)),
+                },
+                watch: None,
+            };
+        }
 
         // 1. lockout: a banned caller is refused before anything is checked
         let mut ip_key = None;
-        if let Some(lockout) = &core.lockout {
+        if let Some(lockout) = &core.lockout
+            && let Some(mem) = lockout.memory()
+        {
             let key = client_ip_of(&mut req, &core.resolver)
                 .map(|ip| format!("ip:{}", ip.prefix_key(lockout.policy().ipv6_prefix)));
-            if let Some(wait) = key.as_deref().and_then(|k| lockout.banned(k)) {
+            if let Some(wait) = key.as_deref().and_then(|k| mem.banned_now(k)) {
                 let d = core.banned(wait, lockout.policy().status);
                 return AuthFuture::denied(renderer.respond(d, &req));
             }
@@ -929,21 +1019,8 @@ where
         }
 
         // 3. credential
-        let verdict = match core.extract(&req) {
-            Err(d) => Verdict::Deny(d, None),
-            Ok(None) => {
-                let d = core.no_credentials();
-                return AuthFuture::denied(renderer.respond(d, &req));
-            }
-            Ok(Some((_, tok))) if tok.len() > core.max_token_len => Verdict::Deny(
-                core.invalid_token("invalid_token", "The access token is invalid"),
-                None,
-            ),
-            Ok(Some((Source::Bearer, tok))) => core.check_bearer(tok, rule.accept),
-            Ok(Some((_, tok))) => core.check_api_key(tok),
-        };
-
-        match verdict {
+        match core.verdict(&req, rule) {
+            Verdict::Missing(d) => AuthFuture::denied(renderer.respond(d, &req)),
             Verdict::Ok(p) => match core.authorize(&p, rule, req.method()) {
                 Ok(()) => {
                     admit(&mut req, p);
@@ -959,10 +1036,10 @@ where
                 let clone = self.inner.clone();
                 let mut inner = std::mem::replace(&mut self.inner, clone);
                 let renderer = renderer.clone();
-                let rule = rule.clone();
                 let fut = async move {
+                    let rule = core.rule(&req);
                     match fut.await {
-                        Ok(p) => match core.authorize(&p, &rule, req.method()) {
+                        Ok(p) => match core.authorize(&p, rule, req.method()) {
                             Ok(()) => {
                                 admit(&mut req, p);
                                 inner.call(req).await
@@ -984,29 +1061,184 @@ where
     }
 }
 
+/// The request path with a shared lockout store or a login body to inspect: the same steps
+/// as [`Auth::call`], with the lockout decisions awaited.
+async fn slow_path<S, ReqB, ResB>(
+    core: Arc<Core>,
+    lockout: Arc<Lockout>,
+    renderer: Renderer,
+    mut inner: S,
+    mut req: Request<ReqB>,
+) -> Result<Response<ResB>, S::Error>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>>,
+    ReqB: Send + 'static,
+    ResB: BodyFromBytes,
+{
+    let lockout = &*lockout;
+    let rule = core.rule(&req);
+
+    // 1. lockout on the address
+    let ip_key = client_ip_of(&mut req, &core.resolver)
+        .map(|ip| format!("ip:{}", ip.prefix_key(lockout.policy().ipv6_prefix)));
+    if let Some(k) = &ip_key
+        && let Some(d) = core.ban_check(lockout, k).await
+    {
+        return Ok(renderer.respond(d, &req));
+    }
+    // login routes: the username of the body, then the app's answer counts
+    let mut watched = Vec::new();
+    if rule.login {
+        watched.extend(ip_key.clone());
+        if let Some(field) = &core.login_field {
+            let (r, name) = login::take_username(req, field, core.login_body_limit).await;
+            req = r;
+            if let Some(name) = name {
+                let key = format!("user:{name}");
+                if let Some(d) = core.ban_check(lockout, &key).await {
+                    return Ok(renderer.respond(d, &req));
+                }
+                watched.push(key);
+            }
+        }
+    }
+
+    // 2. public routes
+    if rule.public {
+        return call_watched(&mut inner, req, lockout, &watched).await;
+    }
+
+    // 3. credential; a banned API key id is refused before it is checked
+    if lockout.policy().per_credential
+        && lockout.is_shared()
+        && let Some(account) = core.api_key_account(&req)
+        && let Some(d) = core.ban_check(lockout, &account).await
+    {
+        return Ok(renderer.respond(d, &req));
+    }
+    let verdict = match core.verdict(&req, rule) {
+        Verdict::Missing(d) => return Ok(renderer.respond(d, &req)),
+        Verdict::Pending(fut) => fut.await.map_err(|d| (d, None)),
+        Verdict::Ok(p) => Ok(p),
+        Verdict::Deny(d, account) => Err((d, account)),
+    };
+    match verdict {
+        Ok(p) => match core.authorize(&p, rule, req.method()) {
+            Ok(()) => {
+                admit(&mut req, p);
+                call_watched(&mut inner, req, lockout, &watched).await
+            }
+            Err(d) => Ok(renderer.respond(d, &req)),
+        },
+        Err((d, account)) => {
+            if counts_as_failure(&d) {
+                if let Some(k) = &ip_key {
+                    core.record_failure(lockout, k).await;
+                }
+                if lockout.policy().per_credential
+                    && let Some(a) = &account
+                {
+                    core.record_failure(lockout, a).await;
+                }
+            }
+            Ok(renderer.respond(d, &req))
+        }
+    }
+}
+
+/// Calls the inner service; a 401/403 answer counts as a failure for each watched key.
+async fn call_watched<S, ReqB, ResB>(
+    inner: &mut S,
+    req: Request<ReqB>,
+    lockout: &Lockout,
+    watched: &[String],
+) -> Result<Response<ResB>, S::Error>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>>,
+{
+    let res = inner.call(req).await?;
+    let status = res.status();
+    if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+        for key in watched {
+            if let Some(ban) = lockout.fail(key).await {
+                tracing::warn!(key = %key, ban_secs = ban.as_secs(), "auth: login failures; caller banned");
+            }
+        }
+    }
+    Ok(res)
+}
+
+/// Expired or not-yet-valid credentials are not guesses; everything else that failed is.
+fn counts_as_failure(d: &Denial) -> bool {
+    matches!(
+        d.reason(),
+        "invalid_token" | "invalid_request" | "unknown_key"
+    )
+}
+
 impl Core {
+    fn rule<B>(&self, req: &Request<B>) -> &RouteRule {
+        self.rules
+            .at(req.method(), req.uri().path())
+            .map_or(&self.default_rule, |m| m.value)
+    }
+
+    /// Extracts and checks the credential.
+    fn verdict<B>(self: &Arc<Self>, req: &Request<B>, rule: &RouteRule) -> Verdict {
+        match self.extract(req) {
+            Err(d) => Verdict::Deny(d, None),
+            Ok(None) => Verdict::Missing(self.no_credentials()),
+            Ok(Some((_, tok))) if tok.len() > self.max_token_len => Verdict::Deny(
+                self.invalid_token("invalid_token", "The access token is invalid"),
+                None,
+            ),
+            Ok(Some((Source::Bearer, tok))) => self.check_bearer(tok, rule.accept),
+            Ok(Some((_, tok))) => self.check_api_key(tok),
+        }
+    }
+
+    /// The lockout key of the API key id in the request, if it carries a well-formed key.
+    fn api_key_account<B>(&self, req: &Request<B>) -> Option<String> {
+        let keys = self.api_keys.as_ref()?;
+        let (_, tok) = self.extract(req).ok()??;
+        let parsed = keys.format.parse(tok)?;
+        Some(format!("key:{}", parsed.key_id()))
+    }
+
+    /// The denial for a banned `key`, or for an unavailable store under `reject`.
+    async fn ban_check(&self, lockout: &Lockout, key: &str) -> Option<Denial> {
+        match lockout.check(key).await {
+            Ok(Some(wait)) => Some(self.banned(wait, lockout.policy().status)),
+            Ok(None) => None,
+            Err(lockout::Unavailable) => Some(self.lockout_unavailable()),
+        }
+    }
+
+    async fn record_failure(&self, lockout: &Lockout, key: &str) {
+        if let Some(ban) = lockout.fail(key).await {
+            tracing::warn!(key = %key, ban_secs = ban.as_secs(), "auth: authentication failures; caller banned");
+        }
+    }
+
+    /// Counts a failure in the in-memory lockout.
     fn count_failure(&self, d: &Denial, ip_key: Option<&str>, account: Option<&str>) {
         let Some(lockout) = &self.lockout else { return };
-        // expired or not-yet-valid credentials are not guesses
-        if !matches!(
-            d.reason(),
-            "invalid_token" | "invalid_request" | "unknown_key"
-        ) {
+        let Some(mem) = lockout.memory() else { return };
+        if !counts_as_failure(d) {
             return;
         }
         if let Some(k) = ip_key
-            && let Some(ban) = lockout.fail(k)
+            && let Some(ban) = mem.fail_now(k, lockout.policy())
         {
             tracing::warn!(key = %k, ban_secs = ban.as_secs(), "auth: authentication failures; caller banned");
         }
         if lockout.policy().per_credential
             && let Some(a) = account
         {
-            lockout.fail(a);
+            mem.fail_now(a, lockout.policy());
         }
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
