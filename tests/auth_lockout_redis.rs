@@ -38,9 +38,12 @@ fn policy() -> LockoutPolicy {
 fn key_store(key: &GeneratedKey) -> MemoryKeyStore {
     let h = KeyHasher::sha256();
     MemoryKeyStore::new().with(
-        ApiKeyRecord::new(key.key_id(), h.parse_hash(&h.hash(key.secret()), "h").unwrap())
-            .client_id("reader")
-            .scopes(["products:read"]),
+        ApiKeyRecord::new(
+            key.key_id(),
+            h.parse_hash(&h.hash(key.secret()), "h").unwrap(),
+        )
+        .client_id("reader")
+        .scopes(["products:read"]),
     )
 }
 
@@ -139,7 +142,10 @@ async fn two_instances_share_bans() {
     let bad = "tsk_0000_notarealkey";
     assert_eq!(get_product(a, "198.51.100.7", bad).await.status, 401);
     assert_eq!(get_product(b, "198.51.100.7", bad).await.status, 401);
-    assert_eq!(get_product(a, "198.51.100.7", key.secret()).await.status, 200);
+    assert_eq!(
+        get_product(a, "198.51.100.7", key.secret()).await.status,
+        200
+    );
     assert_eq!(get_product(b, "198.51.100.7", bad).await.status, 401);
     // the third failure banned the address on both instances, valid key or not
     for addr in [a, b] {
@@ -149,7 +155,10 @@ async fn two_instances_share_bans() {
         assert!((99..=100).contains(&wait), "{wait}");
     }
     // other addresses are not affected
-    assert_eq!(get_product(b, "198.51.100.8", key.secret()).await.status, 200);
+    assert_eq!(
+        get_product(b, "198.51.100.8", key.secret()).await.status,
+        200
+    );
     // the state is one hash per key, tagged by the key, expiring by itself
     let k = "fleet:lockout:{ip:198.51.100.7}";
     assert_eq!(redis.cli(&["HGET", k, "o"]), "1");
@@ -174,22 +183,37 @@ async fn redis_down_follows_the_failure_mode() {
     let allow = instance(&redis.url(), "allow", FailureMode::Allow, &key).await;
     let local = instance(&redis.url(), "local", FailureMode::LocalFallback, &key).await;
     for addr in [reject, allow, local] {
-        assert_eq!(get_product(addr, "192.0.2.1", key.secret()).await.status, 200);
+        assert_eq!(
+            get_product(addr, "192.0.2.1", key.secret()).await.status,
+            200
+        );
     }
     redis.kill();
 
     // reject: fail closed, every request refused with 503
     let r = get_product(reject, "192.0.2.1", key.secret()).await;
     assert_eq!((r.status, r.retry_after), (503, Some(1)));
-    assert_eq!(login(reject, "192.0.2.1", "erin", "right").await.status, 503);
+    assert_eq!(
+        login(reject, "192.0.2.1", "erin", "right").await.status,
+        503
+    );
     // allow: fail open, no lockout at all
     for _ in 0..5 {
-        assert_eq!(get_product(allow, "192.0.2.1", "tsk_0000_bad").await.status, 401);
+        assert_eq!(
+            get_product(allow, "192.0.2.1", "tsk_0000_bad").await.status,
+            401
+        );
     }
-    assert_eq!(get_product(allow, "192.0.2.1", key.secret()).await.status, 200);
+    assert_eq!(
+        get_product(allow, "192.0.2.1", key.secret()).await.status,
+        200
+    );
     // local fallback: this instance counts and bans in its own memory
     for _ in 0..3 {
-        assert_eq!(get_product(local, "192.0.2.1", "tsk_0000_bad").await.status, 401);
+        assert_eq!(
+            get_product(local, "192.0.2.1", "tsk_0000_bad").await.status,
+            401
+        );
     }
     let r = get_product(local, "192.0.2.1", key.secret()).await;
     assert_eq!((r.status, r.retry_after), (429, Some(100)));
@@ -230,7 +254,11 @@ async fn bans_grow_on_repeat_offences_and_windows_expire() {
         bans.push(ban.as_millis());
         let left = store.banned("k").await.unwrap().expect("still banned");
         assert!(left <= ban && left > ban / 2, "{left:?} of {ban:?}");
-        assert_eq!(store.fail("k", &p).await.unwrap(), None, "no extension while banned");
+        assert_eq!(
+            store.fail("k", &p).await.unwrap(),
+            None,
+            "no extension while banned"
+        );
         tokio::time::sleep(ban + Duration::from_millis(20)).await;
         assert_eq!(store.banned("k").await.unwrap(), None);
     }

@@ -100,8 +100,10 @@ impl LockoutPolicy {
 /// Keys are short strings such as `ip:192.0.2.1`, `key:<key id>` or `user:<name>`.
 pub trait LockoutStore: Send + Sync + 'static {
     /// The remaining ban of `key`, if banned.
-    fn banned(&self, key: &str)
-    -> impl Future<Output = Result<Option<Duration>, StoreError>> + Send;
+    fn banned(
+        &self,
+        key: &str,
+    ) -> impl Future<Output = Result<Option<Duration>, StoreError>> + Send;
 
     /// Counts a failure for `key` under `policy`; returns the ban length when this failure
     /// caused a ban. Failures while banned neither count nor extend the ban.
@@ -385,7 +387,11 @@ mod tests {
             assert!(l.fail_now(k, &p).is_none());
             let ban = l.fail_now(k, &p).unwrap();
             bans.push(ban.as_secs());
-            assert_eq!(l.fail_now(k, &p), None, "failures while banned do not extend");
+            assert_eq!(
+                l.fail_now(k, &p),
+                None,
+                "failures while banned do not extend"
+            );
             clock.advance(ban);
             assert!(l.banned_now(k).is_none());
         }

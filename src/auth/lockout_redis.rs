@@ -138,7 +138,9 @@ impl RedisLockoutStore {
 }
 
 fn ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).min(1 << 40)
+    u64::try_from(d.as_millis())
+        .unwrap_or(u64::MAX)
+        .min(1 << 40)
 }
 
 impl LockoutStore for RedisLockoutStore {

@@ -29,7 +29,9 @@ fn kind_of<B>(req: &Request<B>) -> Option<Kind> {
     let mime = ct.split(';').next()?.trim().to_ascii_lowercase();
     if mime == "application/x-www-form-urlencoded" {
         Some(Kind::Form)
-    } else if mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json")) {
+    } else if mime == "application/json"
+        || (mime.starts_with("application/") && mime.ends_with("+json"))
+    {
         Some(Kind::Json)
     } else {
         None
@@ -116,7 +118,10 @@ mod stream {
                 .iter()
                 .filter_map(|f| f.data_ref().map(|d| d.len() as u64))
                 .sum();
-            let mut h = self.rest.as_ref().map_or_else(|| SizeHint::with_exact(0), Body::size_hint);
+            let mut h = self
+                .rest
+                .as_ref()
+                .map_or_else(|| SizeHint::with_exact(0), Body::size_hint);
             h.set_lower(h.lower().saturating_add(buffered));
             if let Some(u) = h.upper() {
                 h.set_upper(u.saturating_add(buffered));
@@ -212,7 +217,11 @@ pub(crate) async fn take_username<B: Send + 'static>(
         any.downcast_ref::<String>()
             .map(|s| s.as_bytes())
             .or_else(|| any.downcast_ref::<Bytes>().map(|b| &b[..]))
-            .map(|bytes| (bytes.len() <= limit).then(|| username_in(bytes, json, field)).flatten())
+            .map(|bytes| {
+                (bytes.len() <= limit)
+                    .then(|| username_in(bytes, json, field))
+                    .flatten()
+            })
     };
     if let Some(name) = inline {
         return (Request::from_parts(parts, body), name);
@@ -295,7 +304,8 @@ mod tests {
                 .body(body)
                 .unwrap()
         };
-        let (r, name) = take_username(req(Full::new(Bytes::from("user=amy&pw=1"))), "user", 64).await;
+        let (r, name) =
+            take_username(req(Full::new(Bytes::from("user=amy&pw=1"))), "user", 64).await;
         assert_eq!(name.as_deref(), Some("amy"));
         let body = r.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(body, "user=amy&pw=1");

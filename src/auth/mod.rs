@@ -634,9 +634,13 @@ impl Core {
             .with_retry_after(wait)
     }
     fn lockout_unavailable(&self) -> Denial {
-        Denial::new(StatusCode::SERVICE_UNAVAILABLE, LAYER, "lockout_unavailable")
-            .with_detail("Authentication is unavailable; retry later.")
-            .with_retry_after(Duration::from_secs(1))
+        Denial::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            LAYER,
+            "lockout_unavailable",
+        )
+        .with_detail("Authentication is unavailable; retry later.")
+        .with_retry_after(Duration::from_secs(1))
     }
 }
 
@@ -884,7 +888,10 @@ struct Watch {
 impl Watch {
     fn observe(&self, status: StatusCode) {
         if (status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN)
-            && let Some(ban) = self.lockout.memory().and_then(|m| m.fail_now(&self.key, self.lockout.policy()))
+            && let Some(ban) = self
+                .lockout
+                .memory()
+                .and_then(|m| m.fail_now(&self.key, self.lockout.policy()))
         {
             tracing::warn!(key = %self.key, ban_secs = ban.as_secs(), "auth: login failures; caller banned");
         }
