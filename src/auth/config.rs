@@ -46,6 +46,12 @@
 //! threshold = 5
 //! window_secs = 300
 //! ban_secs = 900
+//! username_field = "username"         # login routes: also count/ban the form or JSON username
+//! # login_body_limit = 16384          # larger login bodies are passed on uninspected
+//! # redis_url = "redis://:secret@10.0.0.5:6379/0"   # share bans across a fleet (feature `redis`)
+//! # failure_mode = "reject"           # Redis down: "reject" (503), "allow", "local_fallback"
+//! # redis_timeout_ms = 50
+//! # redis_key_prefix = "tower-shield"
 //! ```
 //!
 //! Secrets (HMAC server secret, introspection client secret) are read from environment
@@ -84,6 +90,7 @@ use crate::client_ip::ClientIpResolver;
 use crate::clock::{SharedClock, system_clock};
 use crate::error::ConfigError;
 use crate::principal::CredentialKind;
+use crate::store::FailureMode;
 
 /// `[auth]`
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -272,6 +279,19 @@ pub struct LockoutConfig {
     pub per_credential: bool,
     /// IPv6 prefix length.
     pub ipv6_prefix: Option<u8>,
+    /// On login routes, the form/JSON field holding the username (counted and banned too).
+    pub username_field: Option<String>,
+    /// Largest login body inspected for the username (default 16 KiB).
+    pub login_body_limit: Option<usize>,
+    /// Redis URL: share lockout state across instances (feature `redis`).
+    pub redis_url: Option<String>,
+    /// What to do when Redis fails (default `reject`).
+    #[serde(default)]
+    pub failure_mode: FailureMode,
+    /// Per-call Redis timeout in milliseconds (default 50).
+    pub redis_timeout_ms: Option<u64>,
+    /// Redis key prefix (default `tower-shield`).
+    pub redis_key_prefix: Option<String>,
 }
 
 fn secret_from_env(var: &str, key: &str) -> Result<String, ConfigError> {
@@ -490,6 +510,40 @@ impl AuthConfig {
                 p.ipv6_prefix = v;
             }
             b = b.lockout(p);
+            if let Some(field) = l.username_field {
+                b = b.login_username_field(field);
+            }
+            if let Some(n) = l.login_body_limit {
+                if n == 0 || n > 1 << 20 {
+                    return Err(ConfigError::invalid(
+                        "auth.lockout.login_body_limit",
+                        "expected 1 to 1048576 bytes",
+                    ));
+                }
+                b = b.login_body_limit(n);
+            }
+            #[cfg(feature = "redis")]
+            if let Some(url) = l.redis_url {
+                let mut cb = crate::store::redis::RedisConn::builder(url)
+                    .timeout(Duration::from_millis(l.redis_timeout_ms.unwrap_or(50)));
+                if let Some(prefix) = l.redis_key_prefix {
+                    cb = cb.key_prefix(prefix);
+                }
+                let conn = cb.build_lazy().map_err(|e| match e {
+                    ConfigError::Invalid { reason, .. } => {
+                        ConfigError::invalid("auth.lockout.redis_url", reason)
+                    }
+                    other => other,
+                })?;
+                b = b.lockout_redis(super::RedisLockoutStore::new(conn), l.failure_mode);
+            }
+            #[cfg(not(feature = "redis"))]
+            if l.redis_url.is_some() {
+                return Err(ConfigError::invalid(
+                    "auth.lockout.redis_url",
+                    "needs the `redis` cargo feature",
+                ));
+            }
         }
         b.build()
     }
@@ -617,5 +671,28 @@ keys = [{ id = "demoread", hash = "sha256:47DEQpj8HBSa-_TImW-5JCeuQeRkm5NMpJWZG3
         assert!(e.starts_with("auth.jwt.leeway_secs:"), "{e}");
         let e = err("[jwt]\njwks_url = \"http://a\"\nalgorithms = [\"none\"]");
         assert!(e.starts_with("auth.jwt.algorithms[0]:"), "{e}");
+        let lockout = "[lockout]\nthreshold = 5\nwindow_secs = 60\nban_secs = 60\n";
+        let e = err(&format!("{KEY}{lockout}username_field = \"\""));
+        assert!(e.starts_with("auth.lockout.username_field:"), "{e}");
+        let e = err(&format!("{KEY}{lockout}login_body_limit = 0"));
+        assert!(e.starts_with("auth.lockout.login_body_limit:"), "{e}");
+        let e = err(&format!("{KEY}{lockout}failure_mode = \"maybe\""));
+        assert!(e.contains("failure_mode"), "{e}");
+    }
+
+    #[cfg(feature = "redis")]
+    #[tokio::test]
+    async fn lockout_options_build() {
+        let cfg: AuthConfig = toml::from_str(&format!(
+            "{KEY}[lockout]\nthreshold = 5\nwindow_secs = 60\nban_secs = 60\n\
+             username_field = \"username\"\nlogin_body_limit = 4096\n\
+             redis_url = \"redis://:pw@127.0.0.1:1/0\"\nfailure_mode = \"local_fallback\"\n\
+             redis_key_prefix = \"shop\"\nredis_timeout_ms = 20"
+        ))
+        .unwrap();
+        let layer = cfg.into_layer(ClientIpResolver::default()).unwrap();
+        let l = layer.lockout().unwrap();
+        assert!(l.is_shared());
+        assert_eq!(l.failure_mode(), FailureMode::LocalFallback);
     }
 }
