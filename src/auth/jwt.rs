@@ -15,7 +15,8 @@
 //!   periodically; when the issuer is down the last good keys stay in use. Startup never
 //!   waits for the issuer: until the first fetch succeeds, tokens are refused.
 
-use std::collections::{HashMap, HashSet};
+use std::borrow::Cow;
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -23,8 +24,9 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, PublicKeyUse};
-use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
+use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
 use serde::Deserialize;
+use serde::de::IgnoredAny;
 
 use crate::clock::{SharedClock, system_clock};
 use crate::error::ConfigError;
@@ -68,7 +70,8 @@ impl TokenError {
 
 struct VerifyKey {
     key: DecodingKey,
-    validation: Validation,
+    /// The algorithms this key verifies (its family, filtered by the allow-list).
+    algorithms: Vec<Algorithm>,
 }
 
 /// A set of verification keys, by `kid`.
@@ -112,27 +115,6 @@ struct Checks {
 }
 
 impl Checks {
-    fn validation(&self, algs: Vec<Algorithm>) -> Validation {
-        let mut v = Validation::new(Algorithm::RS256);
-        v.algorithms = algs;
-        v.required_spec_claims = HashSet::new();
-        v.validate_exp = false; // checked against the layer's clock
-        v.validate_nbf = false;
-        v.leeway = 0;
-        match &self.audiences {
-            Some(a) => v.set_audience(a),
-            None => v.validate_aud = false,
-        }
-        if let Some(i) = &self.issuers {
-            v.set_issuer(i);
-            v.required_spec_claims.insert("iss".into());
-        }
-        if self.audiences.is_some() {
-            v.required_spec_claims.insert("aud".into());
-        }
-        v
-    }
-
     fn algs_for(&self, family: AlgorithmFamily, jwk_alg: Option<Algorithm>) -> Vec<Algorithm> {
         let family_algs = family.algorithms();
         match jwk_alg {
@@ -151,7 +133,7 @@ impl Checks {
         (!algs.is_empty()).then(|| {
             Arc::new(VerifyKey {
                 key,
-                validation: self.validation(algs),
+                algorithms: algs,
             })
         })
     }
@@ -210,30 +192,120 @@ impl Checks {
     }
 }
 
+/// The claims the layer reads, borrowed from the decoded payload where possible.
 #[derive(Deserialize)]
-struct Claims {
+struct Claims<'a> {
     exp: Option<f64>,
     nbf: Option<f64>,
-    sub: Option<String>,
-    client_id: Option<String>,
-    azp: Option<String>,
-    scope: Option<String>,
-    scp: Option<ScopeClaim>,
+    #[serde(borrow)]
+    sub: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    client_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    azp: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    scope: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    scp: Strs<'a>,
+    #[serde(borrow, default)]
+    iss: Strs<'a>,
+    #[serde(borrow, default)]
+    aud: Strs<'a>,
 }
 
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum ScopeClaim {
-    List(Vec<String>),
-    Text(String),
+/// A claim that is a string or an array of strings (`aud`, `iss`, `scp`).
+#[derive(Default)]
+enum Strs<'a> {
+    #[default]
+    Absent,
+    One(Cow<'a, str>),
+    Many(Vec<Cow<'a, str>>),
+    /// Present with another type.
+    Other,
 }
 
+impl Strs<'_> {
+    /// Whether the claim holds at least one of `allowed`.
+    fn intersects(&self, allowed: &[String]) -> bool {
+        match self {
+            Strs::One(s) => allowed.iter().any(|a| a == s),
+            Strs::Many(v) => v.iter().any(|s| allowed.iter().any(|a| a == s)),
+            Strs::Absent | Strs::Other => false,
+        }
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Strs<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
+        struct V;
+        /// One array element: a string, or anything else.
+        struct Item<'a>(Option<Cow<'a, str>>);
+        impl<'de: 'a, 'a> Deserialize<'de> for Item<'a> {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                Ok(match d.deserialize_any(V)? {
+                    Strs::One(s) => Item(Some(s)),
+                    _ => Item(None),
+                })
+            }
+        }
+        impl<'de> Visitor<'de> for V {
+            type Value = Strs<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string or an array of strings")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Strs<'de>, E> {
+                Ok(Strs::One(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Strs<'de>, E> {
+                Ok(Strs::One(Cow::Owned(v.to_owned())))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Strs<'de>, A::Error> {
+                let mut out = Vec::new();
+                let mut other = false;
+                while let Some(Item(s)) = seq.next_element::<Item<'de>>()? {
+                    match s {
+                        Some(s) if out.len() < 256 => out.push(s),
+                        Some(_) => {}
+                        None => other = true,
+                    }
+                }
+                Ok(if other { Strs::Other } else { Strs::Many(out) })
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Strs<'de>, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Strs::Other)
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Strs<'de>, E> {
+                Ok(Strs::Other)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Strs<'de>, E> {
+                Ok(Strs::Other)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Strs<'de>, E> {
+                Ok(Strs::Other)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Strs<'de>, E> {
+                Ok(Strs::Other)
+            }
+            fn visit_unit<E>(self) -> Result<Strs<'de>, E> {
+                Ok(Strs::Absent)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// The JOSE header fields the layer reads.
 #[derive(Deserialize)]
-struct HeaderLite {
-    alg: Option<String>,
-    kid: Option<String>,
-    typ: Option<String>,
-    crit: Option<serde_json::Value>,
+struct HeaderLite<'a> {
+    #[serde(borrow)]
+    alg: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    kid: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    typ: Option<Cow<'a, str>>,
+    crit: Option<IgnoredAny>,
 }
 
 enum Keys {
@@ -407,42 +479,56 @@ impl JwtVerifier {
         r.fetched.load(Ordering::Acquire)
     }
 
+    /// Verifies `token` with one pass over each part: the header and the claims are decoded
+    /// and parsed once, the signature is checked by jsonwebtoken's crypto provider, and the
+    /// claims are validated here (the same checks `jsonwebtoken::decode` makes with the
+    /// layer's `Validation`: algorithm allowed for the key, `iss`/`aud` present and matching
+    /// when configured; plus `exp` required and `nbf` against the layer's clock).
     fn verify_with(&self, set: &KeySet, token: &str) -> Result<Principal, TokenError> {
+        use base64::Engine as _;
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
         let inner = &*self.inner;
         if token.len() > inner.max_len {
             return Err(TokenError::Invalid);
         }
-        let header_b64 = token.split('.').next().ok_or(TokenError::Invalid)?;
+        let mut parts = token.split('.');
+        let (Some(header_b64), Some(payload_b64), Some(signature), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(TokenError::Invalid);
+        };
         if header_b64.len() > 2048 {
             return Err(TokenError::Invalid);
         }
-        let header_json = base64::Engine::decode(
-            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
-            header_b64,
-        )
-        .map_err(|_| TokenError::Invalid)?;
+        let mut header_buf = [0u8; 1536];
+        let n = URL_SAFE_NO_PAD
+            .decode_slice(header_b64, &mut header_buf)
+            .map_err(|_| TokenError::Invalid)?;
         let header: HeaderLite =
-            serde_json::from_slice(&header_json).map_err(|_| TokenError::Invalid)?;
+            serde_json::from_slice(&header_buf[..n]).map_err(|_| TokenError::Invalid)?;
         if header.crit.is_some() {
             return Err(TokenError::Invalid);
         }
-        match header.alg.as_deref() {
-            None | Some("none") | Some("None") | Some("NONE") => return Err(TokenError::Invalid),
-            _ => {}
-        }
-        if let Some(typ) = &header.typ {
-            let t = typ.to_ascii_lowercase();
-            if !matches!(t.as_str(), "jwt" | "at+jwt" | "application/at+jwt") {
-                return Err(TokenError::Invalid);
-            }
+        // `none` (any case) does not parse as an algorithm
+        let alg: Algorithm = header
+            .alg
+            .as_deref()
+            .and_then(|a| a.parse().ok())
+            .ok_or(TokenError::Invalid)?;
+        if let Some(typ) = &header.typ
+            && !["jwt", "at+jwt", "application/at+jwt"]
+                .iter()
+                .any(|t| typ.eq_ignore_ascii_case(t))
+        {
+            return Err(TokenError::Invalid);
         }
         let key = match &header.kid {
             Some(kid) => {
                 if kid.len() > 256 || kid.chars().any(char::is_control) {
                     return Err(TokenError::Invalid);
                 }
-                match set.by_kid.get(kid) {
-                    Some(k) => k.clone(),
+                match set.by_kid.get(kid.as_ref()) {
+                    Some(k) => k,
                     None => return Err(TokenError::UnknownKey),
                 }
             }
@@ -450,15 +536,36 @@ impl JwtVerifier {
                 // no kid: only unambiguous when the set holds exactly one key
                 let mut all = set.anonymous.iter().chain(set.by_kid.values());
                 match (all.next(), all.next()) {
-                    (Some(k), None) => k.clone(),
+                    (Some(k), None) => k,
                     (None, _) => return Err(TokenError::UnknownKey),
                     _ => return Err(TokenError::Invalid),
                 }
             }
         };
-        let data = jsonwebtoken::decode::<Claims>(token, &key.key, &key.validation)
+        // the key fixes the algorithms: its family, and the allow-list
+        if alg.family() != key.key.family() || !key.algorithms.contains(&alg) {
+            return Err(TokenError::Invalid);
+        }
+        let message = &token[..header_b64.len() + 1 + payload_b64.len()];
+        if !jsonwebtoken::crypto::verify(signature, message.as_bytes(), &key.key, alg)
+            .unwrap_or(false)
+        {
+            return Err(TokenError::Invalid);
+        }
+        let payload = URL_SAFE_NO_PAD
+            .decode(payload_b64)
             .map_err(|_| TokenError::Invalid)?;
-        let c = data.claims;
+        let c: Claims = serde_json::from_slice(&payload).map_err(|_| TokenError::Invalid)?;
+        if let Some(issuers) = &inner.checks.issuers
+            && !c.iss.intersects(issuers)
+        {
+            return Err(TokenError::Invalid);
+        }
+        if let Some(audiences) = &inner.checks.audiences
+            && !c.aud.intersects(audiences)
+        {
+            return Err(TokenError::Invalid);
+        }
         let now = inner
             .clock
             .wall()
@@ -477,37 +584,33 @@ impl JwtVerifier {
         }
         let id = c
             .sub
-            .clone()
-            .or_else(|| c.client_id.clone())
-            .or_else(|| c.azp.clone())
+            .as_deref()
+            .or(c.client_id.as_deref())
+            .or(c.azp.as_deref())
             .ok_or(TokenError::Invalid)?;
         let mut p = Principal::new(id, CredentialKind::Jwt);
-        if let Some(s) = c.sub {
+        if let Some(s) = c.sub.as_deref() {
             p = p.with_subject(s);
         }
-        if let Some(cid) = c.client_id.or(c.azp) {
+        if let Some(cid) = c.client_id.as_deref().or(c.azp.as_deref()) {
             p = p.with_client_id(cid);
         }
-        if let Some(s) = c.scope {
-            p = p.with_scopes(s.split_ascii_whitespace().map(str::to_owned));
+        if let Some(s) = &c.scope {
+            p = p.with_scopes(s.split_ascii_whitespace());
         }
-        match c.scp {
-            Some(ScopeClaim::List(v)) => p = p.with_scopes(v),
-            Some(ScopeClaim::Text(s)) => {
-                p = p.with_scopes(s.split_ascii_whitespace().map(str::to_owned))
-            }
-            None => {}
+        match &c.scp {
+            Strs::Absent => {}
+            Strs::One(s) => p = p.with_scopes(s.split_ascii_whitespace()),
+            Strs::Many(v) => p = p.with_scopes(v.iter().map(|s| s.as_ref())),
+            Strs::Other => return Err(TokenError::Invalid),
         }
         if !inner.copy_claims.is_empty()
-            && let Ok(all) = jsonwebtoken::dangerous::insecure_decode_claims::<
-                serde_json::Map<String, serde_json::Value>,
-            >(token)
+            && let Ok(all) =
+                serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&payload)
         {
-            {
-                for name in &inner.copy_claims {
-                    if let Some(v) = all.get(name) {
-                        p = p.with_claim(name.clone(), v.clone());
-                    }
+            for name in &inner.copy_claims {
+                if let Some(v) = all.get(name) {
+                    p = p.with_claim(name.clone(), v.clone());
                 }
             }
         }
@@ -991,6 +1094,73 @@ mod tests {
             v.verify(&token(base.clone(), Some("k2"))),
             Err(TokenError::UnknownKey)
         );
+        // aud and iss: string or array, at least one configured value; present when configured
+        assert!(
+            v.verify(&with("aud", serde_json::json!(["x", "api"])))
+                .is_ok()
+        );
+        for bad in [
+            serde_json::json!(["x", "y"]),
+            serde_json::json!([]),
+            serde_json::json!(["api", 7]),
+            serde_json::json!(7),
+            serde_json::json!({"api": true}),
+            serde_json::Value::Null,
+        ] {
+            assert_eq!(
+                v.verify(&with("aud", bad.clone())),
+                Err(TokenError::Invalid),
+                "aud {bad}"
+            );
+            assert_eq!(
+                v.verify(&with("iss", bad.clone())),
+                Err(TokenError::Invalid),
+                "iss {bad}"
+            );
+        }
+        for claim in ["aud", "iss"] {
+            let mut c = base.clone();
+            c.as_object_mut().unwrap().remove(claim);
+            assert_eq!(
+                v.verify(&token(c, Some("k1"))),
+                Err(TokenError::Invalid),
+                "{claim}"
+            );
+        }
+        // escaped strings are decoded (an owned copy)
+        let p = v.verify(&with("sub", "u\"1".into())).unwrap();
+        assert_eq!(p.id(), "u\"1");
+        // scp: text, list or null; another type is refused
+        assert!(v.verify(&with("scp", serde_json::Value::Null)).is_ok());
+        assert_eq!(v.verify(&with("scp", 5.into())), Err(TokenError::Invalid));
+        assert_eq!(v.verify(&with("sub", 5.into())), Err(TokenError::Invalid));
+        // without configured audiences, aud of any shape is ignored
+        let open = JwtVerifier::builder()
+            .hmac_secret(SECRET, Some("k1"))
+            .clock(Arc::new(clock.clone()))
+            .build()
+            .unwrap();
+        assert!(
+            open.verify(&with("aud", serde_json::json!({"x": [1]})))
+                .is_ok()
+        );
+        // the header's algorithm must be one the key verifies; tokens have three parts
+        let mut h = Header::new(Algorithm::HS512);
+        h.kid = Some("k1".into());
+        let t = encode(&h, &base, &EncodingKey::from_secret(SECRET)).unwrap();
+        assert!(v.verify(&t).is_ok(), "HS512 is in the HMAC family");
+        let restricted = JwtVerifier::builder()
+            .hmac_secret(SECRET, Some("k1"))
+            .algorithms([Algorithm::HS256])
+            .clock(Arc::new(clock.clone()))
+            .build()
+            .unwrap();
+        assert_eq!(restricted.verify(&t), Err(TokenError::Invalid));
+        let good = token(base.clone(), Some("k1"));
+        assert_eq!(v.verify(&format!("{good}.x")), Err(TokenError::Invalid));
+        let (head, _) = good.rsplit_once('.').unwrap();
+        assert_eq!(v.verify(head), Err(TokenError::Invalid));
+        assert_eq!(v.verify(&format!("{head}.")), Err(TokenError::Invalid));
     }
 
     #[test]
