@@ -2,12 +2,20 @@
 //! cache hit.
 //!
 //! `cargo bench --bench auth --features auth -- --warm-up-time 1 --measurement-time 3`
+//!
+//! The bare JWT case is a service that decodes the token itself with `jsonwebtoken::decode`
+//! (same token, key, backend, algorithm, `exp`/`iss`/`aud` validation) and answers like the
+//! inner service of the layered case, so both sides do the same non-auth work.
+//!
+//! Instruction counts without criterion (load-independent): `AUTH_BENCH_COUNT=<id>=<n>`
+//! runs the case `<id>` (e.g. `jwt/HS256/auth_layer`) `n` times and exits; run it under
+//! `valgrind --tool=callgrind` with `n` = 0 and `n` = 10000 and divide the difference.
 
 use std::convert::Infallible;
 use std::hint::black_box;
 
 use bytes::Bytes;
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{Criterion, criterion_group};
 use futures_util::FutureExt;
 use http::{Request, Response};
 use http_body_util::Full;
@@ -70,6 +78,11 @@ fn api_key(c: &mut Criterion) {
             .unwrap()
     };
     assert_eq!(run(&mut layered, req()), 200);
+    if counting("api_key/bare_service", || run(&mut bare, req()))
+        | counting("api_key/auth_layer", || run(&mut layered, req()))
+    {
+        return;
+    }
     let mut g = c.benchmark_group("api_key");
     g.bench_function("bare_service", |b| {
         b.iter(|| run(&mut bare, black_box(req())))
@@ -151,12 +164,22 @@ fn jwt(c: &mut Criterion) {
                 .unwrap()
         };
         assert_eq!(run(&mut layered, req()), 200);
-        g.bench_function(format!("{name}/bare_decode"), |b| {
-            b.iter(|| {
-                let r = req();
-                let t = &r.headers()["authorization"].to_str().unwrap()[7..];
-                jsonwebtoken::decode::<Claims>(black_box(t), &dk, &validation).unwrap()
+        let mut bare = tower::service_fn(move |r: Request<()>| {
+            let t = &r.headers()["authorization"].to_str().unwrap()[7..];
+            jsonwebtoken::decode::<Claims>(black_box(t), &dk, &validation).unwrap();
+            ok(r)
+        });
+        assert_eq!(run(&mut bare, req()), 200);
+        let count_bare = counting(&format!("jwt/{name}/bare_decode"), || run(&mut bare, req()));
+        if count_bare
+            | counting(&format!("jwt/{name}/auth_layer"), || {
+                run(&mut layered, req())
             })
+        {
+            continue;
+        }
+        g.bench_function(format!("{name}/bare_decode"), |b| {
+            b.iter(|| run(&mut bare, black_box(req())))
         });
         g.bench_function(format!("{name}/auth_layer"), |b| {
             b.iter(|| run(&mut layered, black_box(req())))
@@ -214,5 +237,33 @@ fn introspection(c: &mut Criterion) {
     g.finish();
 }
 
+/// Count mode (`AUTH_BENCH_COUNT=<id>=<n>`): runs the case `id` `n` times. Returns whether
+/// count mode is on (then criterion is skipped).
+fn counting(id: &str, mut f: impl FnMut() -> u16) -> bool {
+    let Ok(spec) = std::env::var("AUTH_BENCH_COUNT") else {
+        return false;
+    };
+    if let Some((case, n)) = spec.rsplit_once('=')
+        && case == id
+    {
+        let n: u64 = n.parse().expect("AUTH_BENCH_COUNT=<id>=<n>");
+        for _ in 0..n {
+            black_box(f());
+        }
+        eprintln!("{id}: {n} iterations");
+    }
+    true
+}
+
 criterion_group!(benches, api_key, jwt, introspection);
-criterion_main!(benches);
+
+fn main() {
+    if std::env::var_os("AUTH_BENCH_COUNT").is_some() {
+        let mut c = Criterion::default();
+        api_key(&mut c);
+        jwt(&mut c);
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

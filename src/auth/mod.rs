@@ -719,23 +719,31 @@ impl Core {
 // ---------------------------------------------------------------------------------------
 // Verification
 
+/// The denials are boxed: they are the cold path, and a small `Verdict` keeps the accepted
+/// path free of large moves.
 enum Verdict {
-    Missing(Denial),
+    Missing(Box<Denial>),
     Ok(Principal),
-    Deny(Denial, Option<String>),
+    Deny(Box<Denial>, Option<String>),
     Pending(Pin<Box<dyn Future<Output = Result<Principal, Denial>> + Send>>),
+}
+
+impl Verdict {
+    fn deny(d: Denial, account: Option<String>) -> Self {
+        Verdict::Deny(Box::new(d), account)
+    }
 }
 
 impl Core {
     fn check_api_key(&self, token: &str) -> Verdict {
         let Some(keys) = &self.api_keys else {
-            return Verdict::Deny(
+            return Verdict::deny(
                 self.invalid_token("invalid_token", "The access token is invalid"),
                 None,
             );
         };
         let Some(parsed) = keys.format.parse(token) else {
-            return Verdict::Deny(
+            return Verdict::deny(
                 self.invalid_token("invalid_token", "The access token is invalid"),
                 None,
             );
@@ -746,7 +754,7 @@ impl Core {
             && let Some(mem) = l.memory()
             && let Some(wait) = account().as_deref().and_then(|a| mem.banned_now(a))
         {
-            return Verdict::Deny(self.banned(wait, l.policy().status), None);
+            return Verdict::deny(self.banned(wait, l.policy().status), None);
         }
         let record = keys.store.get(parsed.key_id());
         let expected = record.as_ref().map_or(&keys.dummy, |r| &r.hash);
@@ -756,14 +764,14 @@ impl Core {
                 if let Some(exp) = r.expires_at
                     && self.clock.wall() >= exp
                 {
-                    return Verdict::Deny(
+                    return Verdict::deny(
                         self.invalid_token("token_expired", "The access token expired"),
                         None,
                     );
                 }
                 Verdict::Ok(r.principal())
             }
-            _ => Verdict::Deny(
+            _ => Verdict::deny(
                 self.invalid_token("invalid_token", "The access token is invalid"),
                 account(),
             ),
@@ -794,13 +802,13 @@ impl Core {
                             .map_err(|e| core.jwt_error(e))
                     }))
                 }
-                Err(e) => Verdict::Deny(self.jwt_error(e), None),
+                Err(e) => Verdict::deny(self.jwt_error(e), None),
             };
         }
         if let Some(intro) = self.introspection.as_ref().filter(|_| accept.introspection) {
             return match intro.cached(token) {
                 Some(Ok(p)) => Verdict::Ok(p),
-                Some(Err(e)) => Verdict::Deny(self.introspection_error(e), None),
+                Some(Err(e)) => Verdict::deny(self.introspection_error(e), None),
                 None => {
                     let intro = intro.clone();
                     let core = self.clone();
@@ -814,7 +822,7 @@ impl Core {
                 }
             };
         }
-        Verdict::Deny(
+        Verdict::deny(
             self.invalid_token("invalid_token", "The access token is invalid"),
             None,
         )
@@ -978,7 +986,7 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
-        let core = self.layer.core.clone();
+        let core = &self.layer.core;
         let renderer = &self.layer.renderer;
         let rule = core.rule(&req);
 
@@ -993,7 +1001,7 @@ where
             let renderer = renderer.clone();
             return AuthFuture {
                 state: State::Pending {
-                    fut: Box::pin(slow_path(core, lockout, renderer, inner, req)),
+                    fut: Box::pin(slow_path(core.clone(), lockout, renderer, inner, req)),
                 },
                 watch: None,
             };
@@ -1027,7 +1035,7 @@ where
 
         // 3. credential
         match core.verdict(&req, rule) {
-            Verdict::Missing(d) => AuthFuture::denied(renderer.respond(d, &req)),
+            Verdict::Missing(d) => AuthFuture::denied(renderer.respond(*d, &req)),
             Verdict::Ok(p) => match core.authorize(&p, rule, req.method()) {
                 Ok(()) => {
                     admit(&mut req, p);
@@ -1037,12 +1045,13 @@ where
             },
             Verdict::Deny(d, account) => {
                 core.count_failure(&d, ip_key.as_deref(), account.as_deref());
-                AuthFuture::denied(renderer.respond(d, &req))
+                AuthFuture::denied(renderer.respond(*d, &req))
             }
             Verdict::Pending(fut) => {
                 let clone = self.inner.clone();
                 let mut inner = std::mem::replace(&mut self.inner, clone);
                 let renderer = renderer.clone();
+                let core = core.clone();
                 let fut = async move {
                     let rule = core.rule(&req);
                     match fut.await {
@@ -1124,10 +1133,10 @@ where
         return Ok(renderer.respond(d, &req));
     }
     let verdict = match core.verdict(&req, rule) {
-        Verdict::Missing(d) => return Ok(renderer.respond(d, &req)),
+        Verdict::Missing(d) => return Ok(renderer.respond(*d, &req)),
         Verdict::Pending(fut) => fut.await.map_err(|d| (d, None)),
         Verdict::Ok(p) => Ok(p),
-        Verdict::Deny(d, account) => Err((d, account)),
+        Verdict::Deny(d, account) => Err((*d, account)),
     };
     match verdict {
         Ok(p) => match core.authorize(&p, rule, req.method()) {
@@ -1193,9 +1202,9 @@ impl Core {
     /// Extracts and checks the credential.
     fn verdict<B>(self: &Arc<Self>, req: &Request<B>, rule: &RouteRule) -> Verdict {
         match self.extract(req) {
-            Err(d) => Verdict::Deny(d, None),
-            Ok(None) => Verdict::Missing(self.no_credentials()),
-            Ok(Some((_, tok))) if tok.len() > self.max_token_len => Verdict::Deny(
+            Err(d) => Verdict::deny(d, None),
+            Ok(None) => Verdict::Missing(Box::new(self.no_credentials())),
+            Ok(Some((_, tok))) if tok.len() > self.max_token_len => Verdict::deny(
                 self.invalid_token("invalid_token", "The access token is invalid"),
                 None,
             ),
