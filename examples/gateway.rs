@@ -248,6 +248,7 @@ async fn main() -> ExitCode {
                 "curl -i -H \"x-api-key: $READ\" 'http://ADDR/products?q=1%27%20OR%201=1--'   # 400 sqli",
                 "curl -i -H \"x-api-key: $WRITE\" http://ADDR/admin/usage       # quota usage",
                 "curl -i -H 'X-Forwarded-For: 203.0.113.7' http://ADDR/products # denied client IP: 403",
+                "curl -i -d 'username=alice&password=x' http://ADDR/login       # 401; 5 failures ban alice and the IP: 429",
             ] {
                 println!("  {}", line.replace("ADDR", &addr));
             }
