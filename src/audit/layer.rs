@@ -3,7 +3,6 @@
 use std::fmt;
 use std::future::Future;
 use std::io;
-use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
@@ -24,7 +23,6 @@ use crate::body::BodyFromBytes;
 use crate::clock::{SharedClock, system_clock};
 use crate::denial::{Denial, Renderer};
 use crate::error::ConfigError;
-use crate::facts::RequestFacts;
 use crate::future::ShieldFuture;
 
 /// The request id of a request, inserted into the request extensions by the audit layer
@@ -233,6 +231,8 @@ impl AuditLayerBuilder {
         Ok(AuditLayer {
             inner: Arc::new(Inner {
                 pipeline,
+                target_limit: capture_limit(self.path_cap),
+                field_limit: capture_limit(self.cap),
                 failure: self.failure,
                 request_id_header: self.request_id_header,
                 trust_request_id: self.trust_request_id,
@@ -247,6 +247,10 @@ impl AuditLayerBuilder {
 
 struct Inner {
     pipeline: Pipeline,
+    /// How much of the request target the request path copies for the writer.
+    target_limit: usize,
+    /// How much of the user agent and each logged header the request path copies.
+    field_limit: usize,
     failure: FailurePolicy,
     request_id_header: HeaderName,
     trust_request_id: bool,
@@ -322,19 +326,61 @@ impl<S> Audit<S> {
     }
 }
 
-fn valid_request_id(v: &HeaderValue, max: usize) -> bool {
-    let b = v.as_bytes();
-    !b.is_empty()
-        && b.len() <= max
-        && b.iter()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b':'))
+/// How much of a field capped at `cap` bytes the request path copies: the redactor can
+/// shorten what it finds, so keep twice the cap, plus room for a whole card number.
+fn capture_limit(cap: usize) -> usize {
+    cap.saturating_mul(2).saturating_add(128)
 }
 
+/// Bytes allowed in a request id: `A-Z a-z 0-9 - _ . :`.
+const ID_BYTES: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        t[c] = b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':');
+        c += 1;
+    }
+    t
+};
+
+fn valid_request_id(v: &HeaderValue, max: usize) -> bool {
+    let b = v.as_bytes();
+    !b.is_empty() && b.len() <= max && b.iter().all(|&c| ID_BYTES[c as usize])
+}
+
+/// The grpc-status header (a constant, so looking it up parses nothing).
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+
+std::thread_local! {
+    /// Per-thread request id state: a random prefix, a random key, and a counter.
+    static ID_STATE: std::cell::Cell<Option<(u64, u64, u64)>> = const { std::cell::Cell::new(None) };
+}
+
+/// A fresh request id: 32 hex digits, no allocation but the header value's own. The first
+/// half is random per thread; the second half is a keyed bijection of a per-thread counter,
+/// so ids never repeat within a thread and do not reveal how many requests it served.
 fn new_request_id() -> HeaderValue {
-    let n: u128 = rand::random();
+    let (prefix, key, n) = ID_STATE.with(|s| {
+        let (prefix, key, n) = s
+            .get()
+            .unwrap_or_else(|| (rand::random(), rand::random(), 0));
+        s.set(Some((prefix, key, n.wrapping_add(1))));
+        (prefix, key, n)
+    });
     let mut buf = [0u8; 32];
-    let _ = hex::encode_to_slice(n.to_be_bytes(), &mut buf);
-    HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    let _ = hex::encode_to_slice(prefix.to_be_bytes(), &mut buf[..16]);
+    let _ = hex::encode_to_slice(mix(n ^ key).to_be_bytes(), &mut buf[16..]);
+    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(buf))
+        .unwrap_or_else(|_| HeaderValue::from_static("0"))
+}
+
+/// The splitmix64 finalizer: a bijection on `u64` that scatters consecutive inputs.
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 fn content_length(h: &http::HeaderMap) -> Option<u64> {
@@ -356,53 +402,46 @@ where
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let inner = &self.layer.inner;
-        let start = inner.clock.monotonic();
-        let wall = inner.clock.wall();
-        let request_id = req
-            .headers()
-            .get(&inner.request_id_header)
-            .filter(|v| inner.trust_request_id && valid_request_id(v, inner.max_request_id_len))
-            .cloned()
-            .unwrap_or_else(new_request_id);
-        let facts = Arc::new(RequestFacts::default());
+        // Only the raw facts are captured here, into a recycled event; the writer thread
+        // redacts, formats, chains and writes.
+        let mut ev = inner.pipeline.event();
+        ev.start = inner.clock.monotonic();
+        ev.wall = inner.clock.wall();
+        let headers = req.headers();
+        let request_id = match headers.get(&inner.request_id_header) {
+            Some(v) if inner.trust_request_id && valid_request_id(v, inner.max_request_id_len) => {
+                v.clone()
+            }
+            _ => new_request_id(),
+        };
+        ev.set_request_id(request_id.as_bytes());
+        ev.method = req.method().clone();
+        ev.set_target(
+            req.uri().path_and_query().map_or("/", |p| p.as_str()),
+            inner.target_limit,
+        );
+        ev.set_user_agent(headers.get(USER_AGENT), inner.field_limit);
+        let mut logged = 0;
+        for n in &inner.log_headers {
+            for v in headers.get_all(n) {
+                if logged < 32 {
+                    ev.push_header(n, v, inner.field_limit);
+                    logged += 1;
+                }
+            }
+        }
+        ev.bytes_in = content_length(headers);
+        ev.peer = crate::client_ip::peer_addr(req.extensions()).map(|a| a.ip().to_canonical());
+        ev.outcome = Outcome::Cancelled;
+        ev.latency = Duration::ZERO;
+        let facts = ev.facts.clone();
         let ext = req.extensions_mut();
         ext.insert(RequestId(request_id.clone()));
-        ext.insert(facts.clone());
-        let peer: Option<IpAddr> =
-            crate::client_ip::peer_addr(req.extensions()).map(|a| a.ip().to_canonical());
-        let headers = req.headers();
-        let event = Event {
-            wall,
-            request_id,
-            method: req.method().clone(),
-            uri: req.uri().clone(),
-            peer,
-            facts,
-            user_agent: headers.get(USER_AGENT).cloned(),
-            headers: inner
-                .log_headers
-                .iter()
-                .flat_map(|n| {
-                    headers
-                        .get_all(n)
-                        .iter()
-                        .map(move |v| (n.clone(), v.clone()))
-                })
-                .take(32)
-                .collect(),
-            bytes_in: content_length(headers),
-            status: None,
-            grpc_status: None,
-            outcome: Outcome::Cancelled,
-            layer: None,
-            reason: None,
-            latency: Duration::ZERO,
-            bytes_out: None,
-        };
+        ext.insert(facts);
         let guard = Guard {
-            event: Some(event),
+            event: Some(ev),
+            request_id: Some(request_id),
             layer: self.layer.inner.clone(),
-            start,
         };
         let fut = if inner.failure == FailurePolicy::FailClosed && inner.pipeline.failing() {
             let denial = Denial::new(
@@ -421,15 +460,16 @@ where
 
 /// Sends exactly one record: on completion, or — when dropped first — as `cancelled`.
 struct Guard {
-    event: Option<Event>,
+    event: Option<Box<Event>>,
+    /// The request id, for the response header.
+    request_id: Option<HeaderValue>,
     layer: Arc<Inner>,
-    start: Duration,
 }
 
 impl Guard {
     fn finish(&mut self, fill: impl FnOnce(&mut Event)) {
         if let Some(mut ev) = self.event.take() {
-            ev.latency = self.layer.clock.monotonic().saturating_sub(self.start);
+            ev.latency = self.layer.clock.monotonic().saturating_sub(ev.start);
             fill(&mut ev);
             self.layer.pipeline.send(ev);
         }
@@ -477,14 +517,12 @@ where
         let result = ready!(this.fut.poll(cx));
         match result {
             Ok(mut res) => {
-                let header = this.guard.layer.request_id_header.clone();
-                let rid = this.guard.event.as_ref().map(|e| e.request_id.clone());
                 this.guard.finish(|ev| {
                     let status = res.status().as_u16();
                     ev.status = Some(status);
                     ev.grpc_status = res
                         .headers()
-                        .get("grpc-status")
+                        .get(GRPC_STATUS)
                         .and_then(|v| v.to_str().ok())
                         .and_then(|v| v.parse().ok());
                     ev.bytes_out = res
@@ -507,7 +545,8 @@ where
                         ev.outcome = Outcome::Served;
                     }
                 });
-                if let Some(rid) = rid {
+                if let Some(rid) = this.guard.request_id.take() {
+                    let header = this.guard.layer.request_id_header.clone();
                     res.headers_mut().insert(header, rid);
                 }
                 Poll::Ready(Ok(res))
