@@ -18,7 +18,7 @@ use tower_service::Service;
 use super::record::{AuditRecord, Outcome};
 use super::redact::Redactor;
 use super::sink::{AuditSink, CallbackSink, FileSink, TracingSink};
-use super::writer::{AuditStats, Event, FailurePolicy, Overflow, Pipeline, RecordCfg};
+use super::writer::{AuditStats, Event, FailurePolicy, Overflow, Pipeline, RecordCfg, Stamp};
 use crate::body::BodyFromBytes;
 use crate::clock::{SharedClock, system_clock};
 use crate::denial::{Denial, Renderer};
@@ -64,7 +64,8 @@ pub struct AuditLayerBuilder {
     redactor: Redactor,
     cap: usize,
     path_cap: usize,
-    clock: SharedClock,
+    /// A custom clock; `None` reads `Instant`/`SystemTime` directly.
+    clock: Option<SharedClock>,
     renderer: Renderer,
 }
 
@@ -99,7 +100,7 @@ impl Default for AuditLayerBuilder {
             redactor: Redactor::default(),
             cap: 1024,
             path_cap: 2048,
-            clock: system_clock(),
+            clock: None,
             renderer: Renderer::default(),
         }
     }
@@ -188,7 +189,7 @@ impl AuditLayerBuilder {
     }
     /// The clock (latency and timestamps).
     pub fn clock(mut self, clock: SharedClock) -> Self {
-        self.clock = clock;
+        self.clock = Some(clock);
         self
     }
     /// The denial renderer (for the fail-closed 503).
@@ -225,7 +226,7 @@ impl AuditLayerBuilder {
             self.overflow,
             self.chain_key,
             cfg,
-            self.clock.clone(),
+            self.clock.clone().unwrap_or_else(system_clock),
         )
         .map_err(|e| ConfigError::invalid("audit", format!("cannot start the writer: {e}")))?;
         Ok(AuditLayer {
@@ -256,7 +257,7 @@ struct Inner {
     trust_request_id: bool,
     max_request_id_len: usize,
     log_headers: Vec<HeaderName>,
-    clock: SharedClock,
+    clock: Option<SharedClock>,
 }
 
 /// Records one audit record per request. See the [module docs](super).
@@ -405,8 +406,7 @@ where
         // Only the raw facts are captured here, into a recycled event; the writer thread
         // redacts, formats, chains and writes.
         let mut ev = inner.pipeline.event();
-        ev.start = inner.clock.monotonic();
-        ev.wall = inner.clock.wall();
+        ev.start = Stamp::now(inner.clock.as_ref());
         let headers = req.headers();
         let request_id = match headers.get(&inner.request_id_header) {
             Some(v) if inner.trust_request_id && valid_request_id(v, inner.max_request_id_len) => {
@@ -433,7 +433,6 @@ where
         ev.bytes_in = content_length(headers);
         ev.peer = crate::client_ip::peer_addr(req.extensions()).map(|a| a.ip().to_canonical());
         ev.outcome = Outcome::Cancelled;
-        ev.latency = Duration::ZERO;
         let facts = ev.facts.clone();
         let ext = req.extensions_mut();
         ext.insert(RequestId(request_id.clone()));
@@ -469,7 +468,7 @@ struct Guard {
 impl Guard {
     fn finish(&mut self, fill: impl FnOnce(&mut Event)) {
         if let Some(mut ev) = self.event.take() {
-            ev.latency = self.layer.clock.monotonic().saturating_sub(ev.start);
+            ev.end = Stamp::now(self.layer.clock.as_ref());
             fill(&mut ev);
             self.layer.pipeline.send(ev);
         }
@@ -559,5 +558,155 @@ where
                 Poll::Ready(Err(e))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::convert::Infallible;
+    use std::sync::Mutex;
+
+    use futures_util::FutureExt;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::principal::{CredentialKind, Principal};
+
+    type Lines = Arc<Mutex<Vec<serde_json::Value>>>;
+
+    fn layer(capacity: usize) -> (AuditLayer, Lines) {
+        let lines: Lines = Arc::default();
+        let l = lines.clone();
+        let audit = AuditLayer::builder()
+            .callback("test", move |_, line| {
+                l.lock().unwrap().push(serde_json::from_str(line).unwrap());
+                Ok(())
+            })
+            .capacity(capacity)
+            .field_caps(64, 64)
+            .build()
+            .unwrap();
+        (audit, lines)
+    }
+
+    fn call(audit: &AuditLayer, req: Request<()>) -> Response<String> {
+        let svc = audit.layer(tower::service_fn(|req: Request<()>| async move {
+            // Plays an auth layer: a `who` header becomes the principal.
+            if let Some(who) = req.headers().get("who") {
+                let p = Principal::new(who.to_str().unwrap(), CredentialKind::ApiKey);
+                crate::facts::record_principal(req.extensions(), &p);
+            }
+            Ok::<_, Infallible>(Response::new(String::from("ok")))
+        }));
+        svc.oneshot(req).now_or_never().unwrap().unwrap()
+    }
+
+    #[test]
+    fn recycled_events_carry_nothing_from_the_previous_request() {
+        let (audit, lines) = layer(4);
+        for i in 0..200 {
+            let mut b = Request::get(format!("/r/{i}"));
+            if i % 2 == 0 {
+                b = b
+                    .header("who", format!("client-{i}"))
+                    .header("user-agent", format!("agent-{i}"));
+            }
+            call(&audit, b.body(()).unwrap());
+            if i % 7 == 0 {
+                assert!(audit.flush(Duration::from_secs(5)));
+            }
+        }
+        assert!(audit.flush(Duration::from_secs(5)));
+        let lines = lines.lock().unwrap();
+        assert_eq!(lines.len(), 200);
+        for (i, rec) in lines.iter().enumerate() {
+            assert_eq!(rec["path"], format!("/r/{i}"));
+            if i % 2 == 0 {
+                assert_eq!(rec["principal"]["id"], format!("client-{i}"));
+                assert_eq!(rec["user_agent"], format!("agent-{i}"));
+            } else {
+                assert!(rec.get("principal").is_none(), "{rec}");
+                assert!(rec.get("user_agent").is_none(), "{rec}");
+            }
+        }
+    }
+
+    #[test]
+    fn generated_request_ids_are_valid_and_unique() {
+        let mut seen = HashSet::new();
+        for _ in 0..10_000 {
+            let id = new_request_id();
+            assert_eq!(id.len(), 32);
+            assert!(valid_request_id(&id, 128));
+            assert!(seen.insert(id));
+        }
+        let other = std::thread::spawn(new_request_id).join().unwrap();
+        assert!(!seen.contains(&other));
+    }
+
+    #[test]
+    fn long_values_are_cut_before_the_writer_without_splitting_a_card() {
+        let (audit, lines) = layer(16);
+        // The capture limit for a 64-byte cap is 256 bytes and the card straddles it; the
+        // redacted token before it shrinks, so what follows would show within the cap.
+        let card = "4111 1111 1111 1111";
+        let ua = format!("token={} {card}{}", "v".repeat(243), "b".repeat(100));
+        let path = format!(
+            "/p?token={}&q={card}&x={}",
+            "v".repeat(238),
+            "y".repeat(300)
+        );
+        assert_eq!(ua.find(card), Some(250));
+        assert_eq!(path.find(card), Some(250));
+        let req = Request::get(path.replace(' ', "%20"))
+            .header("user-agent", ua)
+            .body(())
+            .unwrap();
+        call(&audit, req);
+        assert!(audit.flush(Duration::from_secs(5)));
+        let rec = &lines.lock().unwrap()[0];
+        for field in ["user_agent", "path"] {
+            let v = rec[field].as_str().unwrap();
+            assert!(v.ends_with(crate::audit::record::TRUNCATED), "{field}: {v}");
+            assert!(v.len() <= 64 + crate::audit::record::TRUNCATED.len(), "{v}");
+            assert!(v.contains("token=[REDACTED]"), "{v}");
+            assert!(!v.contains("4111") && !v.contains("1111"), "{v}");
+        }
+        let (kept, cut) = super::super::writer::precut(b"abc 4111 1111", 9);
+        assert_eq!((kept, cut), (&b"abc"[..], true));
+        assert_eq!(
+            super::super::writer::precut(b"abc", 9),
+            (&b"abc"[..], false)
+        );
+    }
+
+    #[test]
+    fn a_custom_clock_gives_the_timestamp_and_latency() {
+        let clock = crate::clock::ManualClock::at_unix(1_795_318_926);
+        let lines: Lines = Arc::default();
+        let l = lines.clone();
+        let audit = AuditLayer::builder()
+            .callback("test", move |_, line| {
+                l.lock().unwrap().push(serde_json::from_str(line).unwrap());
+                Ok(())
+            })
+            .clock(Arc::new(clock.clone()))
+            .build()
+            .unwrap();
+        let c = clock.clone();
+        let svc = audit.layer(tower::service_fn(move |_req: Request<()>| {
+            c.advance(Duration::from_millis(3));
+            async { Ok::<_, Infallible>(Response::new(String::new())) }
+        }));
+        let _ = svc
+            .oneshot(Request::new(()))
+            .now_or_never()
+            .unwrap()
+            .unwrap();
+        assert!(audit.flush(Duration::from_secs(5)));
+        let rec = &lines.lock().unwrap()[0];
+        assert_eq!(rec["ts"], "2026-11-22T03:42:06.000000Z");
+        assert_eq!(rec["latency_us"], 3000);
     }
 }
