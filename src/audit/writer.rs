@@ -1,8 +1,9 @@
 //! The bounded queue and the writer thread between the request path and the sinks.
 //!
-//! The request path only moves cheap, reference-counted pieces of the request (method,
-//! URI, header values, the shared [`RequestFacts`]) into a bounded queue. The writer
-//! thread redacts, encodes, chains and writes them. When the queue is full:
+//! The request path only captures raw facts (instants, method, peer, copies of the request
+//! id, target and user agent) into a recycled [`Event`] and hands it to a bounded queue. The
+//! writer thread derives the wall time, redacts, encodes, chains and writes, then resets the
+//! event and returns it to the pool. When the queue is full:
 //! [`Overflow::Block`] makes the request wait for room (lossless back-pressure), and
 //! [`Overflow::Drop`] discards the record, counts it, and the writer then writes a
 //! `dropped` record saying how many were lost.
@@ -261,6 +262,8 @@ pub(crate) enum Msg {
 
 /// Recycled events, shared by the request path (takes) and the writer (gives back).
 struct Pool {
+    // Boxed: an event moves between the pool, a request and the queue as one pointer.
+    #[allow(clippy::vec_box)]
     free: Mutex<Vec<Box<Event>>>,
     max: usize,
 }
@@ -441,6 +444,7 @@ struct Writer {
     rx: Receiver<Msg>,
     pool: Arc<Pool>,
     /// Recycled events not yet handed back to the pool.
+    #[allow(clippy::vec_box)]
     spare: Vec<Box<Event>>,
     sinks: Vec<Slot>,
     chain: Option<Chain>,
