@@ -3,7 +3,6 @@
 use std::fmt;
 use std::future::Future;
 use std::io;
-use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
@@ -19,12 +18,11 @@ use tower_service::Service;
 use super::record::{AuditRecord, Outcome};
 use super::redact::Redactor;
 use super::sink::{AuditSink, CallbackSink, FileSink, TracingSink};
-use super::writer::{AuditStats, Event, FailurePolicy, Overflow, Pipeline, RecordCfg};
+use super::writer::{AuditStats, Event, FailurePolicy, Overflow, Pipeline, RecordCfg, Stamp};
 use crate::body::BodyFromBytes;
 use crate::clock::{SharedClock, system_clock};
 use crate::denial::{Denial, Renderer};
 use crate::error::ConfigError;
-use crate::facts::RequestFacts;
 use crate::future::ShieldFuture;
 
 /// The request id of a request, inserted into the request extensions by the audit layer
@@ -66,7 +64,8 @@ pub struct AuditLayerBuilder {
     redactor: Redactor,
     cap: usize,
     path_cap: usize,
-    clock: SharedClock,
+    /// A custom clock; `None` reads `Instant`/`SystemTime` directly.
+    clock: Option<SharedClock>,
     renderer: Renderer,
 }
 
@@ -101,7 +100,7 @@ impl Default for AuditLayerBuilder {
             redactor: Redactor::default(),
             cap: 1024,
             path_cap: 2048,
-            clock: system_clock(),
+            clock: None,
             renderer: Renderer::default(),
         }
     }
@@ -190,7 +189,7 @@ impl AuditLayerBuilder {
     }
     /// The clock (latency and timestamps).
     pub fn clock(mut self, clock: SharedClock) -> Self {
-        self.clock = clock;
+        self.clock = Some(clock);
         self
     }
     /// The denial renderer (for the fail-closed 503).
@@ -227,12 +226,14 @@ impl AuditLayerBuilder {
             self.overflow,
             self.chain_key,
             cfg,
-            self.clock.clone(),
+            self.clock.clone().unwrap_or_else(system_clock),
         )
         .map_err(|e| ConfigError::invalid("audit", format!("cannot start the writer: {e}")))?;
         Ok(AuditLayer {
             inner: Arc::new(Inner {
                 pipeline,
+                target_limit: capture_limit(self.path_cap),
+                field_limit: capture_limit(self.cap),
                 failure: self.failure,
                 request_id_header: self.request_id_header,
                 trust_request_id: self.trust_request_id,
@@ -247,12 +248,16 @@ impl AuditLayerBuilder {
 
 struct Inner {
     pipeline: Pipeline,
+    /// How much of the request target the request path copies for the writer.
+    target_limit: usize,
+    /// How much of the user agent and each logged header the request path copies.
+    field_limit: usize,
     failure: FailurePolicy,
     request_id_header: HeaderName,
     trust_request_id: bool,
     max_request_id_len: usize,
     log_headers: Vec<HeaderName>,
-    clock: SharedClock,
+    clock: Option<SharedClock>,
 }
 
 /// Records one audit record per request. See the [module docs](super).
@@ -322,19 +327,61 @@ impl<S> Audit<S> {
     }
 }
 
-fn valid_request_id(v: &HeaderValue, max: usize) -> bool {
-    let b = v.as_bytes();
-    !b.is_empty()
-        && b.len() <= max
-        && b.iter()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b':'))
+/// How much of a field capped at `cap` bytes the request path copies: the redactor can
+/// shorten what it finds, so keep twice the cap, plus room for a whole card number.
+fn capture_limit(cap: usize) -> usize {
+    cap.saturating_mul(2).saturating_add(128)
 }
 
+/// Bytes allowed in a request id: `A-Z a-z 0-9 - _ . :`.
+const ID_BYTES: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        t[c] = b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':');
+        c += 1;
+    }
+    t
+};
+
+fn valid_request_id(v: &HeaderValue, max: usize) -> bool {
+    let b = v.as_bytes();
+    !b.is_empty() && b.len() <= max && b.iter().all(|&c| ID_BYTES[c as usize])
+}
+
+/// The grpc-status header (a constant, so looking it up parses nothing).
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+
+std::thread_local! {
+    /// Per-thread request id state: a random prefix, a random key, and a counter.
+    static ID_STATE: std::cell::Cell<Option<(u64, u64, u64)>> = const { std::cell::Cell::new(None) };
+}
+
+/// A fresh request id: 32 hex digits, no allocation but the header value's own. The first
+/// half is random per thread; the second half is a keyed bijection of a per-thread counter,
+/// so ids never repeat within a thread and do not reveal how many requests it served.
 fn new_request_id() -> HeaderValue {
-    let n: u128 = rand::random();
+    let (prefix, key, n) = ID_STATE.with(|s| {
+        let (prefix, key, n) = s
+            .get()
+            .unwrap_or_else(|| (rand::random(), rand::random(), 0));
+        s.set(Some((prefix, key, n.wrapping_add(1))));
+        (prefix, key, n)
+    });
     let mut buf = [0u8; 32];
-    let _ = hex::encode_to_slice(n.to_be_bytes(), &mut buf);
-    HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    let _ = hex::encode_to_slice(prefix.to_be_bytes(), &mut buf[..16]);
+    let _ = hex::encode_to_slice(mix(n ^ key).to_be_bytes(), &mut buf[16..]);
+    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(buf))
+        .unwrap_or_else(|_| HeaderValue::from_static("0"))
+}
+
+/// The splitmix64 finalizer: a bijection on `u64` that scatters consecutive inputs.
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 fn content_length(h: &http::HeaderMap) -> Option<u64> {
@@ -356,53 +403,44 @@ where
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let inner = &self.layer.inner;
-        let start = inner.clock.monotonic();
-        let wall = inner.clock.wall();
-        let request_id = req
-            .headers()
-            .get(&inner.request_id_header)
-            .filter(|v| inner.trust_request_id && valid_request_id(v, inner.max_request_id_len))
-            .cloned()
-            .unwrap_or_else(new_request_id);
-        let facts = Arc::new(RequestFacts::default());
+        // Only the raw facts are captured here, into a recycled event; the writer thread
+        // redacts, formats, chains and writes.
+        let mut ev = inner.pipeline.event();
+        ev.start = Stamp::now(inner.clock.as_ref());
+        let headers = req.headers();
+        let request_id = match headers.get(&inner.request_id_header) {
+            Some(v) if inner.trust_request_id && valid_request_id(v, inner.max_request_id_len) => {
+                v.clone()
+            }
+            _ => new_request_id(),
+        };
+        ev.set_request_id(request_id.as_bytes());
+        ev.method = req.method().clone();
+        ev.set_target(
+            req.uri().path_and_query().map_or("/", |p| p.as_str()),
+            inner.target_limit,
+        );
+        ev.set_user_agent(headers.get(USER_AGENT), inner.field_limit);
+        let mut logged = 0;
+        for n in &inner.log_headers {
+            for v in headers.get_all(n) {
+                if logged < 32 {
+                    ev.push_header(n, v, inner.field_limit);
+                    logged += 1;
+                }
+            }
+        }
+        ev.bytes_in = content_length(headers);
+        ev.peer = crate::client_ip::peer_addr(req.extensions()).map(|a| a.ip().to_canonical());
+        ev.outcome = Outcome::Cancelled;
+        let facts = ev.facts.clone();
         let ext = req.extensions_mut();
         ext.insert(RequestId(request_id.clone()));
-        ext.insert(facts.clone());
-        let peer: Option<IpAddr> =
-            crate::client_ip::peer_addr(req.extensions()).map(|a| a.ip().to_canonical());
-        let headers = req.headers();
-        let event = Event {
-            wall,
-            request_id,
-            method: req.method().clone(),
-            uri: req.uri().clone(),
-            peer,
-            facts,
-            user_agent: headers.get(USER_AGENT).cloned(),
-            headers: inner
-                .log_headers
-                .iter()
-                .flat_map(|n| {
-                    headers
-                        .get_all(n)
-                        .iter()
-                        .map(move |v| (n.clone(), v.clone()))
-                })
-                .take(32)
-                .collect(),
-            bytes_in: content_length(headers),
-            status: None,
-            grpc_status: None,
-            outcome: Outcome::Cancelled,
-            layer: None,
-            reason: None,
-            latency: Duration::ZERO,
-            bytes_out: None,
-        };
+        ext.insert(facts);
         let guard = Guard {
-            event: Some(event),
+            event: Some(ev),
+            request_id: Some(request_id),
             layer: self.layer.inner.clone(),
-            start,
         };
         let fut = if inner.failure == FailurePolicy::FailClosed && inner.pipeline.failing() {
             let denial = Denial::new(
@@ -421,15 +459,16 @@ where
 
 /// Sends exactly one record: on completion, or — when dropped first — as `cancelled`.
 struct Guard {
-    event: Option<Event>,
+    event: Option<Box<Event>>,
+    /// The request id, for the response header.
+    request_id: Option<HeaderValue>,
     layer: Arc<Inner>,
-    start: Duration,
 }
 
 impl Guard {
     fn finish(&mut self, fill: impl FnOnce(&mut Event)) {
         if let Some(mut ev) = self.event.take() {
-            ev.latency = self.layer.clock.monotonic().saturating_sub(self.start);
+            ev.end = Stamp::now(self.layer.clock.as_ref());
             fill(&mut ev);
             self.layer.pipeline.send(ev);
         }
@@ -477,14 +516,12 @@ where
         let result = ready!(this.fut.poll(cx));
         match result {
             Ok(mut res) => {
-                let header = this.guard.layer.request_id_header.clone();
-                let rid = this.guard.event.as_ref().map(|e| e.request_id.clone());
                 this.guard.finish(|ev| {
                     let status = res.status().as_u16();
                     ev.status = Some(status);
                     ev.grpc_status = res
                         .headers()
-                        .get("grpc-status")
+                        .get(GRPC_STATUS)
                         .and_then(|v| v.to_str().ok())
                         .and_then(|v| v.parse().ok());
                     ev.bytes_out = res
@@ -507,7 +544,8 @@ where
                         ev.outcome = Outcome::Served;
                     }
                 });
-                if let Some(rid) = rid {
+                if let Some(rid) = this.guard.request_id.take() {
+                    let header = this.guard.layer.request_id_header.clone();
                     res.headers_mut().insert(header, rid);
                 }
                 Poll::Ready(Ok(res))
@@ -520,5 +558,155 @@ where
                 Poll::Ready(Err(e))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::convert::Infallible;
+    use std::sync::Mutex;
+
+    use futures_util::FutureExt;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::principal::{CredentialKind, Principal};
+
+    type Lines = Arc<Mutex<Vec<serde_json::Value>>>;
+
+    fn layer(capacity: usize) -> (AuditLayer, Lines) {
+        let lines: Lines = Arc::default();
+        let l = lines.clone();
+        let audit = AuditLayer::builder()
+            .callback("test", move |_, line| {
+                l.lock().unwrap().push(serde_json::from_str(line).unwrap());
+                Ok(())
+            })
+            .capacity(capacity)
+            .field_caps(64, 64)
+            .build()
+            .unwrap();
+        (audit, lines)
+    }
+
+    fn call(audit: &AuditLayer, req: Request<()>) -> Response<String> {
+        let svc = audit.layer(tower::service_fn(|req: Request<()>| async move {
+            // Plays an auth layer: a `who` header becomes the principal.
+            if let Some(who) = req.headers().get("who") {
+                let p = Principal::new(who.to_str().unwrap(), CredentialKind::ApiKey);
+                crate::facts::record_principal(req.extensions(), &p);
+            }
+            Ok::<_, Infallible>(Response::new(String::from("ok")))
+        }));
+        svc.oneshot(req).now_or_never().unwrap().unwrap()
+    }
+
+    #[test]
+    fn recycled_events_carry_nothing_from_the_previous_request() {
+        let (audit, lines) = layer(4);
+        for i in 0..200 {
+            let mut b = Request::get(format!("/r/{i}"));
+            if i % 2 == 0 {
+                b = b
+                    .header("who", format!("client-{i}"))
+                    .header("user-agent", format!("agent-{i}"));
+            }
+            call(&audit, b.body(()).unwrap());
+            if i % 7 == 0 {
+                assert!(audit.flush(Duration::from_secs(5)));
+            }
+        }
+        assert!(audit.flush(Duration::from_secs(5)));
+        let lines = lines.lock().unwrap();
+        assert_eq!(lines.len(), 200);
+        for (i, rec) in lines.iter().enumerate() {
+            assert_eq!(rec["path"], format!("/r/{i}"));
+            if i % 2 == 0 {
+                assert_eq!(rec["principal"]["id"], format!("client-{i}"));
+                assert_eq!(rec["user_agent"], format!("agent-{i}"));
+            } else {
+                assert!(rec.get("principal").is_none(), "{rec}");
+                assert!(rec.get("user_agent").is_none(), "{rec}");
+            }
+        }
+    }
+
+    #[test]
+    fn generated_request_ids_are_valid_and_unique() {
+        let mut seen = HashSet::new();
+        for _ in 0..10_000 {
+            let id = new_request_id();
+            assert_eq!(id.len(), 32);
+            assert!(valid_request_id(&id, 128));
+            assert!(seen.insert(id));
+        }
+        let other = std::thread::spawn(new_request_id).join().unwrap();
+        assert!(!seen.contains(&other));
+    }
+
+    #[test]
+    fn long_values_are_cut_before_the_writer_without_splitting_a_card() {
+        let (audit, lines) = layer(16);
+        // The capture limit for a 64-byte cap is 256 bytes and the card straddles it; the
+        // redacted token before it shrinks, so what follows would show within the cap.
+        let card = "4111 1111 1111 1111";
+        let ua = format!("token={} {card}{}", "v".repeat(243), "b".repeat(100));
+        let path = format!(
+            "/p?token={}&q={card}&x={}",
+            "v".repeat(238),
+            "y".repeat(300)
+        );
+        assert_eq!(ua.find(card), Some(250));
+        assert_eq!(path.find(card), Some(250));
+        let req = Request::get(path.replace(' ', "%20"))
+            .header("user-agent", ua)
+            .body(())
+            .unwrap();
+        call(&audit, req);
+        assert!(audit.flush(Duration::from_secs(5)));
+        let rec = &lines.lock().unwrap()[0];
+        for field in ["user_agent", "path"] {
+            let v = rec[field].as_str().unwrap();
+            assert!(v.ends_with(crate::audit::record::TRUNCATED), "{field}: {v}");
+            assert!(v.len() <= 64 + crate::audit::record::TRUNCATED.len(), "{v}");
+            assert!(v.contains("token=[REDACTED]"), "{v}");
+            assert!(!v.contains("4111") && !v.contains("1111"), "{v}");
+        }
+        let (kept, cut) = super::super::writer::precut(b"abc 4111 1111", 9);
+        assert_eq!((kept, cut), (&b"abc"[..], true));
+        assert_eq!(
+            super::super::writer::precut(b"abc", 9),
+            (&b"abc"[..], false)
+        );
+    }
+
+    #[test]
+    fn a_custom_clock_gives_the_timestamp_and_latency() {
+        let clock = crate::clock::ManualClock::at_unix(1_795_318_926);
+        let lines: Lines = Arc::default();
+        let l = lines.clone();
+        let audit = AuditLayer::builder()
+            .callback("test", move |_, line| {
+                l.lock().unwrap().push(serde_json::from_str(line).unwrap());
+                Ok(())
+            })
+            .clock(Arc::new(clock.clone()))
+            .build()
+            .unwrap();
+        let c = clock.clone();
+        let svc = audit.layer(tower::service_fn(move |_req: Request<()>| {
+            c.advance(Duration::from_millis(3));
+            async { Ok::<_, Infallible>(Response::new(String::new())) }
+        }));
+        let _ = svc
+            .oneshot(Request::new(()))
+            .now_or_never()
+            .unwrap()
+            .unwrap();
+        assert!(audit.flush(Duration::from_secs(5)));
+        let rec = &lines.lock().unwrap()[0];
+        assert_eq!(rec["ts"], "2026-11-22T03:42:06.000000Z");
+        assert_eq!(rec["latency_us"], 3000);
     }
 }

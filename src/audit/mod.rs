@@ -12,8 +12,9 @@
 //! into the request extensions; the layers inside record the client address, the matched
 //! route, the principal, sanitizer findings and shadow-mode denials into it.
 //!
-//! The request path only hands reference-counted pieces of the request to a bounded queue;
-//! a dedicated writer thread redacts, encodes, chains and writes ([`Overflow`] decides
+//! The request path only captures raw facts (two `Instant`s, method, peer, copies of the
+//! request id, target and user agent) into a recycled event and hands it to a bounded queue;
+//! a dedicated writer thread formats the timestamp, redacts, encodes, chains and writes ([`Overflow`] decides
 //! what happens when the queue is full, [`FailurePolicy`] what happens when a sink fails).
 //!
 //! ```

@@ -1,8 +1,9 @@
 //! The bounded queue and the writer thread between the request path and the sinks.
 //!
-//! The request path only moves cheap, reference-counted pieces of the request (method,
-//! URI, header values, the shared [`RequestFacts`]) into a bounded queue. The writer
-//! thread redacts, encodes, chains and writes them. When the queue is full:
+//! The request path only captures raw facts (instants, method, peer, copies of the request
+//! id, target and user agent) into a recycled [`Event`] and hands it to a bounded queue. The
+//! writer thread derives the wall time, redacts, encodes, chains and writes, then resets the
+//! event and returns it to the pool. When the queue is full:
 //! [`Overflow::Block`] makes the request wait for room (lossless back-pressure), and
 //! [`Overflow::Drop`] discards the record, counts it, and the writer then writes a
 //! `dropped` record saying how many were lost.
@@ -10,16 +11,17 @@
 use std::borrow::Cow;
 use std::io;
 use std::net::IpAddr;
+use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
-use http::{HeaderName, HeaderValue, Method, Uri};
+use http::{HeaderName, HeaderValue, Method};
 
 use super::chain::Chain;
-use super::record::{AuditRecord, Outcome, PrincipalRecord, ShadowRecord};
+use super::record::{AuditRecord, Outcome, PrincipalRecord, ShadowRecord, TRUNCATED};
 use super::redact::{REDACTED, Redactor, is_secret_header};
 use super::sink::AuditSink;
 use crate::clock::SharedClock;
@@ -64,42 +66,229 @@ pub struct AuditStats {
     pub failing: bool,
 }
 
-/// One request, as handed to the writer.
+/// One request, as handed to the writer: the raw facts only, copied cheaply on the request
+/// path. Events are boxed and recycled through a pool (the writer hands them back with
+/// their buffers and a reset [`RequestFacts`]), so the request path neither allocates for
+/// them nor leaves the writer thread to free memory the request thread allocated.
 pub(crate) struct Event {
-    pub wall: SystemTime,
-    pub request_id: HeaderValue,
+    /// When the request arrived.
+    pub start: Stamp,
+    /// When the response (or the cancellation) came.
+    pub end: Stamp,
     pub method: Method,
-    pub uri: Uri,
     pub peer: Option<IpAddr>,
     pub facts: Arc<RequestFacts>,
-    pub user_agent: Option<HeaderValue>,
-    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Request id, target (path and query) and user agent bytes, back to back.
+    text: Vec<u8>,
+    request_id: Range<u32>,
+    target: Text,
+    user_agent: Option<Text>,
+    headers: Vec<(HeaderName, Text)>,
     pub bytes_in: Option<u64>,
     pub status: Option<u16>,
     pub grpc_status: Option<u16>,
     pub outcome: Outcome,
     pub layer: Option<&'static str>,
     pub reason: Option<Cow<'static, str>>,
-    pub latency: Duration,
     pub bytes_out: Option<u64>,
 }
 
-// Events are stored inline: the bounded queue preallocates its slots, and boxing would cost
-// an allocation on the request path and a cross-thread free on the writer.
-#[allow(clippy::large_enum_variant)]
+/// A point in time read on the request path: an [`Instant`] with the system clock (the
+/// writer derives the wall time of arrival from it), or both readings of a custom clock.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Stamp {
+    Instant(Instant),
+    Clock { mono: Duration, wall: SystemTime },
+}
+
+impl Stamp {
+    /// Now, from `clock`, or from [`Instant::now`] when there is no custom clock.
+    pub fn now(clock: Option<&SharedClock>) -> Self {
+        match clock {
+            None => Self::Instant(Instant::now()),
+            Some(c) => Self::Clock {
+                mono: c.monotonic(),
+                wall: c.wall(),
+            },
+        }
+    }
+
+    /// The wall time of `start` and the time from `start` to `end`.
+    fn span(start: Self, end: Self) -> (SystemTime, Duration) {
+        match (start, end) {
+            (Self::Instant(a), Self::Instant(b)) => {
+                let (now, wall_now) = (Instant::now(), SystemTime::now());
+                let ago = now.saturating_duration_since(a);
+                let wall = wall_now.checked_sub(ago).unwrap_or(wall_now);
+                (wall, b.saturating_duration_since(a))
+            }
+            (Self::Clock { mono: a, wall }, Self::Clock { mono: b, .. }) => {
+                (wall, b.saturating_sub(a))
+            }
+            (Self::Clock { wall, .. }, Self::Instant(_)) => (wall, Duration::ZERO),
+            (Self::Instant(_), Self::Clock { wall, .. }) => (wall, Duration::ZERO),
+        }
+    }
+}
+
+/// Longest buffer capacity an event keeps when it goes back to the pool.
+const KEEP_TEXT: usize = 4096;
+
+impl Event {
+    fn new() -> Self {
+        Self {
+            start: Stamp::Instant(Instant::now()),
+            end: Stamp::Instant(Instant::now()),
+            method: Method::GET,
+            peer: None,
+            facts: Arc::new(RequestFacts::default()),
+            text: Vec::new(),
+            request_id: 0..0,
+            target: Text::default(),
+            user_agent: None,
+            headers: Vec::new(),
+            bytes_in: None,
+            status: None,
+            grpc_status: None,
+            outcome: Outcome::Cancelled,
+            layer: None,
+            reason: None,
+            bytes_out: None,
+        }
+    }
+
+    fn push_text(&mut self, b: &[u8]) -> Range<u32> {
+        let start = self.text.len() as u32;
+        self.text.extend_from_slice(b);
+        start..self.text.len() as u32
+    }
+
+    fn text(&self, r: &Range<u32>) -> &[u8] {
+        &self.text[r.start as usize..r.end as usize]
+    }
+
+    fn push_cut(&mut self, b: &[u8], limit: usize) -> Text {
+        let (b, cut) = precut(b, limit);
+        Text {
+            range: self.push_text(b),
+            cut,
+        }
+    }
+
+    /// A captured string, lossily decoded (header values may be any bytes).
+    fn string(&self, t: &Text) -> Cow<'_, str> {
+        String::from_utf8_lossy(self.text(&t.range))
+    }
+
+    /// Sets the request id (a validated or generated id: short, ASCII).
+    pub fn set_request_id(&mut self, id: &[u8]) {
+        self.request_id = self.push_text(id);
+    }
+
+    /// Sets the request target, keeping at most `limit` bytes (see [`precut`]).
+    pub fn set_target(&mut self, target: &str, limit: usize) {
+        self.target = self.push_cut(target.as_bytes(), limit);
+    }
+
+    /// Sets the user agent, keeping at most `limit` bytes (see [`precut`]).
+    pub fn set_user_agent(&mut self, ua: Option<&HeaderValue>, limit: usize) {
+        self.user_agent = ua.map(|v| self.push_cut(v.as_bytes(), limit));
+    }
+
+    /// Adds a logged header, keeping at most `limit` bytes of the value.
+    pub fn push_header(&mut self, name: &HeaderName, value: &HeaderValue, limit: usize) {
+        let t = self.push_cut(value.as_bytes(), limit);
+        self.headers.push((name.clone(), t));
+    }
+
+    /// Makes the event ready for another request (on the writer thread). Returns false
+    /// when it should not be pooled.
+    fn recycle(&mut self) -> bool {
+        match Arc::get_mut(&mut self.facts) {
+            Some(f) => *f = RequestFacts::default(),
+            // Someone still holds the request's facts: leave them to it.
+            None => self.facts = Arc::new(RequestFacts::default()),
+        }
+        self.text.clear();
+        if self.text.capacity() > KEEP_TEXT {
+            self.text = Vec::new();
+        }
+        self.headers.clear();
+        self.user_agent = None;
+        self.reason = None;
+        self.layer = None;
+        self.status = None;
+        self.grpc_status = None;
+        self.bytes_out = None;
+        self.headers.capacity() <= 64
+    }
+}
+
+/// A captured string: its bytes in [`Event::text`], and whether it was cut.
+#[derive(Debug, Clone, Default)]
+struct Text {
+    range: Range<u32>,
+    cut: bool,
+}
+
+/// The first `limit` bytes of a value captured for the writer (which redacts and caps it),
+/// and whether it was cut. The cut never falls inside a run of digits and separators, so a
+/// card number is either whole (and recognised by the redactor) or absent.
+pub(crate) fn precut(b: &[u8], limit: usize) -> (&[u8], bool) {
+    if b.len() <= limit {
+        return (b, false);
+    }
+    let mut end = limit;
+    while end > 0 && matches!(b[end - 1], b'0'..=b'9' | b' ' | b'-' | b'%') {
+        end -= 1;
+    }
+    (&b[..end], true)
+}
+
+/// A redacted value whose capture was cut: ends with the truncation marker and fits in
+/// `cap` (a longer value is cut and marked by the encoder).
+fn mark_cut(s: String, cap: usize) -> String {
+    if s.len() > cap {
+        return s;
+    }
+    let (p, _) = super::record::cap_str(&s, cap.saturating_sub(TRUNCATED.len()));
+    format!("{p}{TRUNCATED}")
+}
+
 pub(crate) enum Msg {
-    Event(Event),
+    Event(Box<Event>),
     Flush(SyncSender<()>),
 }
 
+/// Recycled events, shared by the request path (takes) and the writer (gives back).
+struct Pool {
+    // Boxed: an event moves between the pool, a request and the queue as one pointer.
+    #[allow(clippy::vec_box)]
+    free: Mutex<Vec<Box<Event>>>,
+    max: usize,
+}
+
+/// Counters on their own cache lines: the request path writes `enqueued`, the writer
+/// `written`, so neither slows the other down by taking the line away.
 #[derive(Default)]
 pub(crate) struct Counters {
-    enqueued: AtomicU64,
-    written: AtomicU64,
+    enqueued: Padded<AtomicU64>,
+    written: Padded<AtomicU64>,
     dropped: AtomicU64,
     dropped_pending: AtomicU64,
     sink_errors: AtomicU64,
     failing: AtomicBool,
+}
+
+#[derive(Default)]
+#[repr(align(128))]
+struct Padded<T>(T);
+
+impl<T> std::ops::Deref for Padded<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
 }
 
 /// Record-building settings shared with the writer.
@@ -114,6 +303,7 @@ pub(crate) struct RecordCfg {
 /// The sending side, owned (through an `Arc`) by the layer and its services.
 pub(crate) struct Pipeline {
     tx: Option<SyncSender<Msg>>,
+    pool: Arc<Pool>,
     overflow: Overflow,
     counters: Arc<Counters>,
     thread: Mutex<Option<JoinHandle<()>>>,
@@ -130,8 +320,14 @@ impl Pipeline {
     ) -> io::Result<Self> {
         let (tx, rx) = std::sync::mpsc::sync_channel(capacity.max(1));
         let counters = Arc::new(Counters::default());
+        let pool = Arc::new(Pool {
+            free: Mutex::new(Vec::new()),
+            max: capacity.max(1),
+        });
         let mut writer = Writer {
             rx,
+            pool: pool.clone(),
+            spare: Vec::new(),
             sinks: sinks
                 .into_iter()
                 .map(|sink| Slot {
@@ -154,13 +350,24 @@ impl Pipeline {
             .spawn(move || writer.run())?;
         Ok(Self {
             tx: Some(tx),
+            pool,
             overflow,
             counters,
             thread: Mutex::new(Some(thread)),
         })
     }
 
-    pub(crate) fn send(&self, ev: Event) {
+    /// An event to fill: a recycled one when the pool has one (never waits for it).
+    pub(crate) fn event(&self) -> Box<Event> {
+        if let Ok(mut free) = self.pool.free.try_lock()
+            && let Some(ev) = free.pop()
+        {
+            return ev;
+        }
+        Box::new(Event::new())
+    }
+
+    pub(crate) fn send(&self, ev: Box<Event>) {
         let Some(tx) = &self.tx else { return };
         self.counters.enqueued.fetch_add(1, Ordering::Relaxed);
         let msg = Msg::Event(ev);
@@ -235,6 +442,10 @@ struct Slot {
 
 struct Writer {
     rx: Receiver<Msg>,
+    pool: Arc<Pool>,
+    /// Recycled events not yet handed back to the pool.
+    #[allow(clippy::vec_box)]
+    spare: Vec<Box<Event>>,
     sinks: Vec<Slot>,
     chain: Option<Chain>,
     cfg: RecordCfg,
@@ -308,9 +519,16 @@ impl Writer {
 
     fn handle(&mut self, msg: Msg) {
         match msg {
-            Msg::Event(ev) => {
-                let rec = self.build(ev);
+            Msg::Event(mut ev) => {
+                let rec = self.build(&mut ev);
                 self.emit(&rec);
+                drop(rec);
+                if ev.recycle() {
+                    self.spare.push(ev);
+                    if self.spare.len() >= 32 {
+                        self.give_back();
+                    }
+                }
             }
             Msg::Flush(ack) => {
                 self.end_batch();
@@ -319,9 +537,20 @@ impl Writer {
         }
     }
 
+    /// Hands the recycled events back to the pool (beyond its size they are freed).
+    fn give_back(&mut self) {
+        if let Ok(mut free) = self.pool.free.lock() {
+            let room = self.pool.max.saturating_sub(free.len());
+            let n = room.min(self.spare.len());
+            free.extend(self.spare.drain(..n));
+        }
+        self.spare.clear();
+    }
+
     /// Flushes every sink; a sink that failed and has now taken records and flushed them
     /// is reported recovered (with a `sink_recovered` record).
     fn end_batch(&mut self) {
+        self.give_back();
         self.report_drops();
         let mut all_ok = true;
         for _round in 0..2 {
@@ -364,6 +593,10 @@ impl Writer {
     }
 
     fn report_drops(&mut self) {
+        // Read before swapping, so an idle check does not take the line for writing.
+        if self.counters.dropped_pending.load(Ordering::Relaxed) == 0 {
+            return;
+        }
         let n = self.counters.dropped_pending.swap(0, Ordering::Relaxed);
         if n > 0 {
             let mut rec = AuditRecord::new("dropped", self.clock.wall());
@@ -386,7 +619,9 @@ impl Writer {
 
     fn update_failing(&self) {
         let any = self.sinks.iter().any(|s| s.failed);
-        self.counters.failing.store(any, Ordering::Relaxed);
+        if self.counters.failing.load(Ordering::Relaxed) != any {
+            self.counters.failing.store(any, Ordering::Relaxed);
+        }
     }
 
     fn emit(&mut self, rec: &AuditRecord) {
@@ -417,10 +652,11 @@ impl Writer {
         self.buf = buf;
     }
 
-    fn build(&self, ev: Event) -> AuditRecord {
+    fn build(&self, ev: &mut Event) -> AuditRecord {
         let cfg = &self.cfg;
-        let mut r = AuditRecord::new("request", ev.wall);
-        r.request_id = Some(String::from_utf8_lossy(ev.request_id.as_bytes()).into_owned());
+        let (wall, latency) = Stamp::span(ev.start, ev.end);
+        let mut r = AuditRecord::new("request", wall);
+        r.request_id = Some(String::from_utf8_lossy(ev.text(&ev.request_id)).into_owned());
         r.client_ip = ev.facts.client_ip().map(|c| c.0).or(ev.peer);
         r.principal = ev.facts.principal().map(|p| PrincipalRecord {
             id: cfg.redactor.text(p.id()),
@@ -432,34 +668,38 @@ impl Writer {
         });
         r.method = Some(ev.method.as_str().to_owned());
         r.route = ev.facts.route().map(|m| m.template.to_string());
-        let target = ev.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-        let (target, _) = super::record::cap_str(target, cfg.path_cap * 2);
+        let target = ev.string(&ev.target);
+        let target = if target.is_empty() { "/" } else { &target };
         let mut path = cfg.redactor.path_and_query(target);
         if path.len() > cfg.path_cap {
             let (p, _) = super::record::cap_str(&path, cfg.path_cap);
-            path = format!("{p}{}", super::record::TRUNCATED);
+            path = format!("{p}{TRUNCATED}");
+        } else if ev.target.cut {
+            path = mark_cut(path, cfg.path_cap);
         }
         r.path = Some(path);
         r.status = ev.status;
         r.grpc_status = ev.grpc_status;
         r.outcome = Some(ev.outcome);
         r.layer = ev.layer.map(str::to_owned);
-        r.reason = ev.reason.map(Cow::into_owned);
-        r.latency_us = Some(ev.latency.as_micros().min(u128::from(u64::MAX)) as u64);
+        r.reason = ev.reason.take().map(Cow::into_owned);
+        r.latency_us = Some(latency.as_micros().min(u128::from(u64::MAX)) as u64);
         r.bytes_in = ev.bytes_in;
         r.bytes_out = ev.bytes_out;
-        r.user_agent = ev
-            .user_agent
-            .map(|v| cfg.redactor.text(&String::from_utf8_lossy(v.as_bytes())));
+        r.user_agent = ev.user_agent.as_ref().map(|t| {
+            let v = cfg.redactor.text(&ev.string(t));
+            if t.cut { mark_cut(v, cfg.cap) } else { v }
+        });
         r.headers = ev
             .headers
             .iter()
-            .map(|(k, v)| {
+            .map(|(k, t)| {
                 let secret = is_secret_header(k.as_str()) || cfg.secret_headers.contains(k);
                 let value = if secret {
                     REDACTED.to_owned()
                 } else {
-                    cfg.redactor.text(&String::from_utf8_lossy(v.as_bytes()))
+                    let v = cfg.redactor.text(&ev.string(t));
+                    if t.cut { mark_cut(v, cfg.cap) } else { v }
                 };
                 (k.as_str().to_owned(), value)
             })
