@@ -154,6 +154,7 @@ async fn hostile_values_never_end_a_record_or_forge_one() {
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), n, "one line per request, no forged lines");
     let mut test_ids = Vec::new();
+    let mut long_paths = 0;
     for l in &lines {
         let v: serde_json::Value =
             serde_json::from_str(l).expect("each line is exactly one JSON object");
@@ -164,9 +165,17 @@ async fn hostile_values_never_end_a_record_or_forge_one() {
             rid.len() == 32 && rid.bytes().all(|b| b.is_ascii_hexdigit()),
             "hostile ids are replaced: {rid}"
         );
-        assert!(v["path"].as_str().unwrap().len() <= 512 + "...[truncated]".len());
+        let path = v["path"].as_str().unwrap();
+        assert!(path.len() <= 512 + "...[truncated]".len());
+        if path.starts_with("/long/") {
+            long_paths += 1;
+            // the path has its own cap (512), larger than the field cap (256)
+            assert_eq!(path.len(), 512 + "...[truncated]".len(), "{path}");
+            assert!(path.ends_with("...[truncated]"));
+        }
         test_ids.push(v["headers"]["x-test-id"].as_str().unwrap().to_owned());
     }
+    assert!(long_paths > 0, "the long path was recorded");
     test_ids.sort();
     test_ids.dedup();
     assert_eq!(test_ids.len(), n);

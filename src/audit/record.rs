@@ -152,6 +152,12 @@ impl AuditRecord {
     /// append `seq` and `mac`. Every string is escaped with [`push_json_str`] and capped at
     /// `cap` bytes.
     pub fn encode_open(&self, out: &mut Vec<u8>, cap: usize) {
+        self.encode_open_with(out, cap, cap)
+    }
+
+    /// Like [`encode_open`](Self::encode_open), with its own cap for the path (the layer's
+    /// `field_caps(field, path)`).
+    pub fn encode_open_with(&self, out: &mut Vec<u8>, cap: usize, path_cap: usize) {
         out.extend_from_slice(b"{\"ts\":\"");
         push_rfc3339(out, self.timestamp);
         out.extend_from_slice(b"\",\"kind\":");
@@ -183,7 +189,10 @@ impl AuditRecord {
         }
         s(out, "method", &self.method);
         s(out, "route", &self.route);
-        s(out, "path", &self.path);
+        if let Some(p) = &self.path {
+            field(out, "path");
+            push_json_str(out, p, path_cap);
+        }
         num(out, "status", self.status.map(u64::from));
         num(out, "grpc_status", self.grpc_status.map(u64::from));
         if let Some(o) = self.outcome {

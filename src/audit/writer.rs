@@ -627,7 +627,7 @@ impl Writer {
     fn emit(&mut self, rec: &AuditRecord) {
         let mut buf = std::mem::take(&mut self.buf);
         buf.clear();
-        rec.encode_open(&mut buf, self.cfg.cap);
+        rec.encode_open_with(&mut buf, self.cfg.cap, self.cfg.path_cap + TRUNCATED.len());
         match &mut self.chain {
             Some(chain) => chain.seal(&mut buf),
             None => buf.push(b'}'),
