@@ -141,8 +141,33 @@ struct Frame<'a> {
     count: usize,
     /// The keys seen (raw content ranges, escaped flag), for duplicate detection: compared
     /// linearly while the object is small, then through a hash set.
-    keys: Vec<(u32, u32, bool)>,
+    keys: Vec<KeyRef>,
     set: Option<HashSet<Cow<'a, str>>>,
+}
+
+/// A key seen in an object: its raw content range, whether it has escapes, and the hash
+/// of its decoded form.
+#[derive(Clone, Copy)]
+struct KeyRef {
+    start: u32,
+    end: u32,
+    escaped: bool,
+    hash: u64,
+}
+
+/// A cheap hash of a decoded key (8 bytes at a time), to compare keys by hash first.
+#[inline]
+fn key_hash(k: &[u8]) -> u64 {
+    const M: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut h = k.len() as u64;
+    let mut chunks = k.chunks_exact(8);
+    for c in &mut chunks {
+        let x = u64::from_le_bytes(c.try_into().expect("8 bytes"));
+        h = (h.rotate_left(5) ^ x).wrapping_mul(M);
+    }
+    let mut last = [0u8; 8];
+    last[..chunks.remainder().len()].copy_from_slice(chunks.remainder());
+    (h.rotate_left(5) ^ u64::from_le_bytes(last)).wrapping_mul(M)
 }
 
 /// Objects with more keys than this switch from linear comparison to a hash set.
@@ -319,7 +344,7 @@ pub(crate) fn scan<V: JsonVisitor>(
         return Err(JsonError::StringLen.into());
     }
     let mut frames: Vec<Frame<'_>> = Vec::new();
-    let mut pool: Vec<Vec<(u32, u32, bool)>> = Vec::new();
+    let mut pool: Vec<Vec<KeyRef>> = Vec::new();
     let mut segs: Vec<Seg> = Vec::new();
     let mut edits = Vec::new();
     let mut scratch = String::new();
@@ -464,21 +489,23 @@ fn member<'a, V: JsonVisitor>(
                 return Err(JsonError::DuplicateKey.into());
             }
         } else {
-            for &(s, e, esc) in &top.keys {
-                let dup = if !esc && !escaped {
-                    &input[s as usize..e as usize] == key
-                } else {
-                    decoded(s, e, esc)? == key
-                };
-                if dup {
+            let h = key_hash(key.as_bytes());
+            for k in &top.keys {
+                // the hash of the decoded key first; the keys themselves on a match
+                if k.hash == h && decoded(k.start, k.end, k.escaped)? == key {
                     return Err(JsonError::DuplicateKey.into());
                 }
             }
-            top.keys.push(((i + 1) as u32, end as u32, escaped));
+            top.keys.push(KeyRef {
+                start: (i + 1) as u32,
+                end: end as u32,
+                escaped,
+                hash: h,
+            });
             if top.keys.len() > LINEAR_KEYS {
                 let mut set = HashSet::with_capacity(top.keys.len() * 2);
-                for &(s, e, esc) in &top.keys {
-                    set.insert(decoded(s, e, esc)?);
+                for k in &top.keys {
+                    set.insert(decoded(k.start, k.end, k.escaped)?);
                 }
                 top.set = Some(set);
             }
