@@ -134,6 +134,11 @@ pub(crate) trait JsonVisitor {
         value: &str,
         is_key: bool,
     ) -> Result<Option<String>, Self::Stop>;
+
+    /// Whether `visit` would surely do nothing with this string (then it is not called).
+    fn skip(&self, _value: &str) -> bool {
+        false
+    }
 }
 
 struct Frame<'a> {
@@ -392,7 +397,9 @@ pub(crate) fn scan<V: JsonVisitor>(
                     raw
                 };
                 let path = JsonPath { input, segs: &segs };
-                if let Some(new) = visitor.visit(path, value, false).map_err(ScanError::Stop)? {
+                if !visitor.skip(value)
+                    && let Some(new) = visitor.visit(path, value, false).map_err(ScanError::Stop)?
+                {
                     edits.push(Edit {
                         range: i..end + 1,
                         replacement: new,
@@ -516,8 +523,10 @@ fn member<'a, V: JsonVisitor>(
         end: end as u32,
         escaped,
     });
-    let path = JsonPath { input, segs };
-    visitor.visit(path, key, true).map_err(ScanError::Stop)?;
+    if !visitor.skip(key) {
+        let path = JsonPath { input, segs };
+        visitor.visit(path, key, true).map_err(ScanError::Stop)?;
+    }
     let j = skip_ws(b, end + 1);
     if b.get(j) != Some(&b':') {
         return Err(JsonError::Syntax.into());

@@ -260,6 +260,10 @@ fn classes(b: &[u8]) -> u32 {
 /// `memchr` scan beats building a substring searcher per call.
 pub(crate) fn find_bytes(hay: &[u8], pat: &[u8]) -> Option<usize> {
     let first = *pat.first()?;
+    if hay.len() < 16 {
+        // too short for `memchr`'s set-up to pay off
+        return (0..hay.len()).find(|&i| hay[i] == first && hay[i..].starts_with(pat));
+    }
     let mut from = 0;
     while let Some(p) = memchr::memchr(first, hay.get(from..)?) {
         let i = from + p;

@@ -662,9 +662,8 @@ fn candidate(s: &str) -> bool {
     }) {
         return true;
     }
-    if super::find_bytes(b, b"--").is_some()
-        || super::find_bytes(b, b"/*").is_some()
-        || super::find_bytes(b, b"&&").is_some()
+    if b.windows(2)
+        .any(|w| matches!(w, [b'-', b'-'] | [b'/', b'*'] | [b'&', b'&']))
     {
         return true;
     }
@@ -696,6 +695,24 @@ fn candidate(s: &str) -> bool {
                 i += 1;
             }
             let w = &b[st..i];
+            // every clause keyword starts with one of these letters
+            if !matches!(
+                w[0] | 0x20,
+                b'c' | b'd'
+                    | b'e'
+                    | b'g'
+                    | b'h'
+                    | b'i'
+                    | b'l'
+                    | b'o'
+                    | b'p'
+                    | b'r'
+                    | b's'
+                    | b'u'
+                    | b'w'
+            ) {
+                continue;
+            }
             if (4..=9).contains(&w.len()) && CLAUSE.iter().any(|k| k.eq_ignore_ascii_case(w)) {
                 return true;
             }

@@ -177,10 +177,10 @@ pub(crate) fn detect(s: &str) -> Option<&'static str> {
         }
     }
     // hex-literal encoded dots and slashes: 0x2e0x2e0x2f
-    if super::find_bytes(&p, b"0x2e").is_some()
-        || super::find_bytes(&p, b"0x2f").is_some()
-        || super::find_bytes(&p, b"0x5c").is_some()
-    {
+    if memchr::memchr_iter(b'0', &p).any(|i| {
+        let w = &p[i..];
+        w.starts_with(b"0x2e") || w.starts_with(b"0x2f") || w.starts_with(b"0x5c")
+    }) {
         let mut q = Vec::with_capacity(p.len());
         let mut i = 0;
         while i < p.len() {
