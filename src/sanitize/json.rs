@@ -160,19 +160,21 @@ struct KeyRef {
     hash: u64,
 }
 
-/// A cheap hash of a decoded key (8 bytes at a time), to compare keys by hash first.
+/// A cheap tag of a decoded key (its length, first and last 8 bytes), to compare keys by
+/// tag first: equal keys have equal tags.
 #[inline]
 fn key_hash(k: &[u8]) -> u64 {
-    const M: u64 = 0x9e37_79b9_7f4a_7c15;
-    let mut h = k.len() as u64;
-    let mut chunks = k.chunks_exact(8);
-    for c in &mut chunks {
-        let x = u64::from_le_bytes(c.try_into().expect("8 bytes"));
-        h = (h.rotate_left(5) ^ x).wrapping_mul(M);
+    let n = k.len();
+    let word = |c: &[u8]| -> u64 { u64::from_le_bytes(c.try_into().expect("8 bytes")) };
+    if n >= 8 {
+        word(&k[..8]) ^ word(&k[n - 8..]).rotate_left(29) ^ ((n as u64) << 56)
+    } else {
+        let mut v = n as u64;
+        for &c in k {
+            v = v << 8 | c as u64;
+        }
+        v
     }
-    let mut last = [0u8; 8];
-    last[..chunks.remainder().len()].copy_from_slice(chunks.remainder());
-    (h.rotate_left(5) ^ u64::from_le_bytes(last)).wrapping_mul(M)
 }
 
 /// Objects with more keys than this switch from linear comparison to a hash set.
