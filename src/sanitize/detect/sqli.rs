@@ -800,17 +800,30 @@ pub(crate) fn detect(s: &str) -> Option<&'static str> {
         return None;
     }
     let stripped = strip_inline_comments(s);
-    let s: &str = &stripped;
-    let mut toks = Vec::with_capacity(32);
-    let mut lower = String::new();
-    tokenize(s, None, &mut toks, &mut lower);
-    if let Some(r) = rules(s, &toks, false) {
+    // the token and word buffers are reused between calls on the same thread
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut sc) => {
+            let (toks, lower) = &mut *sc;
+            detect_tokens(&stripped, toks, lower)
+        }
+        Err(_) => detect_tokens(&stripped, &mut Vec::with_capacity(32), &mut String::new()),
+    })
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<(Vec<Tok>, String)> =
+        std::cell::RefCell::new((Vec::with_capacity(32), String::new()));
+}
+
+fn detect_tokens(s: &str, toks: &mut Vec<Tok>, lower: &mut String) -> Option<&'static str> {
+    tokenize(s, None, toks, lower);
+    if let Some(r) = rules(s, toks, false) {
         return Some(r);
     }
     for q in [b'\'', b'"', b'`'] {
         if memchr::memchr(q, s.as_bytes()).is_some()
-            && tokenize(s, Some(q), &mut toks, &mut lower)
-            && let Some(r) = rules(s, &toks, true)
+            && tokenize(s, Some(q), toks, lower)
+            && let Some(r) = rules(s, toks, true)
         {
             return Some(r);
         }
