@@ -51,24 +51,25 @@ pub(crate) fn is_operator_key(key: &str) -> bool {
     key.starts_with('$') || key.contains("[$")
 }
 
-/// Bytes that cannot, alone, make a value interesting to any detector.
-static PLAIN: [bool; 256] = {
-    let mut t = [false; 256];
+/// Per byte: bit 0 set when the byte cannot, alone, make a value interesting to any
+/// detector (ASCII letters, digits, `_`, `-`, `@`, `.`); bit 1 set for `.`.
+static PLAIN: [u8; 256] = {
+    let mut t = [0u8; 256];
     let mut c = b'0';
     while c <= b'9' {
-        t[c as usize] = true;
+        t[c as usize] = 1;
         c += 1;
     }
     c = b'a';
     while c <= b'z' {
-        t[c as usize] = true;
-        t[(c - 32) as usize] = true;
+        t[c as usize] = 1;
+        t[(c - 32) as usize] = 1;
         c += 1;
     }
-    t[b'_' as usize] = true;
-    t[b'-' as usize] = true;
-    t[b'.' as usize] = true;
-    t[b'@' as usize] = true;
+    t[b'_' as usize] = 1;
+    t[b'-' as usize] = 1;
+    t[b'.' as usize] = 3;
+    t[b'@' as usize] = 1;
     t
 };
 
@@ -79,14 +80,14 @@ static PLAIN: [bool; 256] = {
 #[inline]
 pub(crate) fn candidate(s: &str) -> bool {
     let b = s.as_bytes();
-    let mut prev = 0u8;
+    // branch-free: AND of the "plain" bits, OR of the "dot" bits
+    let (mut all, mut dot) = (1u8, 0u8);
     for &c in b {
-        if !PLAIN[c as usize] || (c == b'.' && prev == b'.') {
-            return true;
-        }
-        prev = c;
+        let t = PLAIN[c as usize];
+        all &= t;
+        dot |= t;
     }
-    false
+    all == 0 || (dot & 2 != 0 && b.windows(2).any(|w| w == b".."))
 }
 
 /// Renders one location segment: names made of `[A-Za-z0-9_.$~\[\]-]` up to 64 bytes are

@@ -134,6 +134,11 @@ pub(crate) trait JsonVisitor {
         value: &str,
         is_key: bool,
     ) -> Result<Option<String>, Self::Stop>;
+
+    /// Whether `visit` would surely do nothing with this string (then it is not called).
+    fn skip(&self, _value: &str) -> bool {
+        false
+    }
 }
 
 struct Frame<'a> {
@@ -141,8 +146,35 @@ struct Frame<'a> {
     count: usize,
     /// The keys seen (raw content ranges, escaped flag), for duplicate detection: compared
     /// linearly while the object is small, then through a hash set.
-    keys: Vec<(u32, u32, bool)>,
+    keys: Vec<KeyRef>,
     set: Option<HashSet<Cow<'a, str>>>,
+}
+
+/// A key seen in an object: its raw content range, whether it has escapes, and the hash
+/// of its decoded form.
+#[derive(Clone, Copy)]
+struct KeyRef {
+    start: u32,
+    end: u32,
+    escaped: bool,
+    hash: u64,
+}
+
+/// A cheap tag of a decoded key (its length, first and last 8 bytes), to compare keys by
+/// tag first: equal keys have equal tags.
+#[inline]
+fn key_hash(k: &[u8]) -> u64 {
+    let n = k.len();
+    let word = |c: &[u8]| -> u64 { u64::from_le_bytes(c.try_into().expect("8 bytes")) };
+    if n >= 8 {
+        word(&k[..8]) ^ word(&k[n - 8..]).rotate_left(29) ^ ((n as u64) << 56)
+    } else {
+        let mut v = n as u64;
+        for &c in k {
+            v = v << 8 | c as u64;
+        }
+        v
+    }
 }
 
 /// Objects with more keys than this switch from linear comparison to a hash set.
@@ -319,7 +351,7 @@ pub(crate) fn scan<V: JsonVisitor>(
         return Err(JsonError::StringLen.into());
     }
     let mut frames: Vec<Frame<'_>> = Vec::new();
-    let mut pool: Vec<Vec<(u32, u32, bool)>> = Vec::new();
+    let mut pool: Vec<Vec<KeyRef>> = Vec::new();
     let mut segs: Vec<Seg> = Vec::new();
     let mut edits = Vec::new();
     let mut scratch = String::new();
@@ -367,7 +399,9 @@ pub(crate) fn scan<V: JsonVisitor>(
                     raw
                 };
                 let path = JsonPath { input, segs: &segs };
-                if let Some(new) = visitor.visit(path, value, false).map_err(ScanError::Stop)? {
+                if !visitor.skip(value)
+                    && let Some(new) = visitor.visit(path, value, false).map_err(ScanError::Stop)?
+                {
                     edits.push(Edit {
                         range: i..end + 1,
                         replacement: new,
@@ -464,21 +498,23 @@ fn member<'a, V: JsonVisitor>(
                 return Err(JsonError::DuplicateKey.into());
             }
         } else {
-            for &(s, e, esc) in &top.keys {
-                let dup = if !esc && !escaped {
-                    &input[s as usize..e as usize] == key
-                } else {
-                    decoded(s, e, esc)? == key
-                };
-                if dup {
+            let h = key_hash(key.as_bytes());
+            for k in &top.keys {
+                // the hash of the decoded key first; the keys themselves on a match
+                if k.hash == h && decoded(k.start, k.end, k.escaped)? == key {
                     return Err(JsonError::DuplicateKey.into());
                 }
             }
-            top.keys.push(((i + 1) as u32, end as u32, escaped));
+            top.keys.push(KeyRef {
+                start: (i + 1) as u32,
+                end: end as u32,
+                escaped,
+                hash: h,
+            });
             if top.keys.len() > LINEAR_KEYS {
                 let mut set = HashSet::with_capacity(top.keys.len() * 2);
-                for &(s, e, esc) in &top.keys {
-                    set.insert(decoded(s, e, esc)?);
+                for k in &top.keys {
+                    set.insert(decoded(k.start, k.end, k.escaped)?);
                 }
                 top.set = Some(set);
             }
@@ -489,8 +525,10 @@ fn member<'a, V: JsonVisitor>(
         end: end as u32,
         escaped,
     });
-    let path = JsonPath { input, segs };
-    visitor.visit(path, key, true).map_err(ScanError::Stop)?;
+    if !visitor.skip(key) {
+        let path = JsonPath { input, segs };
+        visitor.visit(path, key, true).map_err(ScanError::Stop)?;
+    }
     let j = skip_ws(b, end + 1);
     if b.get(j) != Some(&b':') {
         return Err(JsonError::Syntax.into());

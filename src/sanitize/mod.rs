@@ -775,6 +775,12 @@ impl JsonVisitor for JsonInspector<'_, '_> {
         let cleaned = self.ins.check(Loc::Json(path), value, is_key, true)?;
         Ok(cleaned.map(|c| serde_json::to_string(&c).unwrap_or_else(|_| "\"\"".into())))
     }
+
+    /// Without field rules, a string the pre-filter passes has nothing to check (and a key
+    /// starting with `$`, a NoSQL operator, is never plain).
+    fn skip(&self, value: &str) -> bool {
+        !self.ins.has_rules && !candidate(value)
+    }
 }
 
 // ---------------------------------------------------------------------------------------

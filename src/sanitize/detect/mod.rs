@@ -146,19 +146,30 @@ impl Detectors {
     }
 
     fn inspect_window(&self, value: &str) -> Option<Finding> {
-        let norm = normalize::normalize(value);
+        let mut mask = classes(value.as_bytes());
+        let norm = if mask & C_NORM != 0 {
+            normalize::normalize(value)
+        } else {
+            std::borrow::Cow::Borrowed(value)
+        };
+        if let std::borrow::Cow::Owned(n) = &norm {
+            mask = classes(n.as_bytes());
+        }
         let s: &str = &norm;
-        let checks: [(Kind, DetectFn); 7] = [
-            (Kind::Sqli, sqli::detect),
-            (Kind::Xss, xss::detect),
-            (Kind::Cmdi, cmdi::detect),
-            (Kind::Traversal, traversal::detect),
-            (Kind::Crlf, misc::detect_crlf),
-            (Kind::Template, misc::detect_template),
-            (Kind::Nosql, misc::detect_nosql),
+        // Each detector runs only when the value has a byte its own pre-check needs (a
+        // necessary condition, so the result is the same as running every detector).
+        let checks: [(Kind, u32, DetectFn); 7] = [
+            (Kind::Sqli, C_SQLI, sqli::detect),
+            (Kind::Xss, C_XSS, xss::detect),
+            (Kind::Cmdi, C_CMDI, cmdi::detect),
+            (Kind::Traversal, C_TRAV, traversal::detect),
+            (Kind::Crlf, C_CRLF, misc::detect_crlf),
+            (Kind::Template, C_TMPL, misc::detect_template),
+            (Kind::Nosql, C_NOSQL, misc::detect_nosql),
         ];
-        for (kind, f) in checks {
-            if self.is_enabled(kind)
+        for (kind, need, f) in checks {
+            if mask & need != 0
+                && self.is_enabled(kind)
                 && let Some(rule) = f(s)
             {
                 return Some(Finding { kind, rule });
@@ -168,10 +179,91 @@ impl Detectors {
     }
 }
 
+// Byte classes for the one-pass pre-filter in front of the detectors. A detector is only
+// called when the value contains at least one byte of its class; every class is a
+// superset of what that detector's own pre-check (`candidate`) requires.
+
+/// Bytes that make normalization do something: `%`, `&`, non-ASCII, controls but `\t`.
+const C_NORM: u32 = 1 << 0;
+/// SQL: its punctuation (`= < > ( ; # @ | !`), the first bytes of `--`, `/*`, `&&`, and
+/// ASCII letters (clause keywords).
+const C_SQLI: u32 = 1 << 1;
+/// XSS: `< : = ' " ` (`.
+const C_XSS: u32 = 1 << 2;
+/// Shell: `; | & ` $ ( \n \r`.
+const C_CMDI: u32 = 1 << 3;
+/// Paths: `. / \ :`, `0` (hex-encoded `0x2e`, `0x5c`), non-ASCII.
+const C_TRAV: u32 = 1 << 4;
+/// CRLF: `\r \n`.
+const C_CRLF: u32 = 1 << 5;
+/// Templates: `{ %`.
+const C_TMPL: u32 = 1 << 6;
+/// NoSQL: `$`.
+const C_NOSQL: u32 = 1 << 7;
+
+static CLASS: [u32; 256] = {
+    let mut t = [0u32; 256];
+    let mut i = 0;
+    while i < 256 {
+        let c = i as u8;
+        let mut m = 0;
+        if c == b'%' || c == b'&' || c >= 0x80 || (c < 0x20 && c != b'\t') || c == 0x7f {
+            m |= C_NORM;
+        }
+        if matches!(
+            c,
+            b'=' | b'<' | b'>' | b'(' | b';' | b'#' | b'@' | b'|' | b'!' | b'-' | b'/' | b'&'
+        ) || c.is_ascii_alphabetic()
+        {
+            m |= C_SQLI;
+        }
+        if matches!(c, b'<' | b':' | b'=' | b'\'' | b'"' | b'`' | b'(') {
+            m |= C_XSS;
+        }
+        if matches!(c, b';' | b'|' | b'&' | b'`' | b'$' | b'\n' | b'\r' | b'(') {
+            m |= C_CMDI;
+        }
+        if matches!(c, b'.' | b'/' | b'\\' | b':' | b'0') || c >= 0x80 {
+            m |= C_TRAV;
+        }
+        if c == b'\r' || c == b'\n' {
+            m |= C_CRLF;
+        }
+        if c == b'{' || c == b'%' {
+            m |= C_TMPL;
+        }
+        if c == b'$' {
+            m |= C_NOSQL;
+        }
+        t[i] = m;
+        i += 1;
+    }
+    t
+};
+
+/// The union of the byte classes of `b`.
+#[inline]
+fn classes(b: &[u8]) -> u32 {
+    let mut chunks = b.chunks_exact(4);
+    let (mut m0, mut m1) = (0u32, 0u32);
+    for c in &mut chunks {
+        m0 |= CLASS[c[0] as usize] | CLASS[c[1] as usize];
+        m1 |= CLASS[c[2] as usize] | CLASS[c[3] as usize];
+    }
+    for &c in chunks.remainder() {
+        m0 |= CLASS[c as usize];
+    }
+    m0 | m1
+}
+
 /// First occurrence of `pat` in `hay`. Inputs and patterns are short, so a first-byte
 /// `memchr` scan beats building a substring searcher per call.
 pub(crate) fn find_bytes(hay: &[u8], pat: &[u8]) -> Option<usize> {
     let first = *pat.first()?;
+    if hay.len() < 16 {
+        // too short for `memchr`'s set-up to pay off
+        return (0..hay.len()).find(|&i| hay[i] == first && hay[i..].starts_with(pat));
+    }
     let mut from = 0;
     while let Some(p) = memchr::memchr(first, hay.get(from..)?) {
         let i = from + p;

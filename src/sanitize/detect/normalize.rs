@@ -22,8 +22,8 @@ pub(crate) fn normalize(input: &str) -> Cow<'_, str> {
     if !needs_work(input) {
         return Cow::Borrowed(input);
     }
-    let mut s = match percent_decode_pass(input.as_bytes()) {
-        None => input.to_owned(),
+    let mut s: Cow<'_, str> = match percent_decode_pass(input.as_bytes()) {
+        None => Cow::Borrowed(input),
         Some(mut bytes) => {
             for _ in 1..PERCENT_PASSES {
                 match percent_decode_pass(&bytes) {
@@ -31,30 +31,35 @@ pub(crate) fn normalize(input: &str) -> Cow<'_, str> {
                     None => break,
                 }
             }
-            bytes_to_string(&bytes)
+            Cow::Owned(bytes_to_string(&bytes))
         }
     };
     for _ in 0..ENTITY_PASSES {
         match entity_decode_pass(&s) {
-            Some(next) => s = next,
+            Some(next) => s = Cow::Owned(next),
             None => break,
         }
     }
-    if !s.is_ascii() {
-        s = s.nfkc().collect();
+    if !s.is_ascii()
+        && unicode_normalization::is_nfkc_quick(s.chars())
+            != unicode_normalization::IsNormalized::Yes
+    {
+        s = Cow::Owned(s.nfkc().collect());
     }
     // Drop NUL and invisible control / format characters; keep \t, \n, \r (they matter to
     // CRLF and command injection detection).
-    if !s.chars().any(|c| (c as u32) < 0x20 || c == '\x7f' || matches!(c, '\u{200b}'..='\u{200f}' | '\u{2060}'..='\u{2064}' | '\u{feff}' | '\u{ad}')) {
-        return Cow::Owned(s);
-    }
-    s.retain(|c| {
-        !(matches!(c, '\0'..='\x08' | '\x0b' | '\x0c' | '\x0e'..='\x1f' | '\x7f')
+    let drop = |c: char| {
+        matches!(c, '\0'..='\x08' | '\x0b' | '\x0c' | '\x0e'..='\x1f' | '\x7f')
             || matches!(
                 c,
                 '\u{200b}'..='\u{200f}' | '\u{2060}'..='\u{2064}' | '\u{feff}' | '\u{ad}'
-            ))
-    });
+            )
+    };
+    if !s.chars().any(drop) {
+        return s;
+    }
+    let mut s = s.into_owned();
+    s.retain(|c| !drop(c));
     Cow::Owned(s)
 }
 
@@ -282,7 +287,8 @@ fn entity_decode_pass(s: &str) -> Option<String> {
             }
         } else {
             let rest = &s[i + 1..];
-            for (name, c) in NAMED {
+            let first = rest.as_bytes().first().copied().unwrap_or(0);
+            for (name, c) in NAMED.iter().filter(|(n, _)| n.as_bytes()[0] == first) {
                 if rest.starts_with(name) {
                     let mut j = i + 1 + name.len();
                     if j < b.len() && b[j] == b';' {

@@ -102,57 +102,141 @@ struct Tok {
     end: usize,
 }
 
+/// Packs a word of at most 8 bytes into an integer (little-endian, zero padded).
+const fn pack(w: &str) -> u64 {
+    let b = w.as_bytes();
+    let mut v = 0u64;
+    let mut i = 0;
+    while i < b.len() {
+        v |= (b[i] as u64) << (8 * i);
+        i += 1;
+    }
+    v
+}
+
+const KW_SELECT: u64 = pack("select");
+const KW_UNION: u64 = pack("union");
+const KW_ALL: u64 = pack("all");
+const KW_DISTINCT: u64 = pack("distinct");
+const KW_FROM: u64 = pack("from");
+const KW_WHERE: u64 = pack("where");
+const KW_INSERT: u64 = pack("insert");
+const KW_INTO: u64 = pack("into");
+const KW_UPDATE: u64 = pack("update");
+const KW_SET: u64 = pack("set");
+const KW_DELETE: u64 = pack("delete");
+const KW_DROP: u64 = pack("drop");
+const KW_TABLE: u64 = pack("table");
+const KW_DATABASE: u64 = pack("database");
+const KW_SCHEMA: u64 = pack("schema");
+const KW_USER: u64 = pack("user");
+const KW_VIEW: u64 = pack("view");
+const KW_EXEC: u64 = pack("exec");
+const KW_EXECUTE: u64 = pack("execute");
+const KW_CALL: u64 = pack("call");
+const KW_DECLARE: u64 = pack("declare");
+const KW_WAITFOR: u64 = pack("waitfor");
+const KW_DELAY: u64 = pack("delay");
+const KW_TIME: u64 = pack("time");
+const KW_ORDER: u64 = pack("order");
+const KW_GROUP: u64 = pack("group");
+const KW_BY: u64 = pack("by");
+const KW_HAVING: u64 = pack("having");
+const KW_LIMIT: u64 = pack("limit");
+const KW_OFFSET: u64 = pack("offset");
+const KW_CASE: u64 = pack("case");
+const KW_WHEN: u64 = pack("when");
+const KW_THEN: u64 = pack("then");
+const KW_ELSE: u64 = pack("else");
+const KW_END: u64 = pack("end");
+const KW_NULL: u64 = pack("null");
+const KW_AS: u64 = pack("as");
+const KW_IN: u64 = pack("in");
+const KW_IS: u64 = pack("is");
+const KW_BETWEEN: u64 = pack("between");
+const KW_BEGIN: u64 = pack("begin");
+const KW_SHUTDOWN: u64 = pack("shutdown");
+const KW_CREATE: u64 = pack("create");
+const KW_ALTER: u64 = pack("alter");
+const KW_TRUNCATE: u64 = pack("truncate");
+const KW_IF: u64 = pack("if");
+const KW_TRUE: u64 = pack("true");
+const KW_FALSE: u64 = pack("false");
+const KW_TOP: u64 = pack("top");
+const KW_VALUES: u64 = pack("values");
+const KW_EXISTS: u64 = pack("exists");
+const KW_OUTFILE: u64 = pack("outfile");
+const KW_DUMPFILE: u64 = pack("dumpfile");
+const KW_AND: u64 = pack("and");
+const KW_OR: u64 = pack("or");
+const KW_XOR: u64 = pack("xor");
+const KW_NOT: u64 = pack("not");
+const KW_DIV: u64 = pack("div");
+const KW_LIKE: u64 = pack("like");
+const KW_RLIKE: u64 = pack("rlike");
+const KW_REGEXP: u64 = pack("regexp");
+const KW_SOUNDS: u64 = pack("sounds");
+const KW_GLOB: u64 = pack("glob");
+
 fn keyword(w: &str) -> Option<T> {
-    // `w` is lowercase ASCII.
-    let k = match w {
-        "select" => K::Select,
-        "union" => K::Union,
-        "all" | "distinct" => K::All,
-        "from" => K::From,
-        "where" => K::Where,
-        "insert" => K::Insert,
-        "into" => K::Into,
-        "update" => K::Update,
-        "set" => K::Set,
-        "delete" => K::Delete,
-        "drop" => K::Drop,
-        "table" | "database" | "schema" | "user" | "view" | "procedure_" => K::Table,
-        "exec" | "execute" | "xp_cmdshell" | "sp_executesql" | "call" => K::Exec,
-        "declare" => K::Declare,
-        "waitfor" => K::Waitfor,
-        "delay" | "time" => K::Delay,
-        "order" => K::Order,
-        "group" => K::Group,
-        "by" => K::By,
-        "having" => K::Having,
-        "limit" | "offset" => K::Limit,
-        "case" => K::Case,
-        "when" => K::When,
-        "then" => K::Then,
-        "else" => K::Else,
-        "end" => K::End,
-        "null" => K::Null,
-        "as" => K::As,
-        "in" => K::In,
-        "is" => K::Is,
-        "between" => K::Between,
-        "procedure" => K::Procedure,
-        "begin" => K::Begin,
-        "shutdown" => K::Shutdown,
-        "create" => K::Create,
-        "alter" => K::Alter,
-        "truncate" => K::Truncate,
-        "if" => K::If,
-        "true" | "false" => K::True,
-        "top" => K::Top,
-        "values" => K::Values,
-        "exists" => K::Exists,
-        "outfile" | "dumpfile" => K::Outfile,
-        "and" | "or" | "xor" | "not" | "div" => return Some(T::Logic),
-        "like" | "rlike" | "regexp" | "sounds" | "glob" => return Some(T::Cmp),
-        _ => return None,
-    };
-    Some(T::Kw(k))
+    // `w` is lowercase ASCII. Words of up to 8 bytes are matched as one integer.
+    if w.len() <= 8 {
+        let mut buf = [0u8; 8];
+        buf[..w.len()].copy_from_slice(w.as_bytes());
+        return match u64::from_le_bytes(buf) {
+            KW_SELECT => Some(T::Kw(K::Select)),
+            KW_UNION => Some(T::Kw(K::Union)),
+            KW_ALL | KW_DISTINCT => Some(T::Kw(K::All)),
+            KW_FROM => Some(T::Kw(K::From)),
+            KW_WHERE => Some(T::Kw(K::Where)),
+            KW_INSERT => Some(T::Kw(K::Insert)),
+            KW_INTO => Some(T::Kw(K::Into)),
+            KW_UPDATE => Some(T::Kw(K::Update)),
+            KW_SET => Some(T::Kw(K::Set)),
+            KW_DELETE => Some(T::Kw(K::Delete)),
+            KW_DROP => Some(T::Kw(K::Drop)),
+            KW_TABLE | KW_DATABASE | KW_SCHEMA | KW_USER | KW_VIEW => Some(T::Kw(K::Table)),
+            KW_EXEC | KW_EXECUTE | KW_CALL => Some(T::Kw(K::Exec)),
+            KW_DECLARE => Some(T::Kw(K::Declare)),
+            KW_WAITFOR => Some(T::Kw(K::Waitfor)),
+            KW_DELAY | KW_TIME => Some(T::Kw(K::Delay)),
+            KW_ORDER => Some(T::Kw(K::Order)),
+            KW_GROUP => Some(T::Kw(K::Group)),
+            KW_BY => Some(T::Kw(K::By)),
+            KW_HAVING => Some(T::Kw(K::Having)),
+            KW_LIMIT | KW_OFFSET => Some(T::Kw(K::Limit)),
+            KW_CASE => Some(T::Kw(K::Case)),
+            KW_WHEN => Some(T::Kw(K::When)),
+            KW_THEN => Some(T::Kw(K::Then)),
+            KW_ELSE => Some(T::Kw(K::Else)),
+            KW_END => Some(T::Kw(K::End)),
+            KW_NULL => Some(T::Kw(K::Null)),
+            KW_AS => Some(T::Kw(K::As)),
+            KW_IN => Some(T::Kw(K::In)),
+            KW_IS => Some(T::Kw(K::Is)),
+            KW_BETWEEN => Some(T::Kw(K::Between)),
+            KW_BEGIN => Some(T::Kw(K::Begin)),
+            KW_SHUTDOWN => Some(T::Kw(K::Shutdown)),
+            KW_CREATE => Some(T::Kw(K::Create)),
+            KW_ALTER => Some(T::Kw(K::Alter)),
+            KW_TRUNCATE => Some(T::Kw(K::Truncate)),
+            KW_IF => Some(T::Kw(K::If)),
+            KW_TRUE | KW_FALSE => Some(T::Kw(K::True)),
+            KW_TOP => Some(T::Kw(K::Top)),
+            KW_VALUES => Some(T::Kw(K::Values)),
+            KW_EXISTS => Some(T::Kw(K::Exists)),
+            KW_OUTFILE | KW_DUMPFILE => Some(T::Kw(K::Outfile)),
+            KW_AND | KW_OR | KW_XOR | KW_NOT | KW_DIV => Some(T::Logic),
+            KW_LIKE | KW_RLIKE | KW_REGEXP | KW_SOUNDS | KW_GLOB => Some(T::Cmp),
+            _ => None,
+        };
+    }
+    match w {
+        "procedure_" => Some(T::Kw(K::Table)),
+        "xp_cmdshell" | "sp_executesql" => Some(T::Kw(K::Exec)),
+        "procedure" => Some(T::Kw(K::Procedure)),
+        _ => None,
+    }
 }
 
 fn function_class(name: &str) -> F {
@@ -423,7 +507,8 @@ fn tokenize(s: &str, quote: Option<u8>, toks: &mut Vec<Tok>, lower: &mut String)
                 lower.clear();
                 lower.push_str(&s[start..i]);
                 lower.make_ascii_lowercase();
-                if keyword(lower).is_none()
+                let kw = keyword(lower);
+                if kw.is_none()
                     && let Some(k) = split_glued(lower)
                 {
                     // `UNIONSELECT`, `OR4047`: keyword glued to the next token
@@ -446,7 +531,7 @@ fn tokenize(s: &str, quote: Option<u8>, toks: &mut Vec<Tok>, lower: &mut String)
                     j = j + 2 + p + 2;
                 }
                 let t = if j < n && b[j] == b'(' {
-                    match keyword(lower) {
+                    match kw {
                         Some(T::Logic) => T::Logic,
                         Some(T::Kw(k))
                             if !matches!(k, K::If | K::Values | K::Exists | K::In | K::Table) =>
@@ -456,7 +541,7 @@ fn tokenize(s: &str, quote: Option<u8>, toks: &mut Vec<Tok>, lower: &mut String)
                         _ => T::Func(function_class(lower)),
                     }
                 } else {
-                    keyword(lower).unwrap_or(T::Word)
+                    kw.unwrap_or(T::Word)
                 };
                 toks.push(Tok { t, start, end: i });
             }
@@ -497,14 +582,37 @@ fn split_glued(w: &str) -> Option<usize> {
         if major && !w.is_empty() && w.bytes().all(|c| c.is_ascii_digit()) {
             return true;
         }
+        let first = w.as_bytes().first().copied();
         GLUE.iter().any(|k| {
             w.len() > k.len()
+                && k.as_bytes().first().copied() == first
                 && w.starts_with(k)
                 && chain(&w[k.len()..], major || MAJOR.contains(k), depth + 1)
         })
     }
+    // every glue keyword starts with one of these letters and is at least 2 long
+    if w.len() < 3
+        || !matches!(
+            w.as_bytes()[0],
+            b'a' | b'c'
+                | b'e'
+                | b'f'
+                | b'h'
+                | b'l'
+                | b'n'
+                | b'o'
+                | b's'
+                | b't'
+                | b'u'
+                | b'w'
+                | b'x'
+        )
+    {
+        return None;
+    }
+    let first = w.as_bytes()[0];
     for k in GLUE {
-        if w.len() > k.len() && w.starts_with(k) {
+        if w.len() > k.len() && k.as_bytes()[0] == first && w.starts_with(k) {
             let rest = &w[k.len()..];
             if rest.as_bytes()[0].is_ascii_digit() && rest.bytes().all(|c| c.is_ascii_digit()) {
                 return Some(k.len());
@@ -554,9 +662,8 @@ fn candidate(s: &str) -> bool {
     }) {
         return true;
     }
-    if super::find_bytes(b, b"--").is_some()
-        || super::find_bytes(b, b"/*").is_some()
-        || super::find_bytes(b, b"&&").is_some()
+    if b.windows(2)
+        .any(|w| matches!(w, [b'-', b'-'] | [b'/', b'*'] | [b'&', b'&']))
     {
         return true;
     }
@@ -588,6 +695,24 @@ fn candidate(s: &str) -> bool {
                 i += 1;
             }
             let w = &b[st..i];
+            // every clause keyword starts with one of these letters
+            if !matches!(
+                w[0] | 0x20,
+                b'c' | b'd'
+                    | b'e'
+                    | b'g'
+                    | b'h'
+                    | b'i'
+                    | b'l'
+                    | b'o'
+                    | b'p'
+                    | b'r'
+                    | b's'
+                    | b'u'
+                    | b'w'
+            ) {
+                continue;
+            }
             if (4..=9).contains(&w.len()) && CLAUSE.iter().any(|k| k.eq_ignore_ascii_case(w)) {
                 return true;
             }
@@ -675,17 +800,30 @@ pub(crate) fn detect(s: &str) -> Option<&'static str> {
         return None;
     }
     let stripped = strip_inline_comments(s);
-    let s: &str = &stripped;
-    let mut toks = Vec::with_capacity(32);
-    let mut lower = String::new();
-    tokenize(s, None, &mut toks, &mut lower);
-    if let Some(r) = rules(s, &toks, false) {
+    // the token and word buffers are reused between calls on the same thread
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut sc) => {
+            let (toks, lower) = &mut *sc;
+            detect_tokens(&stripped, toks, lower)
+        }
+        Err(_) => detect_tokens(&stripped, &mut Vec::with_capacity(32), &mut String::new()),
+    })
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<(Vec<Tok>, String)> =
+        std::cell::RefCell::new((Vec::with_capacity(32), String::new()));
+}
+
+fn detect_tokens(s: &str, toks: &mut Vec<Tok>, lower: &mut String) -> Option<&'static str> {
+    tokenize(s, None, toks, lower);
+    if let Some(r) = rules(s, toks, false) {
         return Some(r);
     }
     for q in [b'\'', b'"', b'`'] {
         if memchr::memchr(q, s.as_bytes()).is_some()
-            && tokenize(s, Some(q), &mut toks, &mut lower)
-            && let Some(r) = rules(s, &toks, true)
+            && tokenize(s, Some(q), toks, lower)
+            && let Some(r) = rules(s, toks, true)
         {
             return Some(r);
         }

@@ -133,8 +133,10 @@ fn candidate(s: &str) -> bool {
     super::find_bytes(b, b"..").is_some()
         || memchr::memchr3(b'/', b'\\', b':', b).is_some()
         || !s.is_ascii()
-        || b.windows(4)
-            .any(|w| w[..3].eq_ignore_ascii_case(b"0x2") || w.eq_ignore_ascii_case(b"0x5c"))
+        || memchr::memchr_iter(b'0', b).any(|i| {
+            let w = &b[i..b.len().min(i + 4)];
+            w.len() == 4 && (w[..3].eq_ignore_ascii_case(b"0x2") || w.eq_ignore_ascii_case(b"0x5c"))
+        })
 }
 
 /// Whether any of `pats` occurs in `hay` (one pass over the candidate start bytes).
@@ -154,21 +156,31 @@ pub(crate) fn detect(s: &str) -> Option<&'static str> {
         return None;
     }
     // Canonical form: lowercase, `\` as `/`, drop blanks.
-    let mut p: Vec<u8> = Vec::with_capacity(s.len());
-    for c in s.chars().take(16 * 1024) {
-        match c {
-            '\\' | '\u{2215}' | '\u{2216}' | '\u{2044}' | '\u{29f5}' | '\u{29f8}' | '\u{29f9}'
-            | '\u{ff0f}' | '\u{ff3c}' | '\u{efc8}' | '\u{f025}' => p.push(b'/'),
-            ' ' | '\t' | '\n' | '\r' => {}
-            c if c.is_ascii() => p.push(c.to_ascii_lowercase() as u8),
-            _ => p.push(b'_'),
+    let mut p: Vec<u8> = Vec::with_capacity(s.len().min(16 * 1024));
+    if s.is_ascii() {
+        for &c in s.as_bytes().iter().take(16 * 1024) {
+            match c {
+                b'\\' => p.push(b'/'),
+                b' ' | b'\t' | b'\n' | b'\r' => {}
+                c => p.push(c.to_ascii_lowercase()),
+            }
+        }
+    } else {
+        for c in s.chars().take(16 * 1024) {
+            match c {
+                '\\' | '\u{2215}' | '\u{2216}' | '\u{2044}' | '\u{29f5}' | '\u{29f8}'
+                | '\u{29f9}' | '\u{ff0f}' | '\u{ff3c}' | '\u{efc8}' | '\u{f025}' => p.push(b'/'),
+                ' ' | '\t' | '\n' | '\r' => {}
+                c if c.is_ascii() => p.push(c.to_ascii_lowercase() as u8),
+                _ => p.push(b'_'),
+            }
         }
     }
     // hex-literal encoded dots and slashes: 0x2e0x2e0x2f
-    if super::find_bytes(&p, b"0x2e").is_some()
-        || super::find_bytes(&p, b"0x2f").is_some()
-        || super::find_bytes(&p, b"0x5c").is_some()
-    {
+    if memchr::memchr_iter(b'0', &p).any(|i| {
+        let w = &p[i..];
+        w.starts_with(b"0x2e") || w.starts_with(b"0x2f") || w.starts_with(b"0x5c")
+    }) {
         let mut q = Vec::with_capacity(p.len());
         let mut i = 0;
         while i < p.len() {
@@ -223,8 +235,8 @@ pub(crate) fn detect(s: &str) -> Option<&'static str> {
         let tail = &p[from.min(n)..];
         find_any(tail, SYSTEM_DIRS).is_some()
     };
-    let prose = s.split_whitespace().count() > 3;
-    if steps >= 2 && (!prose || target_sensitive(first_step_end.unwrap_or(0))) {
+    let prose = || s.split_whitespace().nth(3).is_some();
+    if steps >= 2 && (!prose() || target_sensitive(first_step_end.unwrap_or(0))) {
         return Some("traversal.dot_dot");
     }
     if steps == 1 {
@@ -238,10 +250,22 @@ pub(crate) fn detect(s: &str) -> Option<&'static str> {
             return Some("traversal.dot_dot");
         }
     }
-    let has_colon = memchr::memchr(b':', &p).is_some();
+    // the bytes just before a colon (a wrapper can only be found where its own byte
+    // before the colon is one of them)
+    let mut before_colon = [false; 256];
+    let mut has_colon = false;
+    for c in memchr::memchr_iter(b':', &p) {
+        has_colon = true;
+        if c > 0 {
+            before_colon[p[c - 1] as usize] = true;
+        }
+    }
     for w in WRAPPERS.iter().filter(|_| has_colon) {
         // every wrapper contains a ':'; find it by the scheme's position before a colon
         let colon_in_w = w.iter().position(|c| *c == b':').unwrap_or(0);
+        if colon_in_w > 0 && !before_colon[w[colon_in_w - 1] as usize] {
+            continue;
+        }
         let pos = memchr::memchr_iter(b':', &p)
             .filter(|&c| c >= colon_in_w)
             .map(|c| c - colon_in_w)

@@ -88,8 +88,18 @@ pub(crate) fn detect(s: &str) -> Option<&'static str> {
     if !candidate(s) {
         return None;
     }
-    let lc = s.to_ascii_lowercase();
-    let b = lc.as_bytes();
+    // lowercase copy: on the stack for short values
+    let mut stack = [0u8; 256];
+    let heap;
+    let b: &[u8] = if s.len() <= stack.len() {
+        let d = &mut stack[..s.len()];
+        d.copy_from_slice(s.as_bytes());
+        d.make_ascii_lowercase();
+        d
+    } else {
+        heap = s.to_ascii_lowercase();
+        heap.as_bytes()
+    };
     if let Some(r) = tags(b) {
         return Some(r);
     }
