@@ -550,22 +550,17 @@ impl std::fmt::Debug for RateLimitFields {
     }
 }
 
-/// Appends the decimal digits of `n` at `buf[at..]`; returns the new end.
-#[inline]
-fn put_u64(buf: &mut [u8], at: usize, mut n: u64) -> usize {
-    let mut tmp = [0u8; 20];
-    let mut i = tmp.len();
+/// Writes the decimal digits of `n` so that they end at `buf[..end]`; returns their start.
+#[inline(always)]
+fn put_u64_rev(buf: &mut [u8; 48], mut end: usize, mut n: u64) -> usize {
     loop {
-        i -= 1;
-        tmp[i] = b'0' + (n % 10) as u8;
+        end -= 1;
+        buf[end] = b'0' + (n % 10) as u8;
         n /= 10;
         if n == 0 {
-            break;
+            return end;
         }
     }
-    let digits = &tmp[i..];
-    buf[at..at + digits.len()].copy_from_slice(digits);
-    at + digits.len()
 }
 
 impl PolicyRt {
@@ -577,18 +572,20 @@ impl PolicyRt {
         let used = self.burst.saturating_sub(remaining);
         let t = reset_after.saturating_sub(used.saturating_sub(1).saturating_mul(self.gcra.t));
         let r = remaining.min(self.quota);
+        // `r=<r>;t=<t>` right-aligned in a stack buffer, then one copy into the value
+        let mut tail = [0u8; 48];
+        let mut at = put_u64_rev(&mut tail, 48, secs_up(t));
+        at -= 3;
+        tail[at..at + 3].copy_from_slice(b";t=");
+        at = put_u64_rev(&mut tail, at, r);
+        let tail = &tail[at..];
         let prefix = self.field_prefix.as_bytes();
-        let mut buf = [0u8; 104];
-        if prefix.len() + 44 > buf.len() {
-            let mut s = String::from(&*self.field_prefix);
-            s.push_str(&format!("{r};t={}", secs_up(t)));
-            return HeaderValue::from_str(&s).unwrap_or_else(|_| HeaderValue::from_static(""));
-        }
-        buf[..prefix.len()].copy_from_slice(prefix);
-        let mut n = put_u64(&mut buf, prefix.len(), r);
-        buf[n..n + 3].copy_from_slice(b";t=");
-        n = put_u64(&mut buf, n + 3, secs_up(t));
-        HeaderValue::from_bytes(&buf[..n]).unwrap_or_else(|_| HeaderValue::from_static(""))
+        let mut v = Vec::with_capacity(prefix.len() + tail.len());
+        v.extend_from_slice(prefix);
+        v.extend_from_slice(tail);
+        // `Vec` → `Bytes` without a copy (exact capacity: no extra allocation)
+        HeaderValue::from_maybe_shared(bytes::Bytes::from(v))
+            .unwrap_or_else(|_| HeaderValue::from_static(""))
     }
 
     /// The 429 of a limited request.
