@@ -60,6 +60,7 @@ impl ClientIp {
     /// let v4 = ClientIp("192.0.2.7".parse().unwrap());
     /// assert_eq!(v4.prefix_key(64).to_string(), "192.0.2.7");
     /// ```
+    #[inline]
     pub fn prefix_key(&self, v6_prefix: u8) -> IpAddr {
         match self.0 {
             IpAddr::V4(_) => self.0,
@@ -270,15 +271,26 @@ impl ClientIpResolver {
     }
 
     /// Resolves the client address, or `None` when the request carries no peer address.
+    #[inline]
     pub fn resolve<B>(&self, req: &Request<B>) -> Option<IpAddr> {
         let peer = peer_addr(req.extensions())?.ip().to_canonical();
         Some(self.resolve_from(peer, req.headers()))
     }
 
     /// Resolves from a known peer address and the request headers.
+    #[inline]
     pub fn resolve_from(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
         let peer = peer.to_canonical();
-        if self.trusted.is_empty() || !self.trusted.contains(peer) {
+        if self.trusted.is_empty() {
+            return peer;
+        }
+        self.resolve_forwarded(peer, headers)
+    }
+
+    /// The forwarding-header walk for a peer that may be a trusted proxy.
+    #[inline(never)]
+    fn resolve_forwarded(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+        if !self.trusted.contains(peer) {
             return peer;
         }
         let name: HeaderName = match self.header {
@@ -326,6 +338,7 @@ impl ClientIpResolver {
 }
 
 /// The direct peer address from the request extensions.
+#[inline]
 pub fn peer_addr(ext: &http::Extensions) -> Option<SocketAddr> {
     #[cfg(feature = "axum")]
     if let Some(ci) = ext.get::<axum::extract::ConnectInfo<SocketAddr>>() {

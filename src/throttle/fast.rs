@@ -97,6 +97,7 @@ impl Hasher for FastHasher {
 
 /// A list keeping its first `N` items inline (no allocation for the usual one or two
 /// policies per request), spilling to a `Vec` beyond.
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
 pub struct InlineList<T, const N: usize> {
     len: usize,
     inline: [Option<T>; N],
@@ -113,6 +114,7 @@ impl<T, const N: usize> Default for InlineList<T, N> {
     }
 }
 
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
 impl<T, const N: usize> InlineList<T, N> {
     #[inline]
     pub(crate) fn push(&mut self, v: T) {
@@ -123,7 +125,7 @@ impl<T, const N: usize> InlineList<T, N> {
         }
         self.len += 1;
     }
-    #[inline]
+    #[cfg(test)]
     pub(crate) fn is_empty(&self) -> bool {
         self.len == 0
     }

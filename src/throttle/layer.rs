@@ -8,19 +8,20 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode};
 use percent_encoding::percent_decode_str;
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::fast::{FastHasher, InlineList, Seeds};
-use super::memory::{GcraNs, InFlightTable, MemoryRateStore, Verdict};
+#[cfg(feature = "redis")]
+use super::fast::InlineList;
+use super::fast::{FastHasher, Seeds};
+use super::memory::{GcraNs, InFlightTable, MemoryRateStore, TimeSource, Verdict};
 use super::policy::{Action, Key, KeyPart, Limit, Policy};
 use crate::body::BodyFromBytes;
 use crate::client_ip::{ClientIp, ClientIpResolver};
-use crate::clock::{SharedClock, system_clock};
+use crate::clock::SharedClock;
 use crate::denial::{Denial, Renderer};
 use crate::error::ConfigError;
 use crate::principal::Principal;
@@ -37,13 +38,18 @@ pub(crate) struct PolicyRt {
     name: Arc<str>,
     limit: Limit,
     gcra: GcraNs,
+    /// `tau / t`: the burst in requests.
+    burst: u64,
     key: Key,
+    /// The key is the client IP alone (the common case, hashed without the generic walk).
+    ip_only: bool,
     action: Action,
     cost: u32,
     routes: Option<RouteSet<u32>>,
     shadow: bool,
     mem: Option<MemoryRateStore>,
     inflight: Option<InFlightTable>,
+    /// The `RateLimit-Policy` value (static: cloning it touches no reference count).
     policy_header: HeaderValue,
     /// `"<name>";r=`, rendered once at build time.
     field_prefix: Box<str>,
@@ -79,8 +85,33 @@ struct Shared {
     v6_prefix: u8,
     headers_on_allowed: bool,
     hasher: Seeds,
+    /// Some policy is keyed by client IP.
+    needs_ip: bool,
+    /// Some policy is an in-flight cap.
+    has_in_flight: bool,
     #[cfg(feature = "redis")]
     redis: Option<RedisBackend>,
+}
+
+/// The `RateLimit-Policy` value as a static header value. Values are interned: each
+/// distinct value is leaked once per process (a handful of policy strings; rebuilding a
+/// layer with the same policies reuses them).
+fn intern(v: &HeaderValue) -> Option<HeaderValue> {
+    use std::collections::BTreeSet;
+    use std::sync::Mutex;
+    static VALUES: Mutex<BTreeSet<&'static str>> = Mutex::new(BTreeSet::new());
+    let s = v.to_str().ok()?;
+    let mut set = VALUES.lock().unwrap_or_else(|p| p.into_inner());
+    let s: &'static str = match set.get(s) {
+        Some(s) => s,
+        None => {
+            let leaked: &'static str = Box::leak(s.to_owned().into_boxed_str());
+            set.insert(leaked);
+            leaked
+        }
+    };
+    // `to_str` succeeded: only visible ASCII, which `from_static` accepts
+    Some(HeaderValue::from_static(s))
 }
 
 /// Builder for [`ThrottleLayer`].
@@ -154,7 +185,11 @@ impl ThrottleBuilder {
 
     /// Builds the layer.
     pub fn build(self) -> Result<ThrottleLayer, ConfigError> {
-        let clock = self.clock.unwrap_or_else(system_clock);
+        // without an injected clock, the tables read the CPU's time-stamp counter
+        let time = match self.clock {
+            Some(c) => TimeSource::Clock(c),
+            None => TimeSource::quanta(),
+        };
         let mut policies = Vec::with_capacity(self.policies.len());
         for (i, p) in self.policies.into_iter().enumerate() {
             let key = format!("throttle.policies[{i}]");
@@ -174,7 +209,7 @@ impl ThrottleBuilder {
                     }),
                     u64::from(rate.count()),
                     Some(ceil_secs(rate.period()).max(1)),
-                    Some(MemoryRateStore::new(self.max_keys, clock.clone())),
+                    Some(MemoryRateStore::with_time(self.max_keys, time.clone())),
                     None,
                 ),
                 Limit::InFlight(max) => (
@@ -189,6 +224,8 @@ impl ThrottleBuilder {
                 name: p.name.clone(),
                 limit: p.limit,
                 gcra,
+                burst: gcra.tau / gcra.t,
+                ip_only: matches!(p.key.0.as_slice(), [KeyPart::ClientIp]),
                 key: p.key,
                 action: p.action,
                 cost: p.cost,
@@ -202,12 +239,20 @@ impl ThrottleBuilder {
                 window,
             };
             rt.policy_header = crate::ratelimit::policy_value(&[rt.field(0, None)])
+                .as_ref()
+                .and_then(intern)
                 .ok_or_else(|| ConfigError::invalid(format!("{key}.name"), "not a valid field"))?;
             policies.push(rt);
         }
+        let needs_ip = policies
+            .iter()
+            .any(|p| p.key.0.iter().any(|k| matches!(k, KeyPart::ClientIp)));
+        let has_in_flight = policies.iter().any(|p| p.inflight.is_some());
         Ok(ThrottleLayer {
             shared: Arc::new(Shared {
                 policies,
+                needs_ip,
+                has_in_flight,
                 resolver: self.resolver,
                 v6_prefix: self.v6_prefix,
                 headers_on_allowed: self.headers_on_allowed,
@@ -438,13 +483,14 @@ pub(crate) fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
 
 // ---- decisions ------------------------------------------------------------------------
 
+/// A rate policy that applies to a request (remote store only).
+#[cfg(feature = "redis")]
 struct Applied {
     idx: usize,
     hash: u64,
     cost: u32,
     max_wait: u64,
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-    key: Option<Vec<u8>>,
+    key: Vec<u8>,
 }
 
 /// Releases in-flight slots when the response is done (or the request dropped).
@@ -469,98 +515,34 @@ impl std::fmt::Debug for InFlightGuards {
     }
 }
 
-/// Result of the sync part of a decision.
-struct Plan {
-    applied: InlineList<Applied, 4>,
-    guards: Option<InFlightGuards>,
-}
-
-#[derive(Default)]
-struct Fold {
-    denial: Option<Denial>,
-    wait: u64,
-    fields: InlineList<(usize, u64, Option<u64>), 4>,
-}
-
 fn secs_up(ns: u64) -> u64 {
     ns.div_ceil(1_000_000_000)
 }
 
-impl Fold {
-    fn verdict(&mut self, shared: &Shared, a: &Applied, v: Verdict, ext: &http::Extensions) {
-        let p = &shared.policies[a.idx];
-        match v {
-            Verdict::Allowed {
-                wait,
-                remaining,
-                reset_after,
-            } => {
-                if !p.shadow {
-                    self.wait = self.wait.max(wait);
-                }
-                if shared.headers_on_allowed {
-                    // time until one more unit is available
-                    let used = (p.gcra.tau / p.gcra.t).saturating_sub(remaining);
-                    let t = reset_after.saturating_sub(used.saturating_sub(1) * p.gcra.t);
-                    let r = remaining.min(p.quota);
-                    self.fields.push((a.idx, r, Some(secs_up(t))));
-                }
-            }
-            Verdict::Limited { retry_after, .. } => {
-                let secs = secs_up(retry_after).max(1);
-                let d = Denial::new(StatusCode::TOO_MANY_REQUESTS, "throttle", "rate_limited")
-                    .with_type(PROBLEM_QUOTA_EXCEEDED)
-                    .with_title("Too Many Requests")
-                    .with_detail("The request rate limit was exceeded; retry later.")
-                    .with_retry_after(Duration::from_nanos(retry_after).max(Duration::from_secs(1)))
-                    .with_rate_limit(p.field(0, Some(secs)))
-                    .with_member(
-                        "violated-policies",
-                        serde_json::Value::from(vec![p.name.to_string()]),
-                    );
-                self.deny(p, d, ext);
-            }
-        }
-    }
+/// `RateLimit-Policy`/`RateLimit` field pairs waiting to be added to an allowed response
+/// (inline for the usual single policy).
+pub struct RateLimitFields(Fields);
 
-    fn deny(&mut self, p: &PolicyRt, d: Denial, ext: &http::Extensions) {
-        if p.shadow {
-            tracing::debug!(policy = &*p.name, "throttle shadow denial");
-            crate::facts::record_shadow_denial(ext, d);
-        } else if self.denial.is_none() {
-            tracing::debug!(
-                policy = &*p.name,
-                reason = d.reason(),
-                "throttle denied request"
-            );
-            self.denial = Some(d);
-        }
-    }
-
-    fn headers(&self, shared: &Shared) -> Option<RateLimitFields> {
-        if self.fields.is_empty() {
-            return None;
-        }
-        let mut out = InlineList::default();
-        for &(i, r, t) in self.fields.iter() {
-            let p = &shared.policies[i];
-            let mut s = String::with_capacity(p.field_prefix.len() + 24);
-            s.push_str(&p.field_prefix);
-            push_u64(&mut s, r);
-            if let Some(t) = t {
-                s.push_str(";t=");
-                push_u64(&mut s, t);
-            }
-            let v = HeaderValue::from_maybe_shared(Bytes::from(s))
-                .unwrap_or_else(|_| HeaderValue::from_static(""));
-            out.push((p.policy_header.clone(), v));
-        }
-        Some(RateLimitFields(out))
-    }
+enum Fields {
+    None,
+    One(HeaderValue, HeaderValue),
+    Many(Vec<(HeaderValue, HeaderValue)>),
 }
 
-/// `RateLimit-Policy`/`RateLimit` field pairs waiting to be added to an allowed response.
-pub struct RateLimitFields(InlineList<(HeaderValue, HeaderValue), 2>);
+impl RateLimitFields {
+    const NONE: Self = Self(Fields::None);
+
+    fn push(&mut self, policy: HeaderValue, value: HeaderValue) {
+        self.0 = match std::mem::replace(&mut self.0, Fields::None) {
+            Fields::None => Fields::One(policy, value),
+            Fields::One(p, v) => Fields::Many(vec![(p, v), (policy, value)]),
+            Fields::Many(mut all) => {
+                all.push((policy, value));
+                Fields::Many(all)
+            }
+        };
+    }
+}
 
 impl std::fmt::Debug for RateLimitFields {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -568,98 +550,301 @@ impl std::fmt::Debug for RateLimitFields {
     }
 }
 
-fn push_u64(s: &mut String, mut n: u64) {
-    let mut buf = [0u8; 20];
-    let mut i = buf.len();
+/// Writes the decimal digits of `n` so that they end at `buf[..end]`; returns their start.
+#[inline(always)]
+fn put_u64_rev(buf: &mut [u8; 48], mut end: usize, mut n: u64) -> usize {
     loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
+        end -= 1;
+        buf[end] = b'0' + (n % 10) as u8;
         n /= 10;
         if n == 0 {
-            break;
+            return end;
         }
     }
-    s.push_str(std::str::from_utf8(&buf[i..]).unwrap_or("0"));
+}
+
+impl PolicyRt {
+    /// The `RateLimit` value of an allowed request: `"<name>";r=<remaining>;t=<secs>`,
+    /// formatted on the stack (one allocation: the value's own bytes).
+    fn ratelimit_value(&self, slack: u64, reset_after: u64) -> HeaderValue {
+        let remaining = slack / self.gcra.t;
+        // time until one more unit is available
+        let used = self.burst.saturating_sub(remaining);
+        let t = reset_after.saturating_sub(used.saturating_sub(1).saturating_mul(self.gcra.t));
+        let r = remaining.min(self.quota);
+        // `r=<r>;t=<t>` right-aligned in a stack buffer, then one copy into the value
+        let mut tail = [0u8; 48];
+        let mut at = put_u64_rev(&mut tail, 48, secs_up(t));
+        at -= 3;
+        tail[at..at + 3].copy_from_slice(b";t=");
+        at = put_u64_rev(&mut tail, at, r);
+        let tail = &tail[at..];
+        let prefix = self.field_prefix.as_bytes();
+        let mut v = Vec::with_capacity(prefix.len() + tail.len());
+        v.extend_from_slice(prefix);
+        v.extend_from_slice(tail);
+        // `Vec` → `Bytes` without a copy (exact capacity: no extra allocation)
+        HeaderValue::from_maybe_shared(bytes::Bytes::from(v))
+            .unwrap_or_else(|_| HeaderValue::from_static(""))
+    }
+
+    /// The 429 of a limited request.
+    #[cold]
+    #[inline(never)]
+    fn limited(&self, retry_after: u64) -> Box<Denial> {
+        let secs = secs_up(retry_after).max(1);
+        Box::new(
+            Denial::new(StatusCode::TOO_MANY_REQUESTS, "throttle", "rate_limited")
+                .with_type(PROBLEM_QUOTA_EXCEEDED)
+                .with_title("Too Many Requests")
+                .with_detail("The request rate limit was exceeded; retry later.")
+                .with_retry_after(Duration::from_nanos(retry_after).max(Duration::from_secs(1)))
+                .with_rate_limit(self.field(0, Some(secs)))
+                .with_member(
+                    "violated-policies",
+                    serde_json::Value::from(vec![self.name.to_string()]),
+                ),
+        )
+    }
+
+    /// The 429 of a key at its in-flight cap.
+    #[cold]
+    #[inline(never)]
+    fn too_many_in_flight(&self) -> Box<Denial> {
+        Box::new(
+            Denial::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "throttle",
+                "too_many_in_flight",
+            )
+            .with_type(PROBLEM_QUOTA_EXCEEDED)
+            .with_title("Too Many Requests")
+            .with_detail("Too many concurrent requests; retry later.")
+            .with_retry_after(Duration::from_secs(1))
+            .with_rate_limit(self.field(0, Some(1)))
+            .with_member(
+                "violated-policies",
+                serde_json::Value::from(vec![self.name.to_string()]),
+            ),
+        )
+    }
+
+    /// Records a denial of this policy: the first enforced one is kept, shadow ones go to
+    /// the request facts.
+    #[cold]
+    #[inline(never)]
+    fn deny(&self, d: Box<Denial>, ext: &http::Extensions, first: &mut Option<Box<Denial>>) {
+        if self.shadow {
+            tracing::debug!(policy = &*self.name, "throttle shadow denial");
+            crate::facts::record_shadow_denial(ext, *d);
+        } else if first.is_none() {
+            tracing::debug!(
+                policy = &*self.name,
+                reason = d.reason(),
+                "throttle denied request"
+            );
+            *first = Some(d);
+        }
+    }
+}
+
+/// In-flight slots and rate keys of a request decided in Redis.
+#[cfg(feature = "redis")]
+struct RemotePlan {
+    guards: Option<InFlightGuards>,
+    applied: InlineList<Applied, 4>,
+}
+
+/// Outcome of the rate policies of an allowed request.
+struct Allowed {
+    wait: u64,
+    guards: Option<InFlightGuards>,
+    headers: RateLimitFields,
 }
 
 impl Shared {
-    /// Keys, route costs and in-flight slots: everything decided without a store.
-    fn plan<B>(self: &Arc<Self>, req: &Request<B>, with_keys: bool) -> Result<Plan, Box<Denial>> {
-        let ip = req
-            .extensions()
-            .get::<ClientIp>()
-            .copied()
-            .or_else(|| self.resolver.resolve(req).map(ClientIp));
-        // parsed only when a Delay policy applies
-        let mut grpc_deadline: Option<Option<Duration>> = None;
-        let mut plan = Plan {
-            applied: InlineList::default(),
-            guards: None,
-        };
-        let mut denial: Option<Denial> = None;
-        for (idx, p) in self.policies.iter().enumerate() {
-            let (cost, template) = match &p.routes {
-                None => (p.cost, None),
-                Some(rs) => match rs.at(req.method(), req.uri().path()) {
-                    Some(m) => (*m.value, Some(m.template)),
-                    None => continue,
-                },
-            };
-            let mut h = self.hasher.build_hasher();
-            if !write_key(p, self, req, ip, template, &mut h) {
-                continue;
+    /// The client IP: an outer layer's [`ClientIp`], else resolved here.
+    #[inline]
+    fn client_ip<B>(&self, req: &Request<B>) -> Option<ClientIp> {
+        if let Some(ip) = req.extensions().get::<ClientIp>() {
+            return Some(*ip);
+        }
+        self.resolver.resolve(req).map(ClientIp)
+    }
+
+    /// Cost and matched route template of `p` for this request; `None` when its routes do
+    /// not match.
+    #[inline]
+    fn applies<'a, B>(p: &'a PolicyRt, req: &Request<B>) -> Option<(u32, Option<&'a str>)> {
+        match &p.routes {
+            None => Some((p.cost, None)),
+            Some(rs) => rs
+                .at(req.method(), req.uri().path())
+                .map(|m| (*m.value, Some(m.template))),
+        }
+    }
+
+    /// The keyed hash of `p`'s key; `None` when the policy does not apply.
+    #[inline]
+    fn key_hash<B>(
+        &self,
+        p: &PolicyRt,
+        req: &Request<B>,
+        ip: Option<ClientIp>,
+        template: Option<&str>,
+    ) -> Option<u64> {
+        let mut h = self.hasher.build_hasher();
+        if p.ip_only {
+            match ip {
+                Some(ip) => h.ip(ip.prefix_key(self.v6_prefix)),
+                None => h.bytes(b'i', b"?"),
             }
-            let hash = h.finish();
-            if let Limit::InFlight(max) = p.limit {
-                let table = p.inflight.as_ref().expect("in-flight table");
-                match table.acquire(hash, max) {
-                    Ok(_) => plan
-                        .guards
-                        .get_or_insert_with(|| InFlightGuards {
-                            shared: self.clone(),
-                            held: Vec::new(),
-                        })
-                        .held
-                        .push((idx, hash)),
-                    Err(_) => {
-                        let d = Denial::new(
-                            StatusCode::TOO_MANY_REQUESTS,
-                            "throttle",
-                            "too_many_in_flight",
-                        )
-                        .with_type(PROBLEM_QUOTA_EXCEEDED)
-                        .with_title("Too Many Requests")
-                        .with_detail("Too many concurrent requests; retry later.")
-                        .with_retry_after(Duration::from_secs(1))
-                        .with_rate_limit(p.field(0, Some(1)))
-                        .with_member(
-                            "violated-policies",
-                            serde_json::Value::from(vec![p.name.to_string()]),
+            return Some(h.finish());
+        }
+        write_key(p, self, req, ip, template, &mut h).then(|| h.finish())
+    }
+
+    /// The longest wait `p` may impose on this request, in ns.
+    #[inline]
+    fn max_wait<B>(p: &PolicyRt, req: &Request<B>, grpc: &mut Option<Option<Duration>>) -> u64 {
+        match p.action {
+            Action::Reject => 0,
+            Action::Delay { max_wait } => {
+                let g = *grpc.get_or_insert_with(|| grpc_timeout(req.headers()));
+                let w = g.map_or(max_wait, |g| g.min(max_wait));
+                w.as_nanos().min(u128::from(u64::MAX)) as u64
+            }
+        }
+    }
+
+    /// Takes the in-flight slots of every in-flight policy that applies. Runs before any
+    /// rate policy is charged.
+    fn in_flight<B>(
+        self: &Arc<Self>,
+        req: &Request<B>,
+        ip: Option<ClientIp>,
+    ) -> Result<Option<InFlightGuards>, Box<Denial>> {
+        let mut guards: Option<InFlightGuards> = None;
+        let mut denial: Option<Box<Denial>> = None;
+        for (idx, p) in self.policies.iter().enumerate() {
+            let (Limit::InFlight(max), Some(table)) = (p.limit, &p.inflight) else {
+                continue;
+            };
+            let Some((_, template)) = Self::applies(p, req) else {
+                continue;
+            };
+            let Some(hash) = self.key_hash(p, req, ip, template) else {
+                continue;
+            };
+            match table.acquire(hash, max) {
+                Ok(_) => guards
+                    .get_or_insert_with(|| InFlightGuards {
+                        shared: self.clone(),
+                        held: Vec::new(),
+                    })
+                    .held
+                    .push((idx, hash)),
+                Err(_) => p.deny(p.too_many_in_flight(), req.extensions(), &mut denial),
+            }
+        }
+        match denial {
+            Some(d) => Err(d), // guards dropped: slots released
+            None => Ok(guards),
+        }
+    }
+
+    /// Every policy decided in memory: in-flight slots first, then the rate policies in
+    /// order with one clock read.
+    #[inline]
+    fn decide_local<B>(self: &Arc<Self>, req: &Request<B>) -> Result<Allowed, Box<Denial>> {
+        let ip = if self.needs_ip {
+            self.client_ip(req)
+        } else {
+            None
+        };
+        let guards = if self.has_in_flight {
+            self.in_flight(req, ip)?
+        } else {
+            None
+        };
+        let mut out = Allowed {
+            wait: 0,
+            guards,
+            headers: RateLimitFields::NONE,
+        };
+        let mut denial = None;
+        let mut grpc = None;
+        let mut now = 0;
+        for p in &self.policies {
+            let Some(mem) = &p.mem else { continue };
+            let Some((cost, template)) = Self::applies(p, req) else {
+                continue;
+            };
+            let Some(hash) = self.key_hash(p, req, ip, template) else {
+                continue;
+            };
+            let max_wait = Self::max_wait(p, req, &mut grpc);
+            if now == 0 {
+                now = mem.now();
+            }
+            match mem.decide_at(now, hash, &p.gcra, cost, max_wait) {
+                Verdict::Allowed {
+                    wait,
+                    slack,
+                    reset_after,
+                } => {
+                    if !p.shadow {
+                        out.wait = out.wait.max(wait);
+                    }
+                    if self.headers_on_allowed {
+                        out.headers.push(
+                            p.policy_header.clone(),
+                            p.ratelimit_value(slack, reset_after),
                         );
-                        if p.shadow {
-                            crate::facts::record_shadow_denial(req.extensions(), d);
-                        } else if denial.is_none() {
-                            denial = Some(d);
-                        }
                     }
                 }
+                Verdict::Limited { retry_after, .. } => {
+                    p.deny(p.limited(retry_after), req.extensions(), &mut denial);
+                }
+            }
+        }
+        match denial {
+            Some(d) => Err(d),
+            None => Ok(out),
+        }
+    }
+
+    /// The synchronous part of a Redis decision: in-flight slots (kept in memory) and the
+    /// keys of the rate policies that apply.
+    #[cfg(feature = "redis")]
+    fn plan_remote<B>(self: &Arc<Self>, req: &Request<B>) -> Result<RemotePlan, Box<Denial>> {
+        let ip = if self.needs_ip {
+            self.client_ip(req)
+        } else {
+            None
+        };
+        let guards = if self.has_in_flight {
+            self.in_flight(req, ip)?
+        } else {
+            None
+        };
+        let mut applied = InlineList::<Applied, 4>::default();
+        let mut grpc = None;
+        for (idx, p) in self.policies.iter().enumerate() {
+            if p.mem.is_none() {
                 continue;
             }
-            let max_wait = match p.action {
-                Action::Reject => 0,
-                Action::Delay { max_wait } => {
-                    let g = *grpc_deadline.get_or_insert_with(|| grpc_timeout(req.headers()));
-                    let w = g.map_or(max_wait, |g| g.min(max_wait));
-                    w.as_nanos().min(u128::from(u64::MAX)) as u64
-                }
+            let Some((cost, template)) = Self::applies(p, req) else {
+                continue;
             };
-            let key = with_keys.then(|| {
-                let mut v = Vec::with_capacity(48);
-                v.extend_from_slice(p.name.as_bytes());
-                write_key(p, self, req, ip, template, &mut v);
-                v
-            });
-            plan.applied.push(Applied {
+            let Some(hash) = self.key_hash(p, req, ip, template) else {
+                continue;
+            };
+            let max_wait = Self::max_wait(p, req, &mut grpc);
+            let mut key = Vec::with_capacity(48);
+            key.extend_from_slice(p.name.as_bytes());
+            write_key(p, self, req, ip, template, &mut key);
+            applied.push(Applied {
                 idx,
                 hash,
                 cost,
@@ -667,44 +852,33 @@ impl Shared {
                 key,
             });
         }
-        match denial {
-            Some(d) => Err(Box::new(d)), // guards dropped with the plan: slots released
-            None => Ok(plan),
-        }
+        Ok(RemotePlan { guards, applied })
     }
 
-    fn decide_memory(&self, plan: &Plan, ext: &http::Extensions) -> Fold {
-        let mut fold = Fold::default();
-        // one clock read per request (all tables share the layer's clock)
-        let mut now = None;
-        for a in plan.applied.iter() {
-            let p = &self.policies[a.idx];
-            let mem = p.mem.as_ref().expect("rate table");
-            let now = *now.get_or_insert_with(|| mem.now());
-            let v = mem.decide_at(now, a.hash, &p.gcra, a.cost, a.max_wait);
-            fold.verdict(self, a, v, ext);
-        }
-        fold
-    }
-
+    /// Every rate policy of `plan` decided against Redis.
     #[cfg(feature = "redis")]
-    async fn decide_redis(
+    async fn decide_remote(
         &self,
         backend: &RedisBackend,
-        plan: &Plan,
+        plan: RemotePlan,
         ext: &http::Extensions,
-    ) -> Fold {
-        let mut fold = Fold::default();
-        for a in plan.applied.iter() {
+    ) -> Result<Allowed, Box<Denial>> {
+        let RemotePlan { guards, applied } = plan;
+        let mut out = Allowed {
+            wait: 0,
+            guards,
+            headers: RateLimitFields::NONE,
+        };
+        let mut denial = None;
+        for a in applied.iter() {
             let p = &self.policies[a.idx];
             let limit = Gcra {
                 emission_interval: Duration::from_nanos(p.gcra.t),
-                burst: (p.gcra.tau / p.gcra.t) as u32,
+                burst: p.burst.min(u64::from(u32::MAX)) as u32,
             };
-            let key = a.key.as_deref().unwrap_or_default();
             let res = backend
                 .store
-                .check(key, limit, a.cost, Duration::from_nanos(a.max_wait))
+                .check(&a.key, limit, a.cost, Duration::from_nanos(a.max_wait))
                 .await;
             let v = match res {
                 Ok(RateDecision::Allowed {
@@ -713,7 +887,7 @@ impl Shared {
                     reset_after,
                 }) => Verdict::Allowed {
                     wait: wait.as_nanos() as u64,
-                    remaining,
+                    slack: remaining.saturating_mul(p.gcra.t),
                     reset_after: reset_after.as_nanos() as u64,
                 },
                 Ok(RateDecision::Limited {
@@ -739,15 +913,37 @@ impl Shared {
                             )
                             .with_detail("The rate limiter is unavailable; retry later.")
                             .with_retry_after(Duration::from_secs(1));
-                            fold.deny(p, d, ext);
+                            p.deny(Box::new(d), ext, &mut denial);
                             continue;
                         }
                     }
                 }
             };
-            fold.verdict(self, a, v, ext);
+            match v {
+                Verdict::Allowed {
+                    wait,
+                    slack,
+                    reset_after,
+                } => {
+                    if !p.shadow {
+                        out.wait = out.wait.max(wait);
+                    }
+                    if self.headers_on_allowed {
+                        out.headers.push(
+                            p.policy_header.clone(),
+                            p.ratelimit_value(slack, reset_after),
+                        );
+                    }
+                }
+                Verdict::Limited { retry_after, .. } => {
+                    p.deny(p.limited(retry_after), ext, &mut denial);
+                }
+            }
         }
-        fold
+        match denial {
+            Some(d) => Err(d),
+            None => Ok(out),
+        }
     }
 }
 
@@ -765,7 +961,7 @@ pin_project! {
             #[pin]
             fut: F,
             guards: Option<InFlightGuards>,
-            headers: Option<RateLimitFields>,
+            headers: RateLimitFields,
         },
         /// Refused.
         Denied { res: Option<Response<B>> },
@@ -774,12 +970,20 @@ pin_project! {
     }
 }
 
-fn add_headers<B>(res: &mut Response<B>, headers: Option<RateLimitFields>) {
-    if let Some(hs) = headers {
-        let map = res.headers_mut();
-        for (p, r) in hs.0 {
-            map.append(RATELIMIT_POLICY.clone(), p);
-            map.append(RATELIMIT.clone(), r);
+#[inline]
+fn add_headers<B>(res: &mut Response<B>, headers: RateLimitFields) {
+    let map = res.headers_mut();
+    match headers.0 {
+        Fields::None => {}
+        Fields::One(p, r) => {
+            map.append(&RATELIMIT_POLICY, p);
+            map.append(&RATELIMIT, r);
+        }
+        Fields::Many(all) => {
+            for (p, r) in all {
+                map.append(&RATELIMIT_POLICY, p);
+                map.append(&RATELIMIT, r);
+            }
         }
     }
 }
@@ -790,6 +994,7 @@ where
 {
     type Output = Result<Response<B>, E>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
             RfProj::Inner {
@@ -797,12 +1002,16 @@ where
                 guards,
                 headers,
             } => {
-                let out = std::task::ready!(fut.poll(cx));
-                drop(guards.take());
-                Poll::Ready(out.map(|mut res| {
-                    add_headers(&mut res, headers.take());
-                    res
-                }))
+                let mut out = std::task::ready!(fut.poll(cx));
+                if guards.is_some() {
+                    drop(guards.take());
+                }
+                if !matches!(headers.0, Fields::None)
+                    && let Ok(res) = &mut out
+                {
+                    add_headers(res, std::mem::replace(headers, RateLimitFields::NONE));
+                }
+                Poll::Ready(out)
             }
             RfProj::Denied { res } => Poll::Ready(Ok(res
                 .take()
@@ -831,10 +1040,52 @@ where
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         let shared = &self.layer.shared;
         #[cfg(feature = "redis")]
-        let remote = shared.redis.is_some();
-        #[cfg(not(feature = "redis"))]
-        let remote = false;
-        let plan = match shared.plan(&req, remote) {
+        if shared.redis.is_some() {
+            return self.call_remote(req);
+        }
+        match shared.decide_local(&req) {
+            Err(d) => ResponseFuture::Denied {
+                res: Some(self.layer.renderer.respond(*d, &req)),
+            },
+            Ok(a) if a.wait == 0 => ResponseFuture::Inner {
+                fut: self.inner.call(req),
+                guards: a.guards,
+                headers: a.headers,
+            },
+            Ok(a) => {
+                let clone = self.inner.clone();
+                let mut inner = std::mem::replace(&mut self.inner, clone);
+                let wait = Duration::from_nanos(a.wait);
+                ResponseFuture::Waiting {
+                    fut: Box::pin(async move {
+                        tokio::time::sleep(wait).await;
+                        let out = inner.call(req).await;
+                        drop(a.guards);
+                        out.map(|mut res| {
+                            add_headers(&mut res, a.headers);
+                            res
+                        })
+                    }),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(feature = "redis")]
+impl<S> Throttle<S> {
+    fn call_remote<ReqB, ResB>(
+        &mut self,
+        req: Request<ReqB>,
+    ) -> ResponseFuture<S::Future, ResB, S::Error>
+    where
+        S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Send + 'static,
+        ReqB: Send + 'static,
+        ResB: BodyFromBytes + Send + 'static,
+    {
+        let plan = match self.layer.shared.plan_remote(&req) {
             Ok(plan) => plan,
             Err(d) => {
                 return ResponseFuture::Denied {
@@ -842,65 +1093,28 @@ where
                 };
             }
         };
-        if !remote {
-            let fold = shared.decide_memory(&plan, req.extensions());
-            if let Some(d) = fold.denial {
-                return ResponseFuture::Denied {
-                    res: Some(self.layer.renderer.respond(d, &req)),
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let shared = self.layer.shared.clone();
+        let renderer = self.layer.renderer.clone();
+        ResponseFuture::Waiting {
+            fut: Box::pin(async move {
+                let backend = shared.redis.as_ref().expect("redis backend");
+                let a = match shared.decide_remote(backend, plan, req.extensions()).await {
+                    Ok(a) => a,
+                    Err(d) => return Ok(renderer.respond(*d, &req)),
                 };
-            }
-            let headers = fold.headers(shared);
-            if fold.wait == 0 {
-                return ResponseFuture::Inner {
-                    fut: self.inner.call(req),
-                    guards: plan.guards,
-                    headers,
-                };
-            }
-            let clone = self.inner.clone();
-            let mut inner = std::mem::replace(&mut self.inner, clone);
-            let wait = Duration::from_nanos(fold.wait);
-            let guards = plan.guards;
-            return ResponseFuture::Waiting {
-                fut: Box::pin(async move {
-                    tokio::time::sleep(wait).await;
-                    let out = inner.call(req).await;
-                    drop(guards);
-                    out.map(|mut res| {
-                        add_headers(&mut res, headers);
-                        res
-                    })
-                }),
-            };
+                if a.wait > 0 {
+                    tokio::time::sleep(Duration::from_nanos(a.wait)).await;
+                }
+                let out = inner.call(req).await;
+                drop(a.guards);
+                out.map(|mut res| {
+                    add_headers(&mut res, a.headers);
+                    res
+                })
+            }),
         }
-        #[cfg(feature = "redis")]
-        {
-            let clone = self.inner.clone();
-            let mut inner = std::mem::replace(&mut self.inner, clone);
-            let shared = shared.clone();
-            let renderer = self.layer.renderer.clone();
-            ResponseFuture::Waiting {
-                fut: Box::pin(async move {
-                    let backend = shared.redis.as_ref().expect("redis backend");
-                    let fold = shared.decide_redis(backend, &plan, req.extensions()).await;
-                    if let Some(d) = fold.denial {
-                        return Ok(renderer.respond(d, &req));
-                    }
-                    let headers = fold.headers(&shared);
-                    if fold.wait > 0 {
-                        tokio::time::sleep(Duration::from_nanos(fold.wait)).await;
-                    }
-                    let out = inner.call(req).await;
-                    drop(plan);
-                    out.map(|mut res| {
-                        add_headers(&mut res, headers);
-                        res
-                    })
-                }),
-            }
-        }
-        #[cfg(not(feature = "redis"))]
-        unreachable!("remote store without the redis feature")
     }
 }
 
