@@ -235,6 +235,9 @@ impl CounterStore for MemoryCounterStore {
     fn get(&self, key: &[u8]) -> impl Future<Output = Result<u64, StoreError>> + Send {
         std::future::ready(Ok(self.table.get(key)))
     }
+    fn is_immediate(&self) -> bool {
+        true
+    }
 }
 
 /// Options of the [`DurableCounterStore`].
@@ -468,6 +471,9 @@ impl CounterStore for DurableCounterStore {
     fn get(&self, key: &[u8]) -> impl Future<Output = Result<u64, StoreError>> + Send {
         std::future::ready(Ok(self.inner.table.get(key)))
     }
+    fn is_immediate(&self) -> bool {
+        true
+    }
 }
 
 /// The stores the configuration can choose: in memory or durable (and Redis with feature
@@ -561,6 +567,9 @@ impl CounterStore for QuotaStore {
     }
     fn get(&self, key: &[u8]) -> impl Future<Output = Result<u64, StoreError>> + Send {
         dispatch!(self, r => r.get(key), t => Ok(t.get(key)))
+    }
+    fn is_immediate(&self) -> bool {
+        self.table().is_some()
     }
 }
 

@@ -116,6 +116,13 @@ pub trait CounterStore: Send + Sync + 'static {
 
     /// Current value of the counter (0 when absent or expired).
     fn get(&self, key: &[u8]) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Whether every future of this store is ready at its first poll (an in-process store
+    /// that never waits). Callers may then decide synchronously instead of boxing a future.
+    /// Default `false`; a store returning `true` must honour it.
+    fn is_immediate(&self) -> bool {
+        false
+    }
 }
 
 /// One-time values (request nonces, DPoP `jti`s) remembered for a time.
