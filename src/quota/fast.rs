@@ -2,11 +2,93 @@
 //! allocation for the common request), and integer formatting into them.
 
 use std::fmt;
+use std::hash::{BuildHasher, Hasher};
+
+#[inline(always)]
+fn fold(a: u64, b: u64) -> u64 {
+    let f = u128::from(a) * u128::from(b);
+    (f as u64) ^ ((f >> 64) as u64)
+}
+
+/// Random per-table seeds for [`FastHasher`]. Keys are attacker-chosen (principal ids,
+/// addresses), so the hash stays keyed with secret seeds from the OS-seeded `RandomState`:
+/// the folded-multiply construction of foldhash/ahash, whose outputs cannot be predicted
+/// without the seeds, so colliding keys cannot be precomputed.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Seeds([u64; 4]);
+
+impl Seeds {
+    pub(crate) fn random() -> Self {
+        let rs = std::hash::RandomState::new();
+        let mut s = [0u64; 4];
+        for (i, v) in s.iter_mut().enumerate() {
+            *v = rs.hash_one(i as u64 ^ 0x9e37_79b9_7f4a_7c15) | 1;
+        }
+        Self(s)
+    }
+}
+
+impl Default for Seeds {
+    fn default() -> Self {
+        Self::random()
+    }
+}
+
+impl BuildHasher for Seeds {
+    type Hasher = FastHasher;
+    #[inline(always)]
+    fn build_hasher(&self) -> FastHasher {
+        FastHasher {
+            acc: self.0[0],
+            k: [self.0[1], self.0[2], self.0[3]],
+        }
+    }
+}
+
+/// Keyed folded-multiply hasher (see [`Seeds`]).
+pub(crate) struct FastHasher {
+    acc: u64,
+    k: [u64; 3],
+}
+
+impl Hasher for FastHasher {
+    #[inline(always)]
+    fn finish(&self) -> u64 {
+        fold(self.acc ^ self.k[2], self.k[0])
+    }
+    #[inline(always)]
+    fn write_u8(&mut self, n: u8) {
+        self.write_u64(u64::from(n));
+    }
+    #[inline(always)]
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+    #[inline(always)]
+    fn write_u64(&mut self, n: u64) {
+        self.acc = fold(self.acc ^ n, self.k[0]);
+    }
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(16);
+        for c in &mut chunks {
+            let a = u64::from_le_bytes(c[..8].try_into().unwrap_or_default());
+            let b = u64::from_le_bytes(c[8..].try_into().unwrap_or_default());
+            self.acc = fold(self.acc ^ a, b ^ self.k[1]).rotate_left(23);
+        }
+        let rest = chunks.remainder();
+        let mut w = [0u8; 16];
+        w[..rest.len()].copy_from_slice(rest);
+        let a = u64::from_le_bytes(w[..8].try_into().unwrap_or_default());
+        let b = u64::from_le_bytes(w[8..].try_into().unwrap_or_default());
+        self.acc = fold(self.acc ^ a ^ (bytes.len() as u64), b ^ self.k[1]);
+    }
+}
 
 /// Bytes kept inline up to `N`, spilling to the heap beyond.
 #[derive(Clone)]
 pub(crate) struct Buf<const N: usize> {
-    len: usize,
+    len: u32,
     inline: [u8; N],
     heap: Vec<u8>,
 }
@@ -31,7 +113,7 @@ impl<const N: usize> Buf<N> {
     #[inline]
     pub(crate) fn as_slice(&self) -> &[u8] {
         if self.heap.is_empty() {
-            &self.inline[..self.len]
+            &self.inline[..self.len as usize]
         } else {
             &self.heap
         }
@@ -40,14 +122,15 @@ impl<const N: usize> Buf<N> {
     #[inline]
     pub(crate) fn extend_from_slice(&mut self, bytes: &[u8]) {
         if self.heap.is_empty() {
-            let end = self.len + bytes.len();
+            let len = self.len as usize;
+            let end = len + bytes.len();
             if end <= N {
-                self.inline[self.len..end].copy_from_slice(bytes);
-                self.len = end;
+                self.inline[len..end].copy_from_slice(bytes);
+                self.len = end as u32;
                 return;
             }
             let mut v = Vec::with_capacity(end.max(2 * N));
-            v.extend_from_slice(&self.inline[..self.len]);
+            v.extend_from_slice(&self.inline[..len]);
             self.heap = v;
         }
         self.heap.extend_from_slice(bytes);
@@ -55,21 +138,38 @@ impl<const N: usize> Buf<N> {
 
     #[inline]
     pub(crate) fn push(&mut self, b: u8) {
-        self.extend_from_slice(&[b]);
+        let len = self.len as usize;
+        if self.heap.is_empty() && len < N {
+            self.inline[len] = b;
+            self.len += 1;
+        } else {
+            self.extend_from_slice(&[b]);
+        }
     }
 
-    /// Appends `n` in decimal.
+    /// Appends `n` in decimal (two digits per step, as itoa does).
     #[inline]
     pub(crate) fn push_u64(&mut self, mut n: u64) {
+        const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
+            2021222324252627282930313233343536373839\
+            4041424344454647484950515253545556575859\
+            6061626364656667686970717273747576777879\
+            8081828384858687888990919293949596979899";
         let mut digits = [0u8; 20];
         let mut i = digits.len();
-        loop {
+        while n >= 100 {
+            let p = (n % 100) as usize * 2;
+            n /= 100;
+            i -= 2;
+            digits[i..i + 2].copy_from_slice(&PAIRS[p..p + 2]);
+        }
+        if n >= 10 {
+            let p = n as usize * 2;
+            i -= 2;
+            digits[i..i + 2].copy_from_slice(&PAIRS[p..p + 2]);
+        } else {
             i -= 1;
-            digits[i] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
+            digits[i] = b'0' + n as u8;
         }
         self.extend_from_slice(&digits[i..]);
     }
@@ -149,6 +249,22 @@ mod tests {
         assert_eq!(b.as_str(), "ab018446744073709551615");
         b.push(b'!');
         assert_eq!(b.as_str(), "ab018446744073709551615!");
+        for n in [1, 9, 10, 99, 100, 101, 999, 1000, 12345, 1_083_200] {
+            let mut b = Buf::<8>::default();
+            b.push_u64(n);
+            assert_eq!(b.as_str(), n.to_string());
+        }
+    }
+
+    #[test]
+    fn hasher_depends_on_content_length_and_seeds() {
+        let s = Seeds::random();
+        let h = |b: &[u8]| s.hash_one(b);
+        assert_ne!(h(b"p:alice"), h(b"p:alicf"));
+        assert_ne!(h(b""), h(b"\0"));
+        assert_ne!(h(&[0u8; 16]), h(&[0u8; 17]));
+        assert_eq!(h(b"quota:{p%3Aalice}:monthly:2026-11"), h(b"quota:{p%3Aalice}:monthly:2026-11"));
+        assert_ne!(Seeds::random().hash_one(b"k"), s.hash_one(b"k"));
     }
 
     #[test]

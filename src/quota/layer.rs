@@ -14,7 +14,7 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::fast::{Buf, List};
+use super::fast::{Buf, List, Seeds};
 use super::store::{MemoryCounterStore, QuotaStore};
 use super::window::Window;
 use crate::body::BodyFromBytes;
@@ -46,7 +46,8 @@ pub struct Quota {
 /// (calendar arithmetic and label formatting), not per request.
 #[derive(Debug)]
 struct QuotaCache {
-    span: std::sync::RwLock<Option<super::window::Span>>,
+    /// The current calendar window and the end of its store keys (`:<name>:<label>`).
+    span: std::sync::RwLock<Option<(super::window::Span, Box<[u8]>)>>,
     /// The name as used in store keys.
     key_name: Box<[u8]>,
     /// This quota's `RateLimit-Policy` item (`"monthly";q=6000;w=2592000`).
@@ -67,7 +68,7 @@ impl Quota {
     /// of `limit` units per `window`.
     pub fn new(name: impl Into<Arc<str>>, limit: u64, window: Window) -> Self {
         let name: Arc<str> = name.into();
-        let mut key_name = Vec::with_capacity(name.len());
+        let mut key_name = Buf::<0>::default();
         push_escaped(&mut key_name, &name);
         let policy = ratelimit::policy_value(&[RateLimitField::new(name.to_string(), limit)
             .window_secs(window.nominal_secs())]);
@@ -86,7 +87,7 @@ impl Quota {
             window,
             cache: Arc::new(QuotaCache {
                 span: std::sync::RwLock::new(None),
-                key_name: key_name.into(),
+                key_name: key_name.as_slice().into(),
                 policy,
                 r_prefix: r_prefix.into(),
             }),
@@ -95,25 +96,35 @@ impl Quota {
 
     /// The window containing `now` (cached while `now` stays inside it).
     fn span(&self, now: SystemTime) -> super::window::Span {
-        self.with_span(now, Clone::clone)
+        self.with_span(now, |s, _| s.clone())
     }
 
-    /// Runs `f` on the window containing `now` (a calendar window is computed once per
-    /// window and read from the cache under a read lock, without copying it).
-    fn with_span<R>(&self, now: SystemTime, f: impl FnOnce(&super::window::Span) -> R) -> R {
+    /// Runs `f` on the window containing `now` and the end of its store keys
+    /// (`:<name>:<label>`). A calendar window is computed once per window and read from the
+    /// cache under a read lock, without copying it.
+    fn with_span<R>(
+        &self,
+        now: SystemTime,
+        f: impl FnOnce(&super::window::Span, &[u8]) -> R,
+    ) -> R {
         let rolling = self.window.is_rolling();
         if !rolling
             && let Ok(g) = self.cache.span.read()
-            && let Some(s) = &*g
+            && let Some((s, suffix)) = &*g
             && s.start <= now
             && now < s.end
         {
-            return f(s);
+            return f(s, suffix);
         }
         let s = self.window.span(now);
-        let r = f(&s);
+        let mut suffix = Vec::with_capacity(self.cache.key_name.len() + s.label.len() + 2);
+        suffix.push(b':');
+        suffix.extend_from_slice(&self.cache.key_name);
+        suffix.push(b':');
+        suffix.extend_from_slice(s.label.as_bytes());
+        let r = f(&s, &suffix);
         if !rolling && let Ok(mut g) = self.cache.span.write() {
-            *g = Some(s);
+            *g = Some((s, suffix.into()));
         }
         r
     }
@@ -165,7 +176,7 @@ where
 /// Plan name → quotas (the built-in [`LimitProvider`]).
 #[derive(Debug, Clone, Default)]
 pub struct PlanTable {
-    plans: HashMap<String, Limits>,
+    plans: HashMap<String, Limits, Seeds>,
 }
 
 impl PlanTable {
@@ -294,6 +305,8 @@ struct Shared<St> {
     shadow: bool,
     headers_on_success: bool,
     prefix: String,
+    /// `<prefix>{`
+    key_head: String,
     clock: SharedClock,
 }
 
@@ -516,6 +529,7 @@ impl<St: CounterStore + Clone> QuotaLayerBuilder<St> {
                 failure_mode: self.failure_mode,
                 shadow: self.shadow,
                 headers_on_success: self.headers_on_success,
+                key_head: format!("{}{{", self.prefix),
                 prefix: self.prefix,
                 clock,
             }),
@@ -584,21 +598,27 @@ struct Outcome {
     reset_at: SystemTime,
 }
 
-/// A store key, inline up to 96 bytes.
-type StoreKey = Buf<96>;
+/// A store key, inline up to 64 bytes.
+type StoreKey = Buf<64>;
 /// A caller key (`p:<id>`, `ip:<address>`, `h:<value>`), inline up to 64 bytes.
 type CallerKey = Buf<64>;
 
-fn push_escaped(out: &mut impl Extend<u8>, s: &str) {
+fn push_escaped<const N: usize>(out: &mut Buf<N>, s: &str) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    for b in s.bytes() {
-        match b {
-            b'{' | b'}' | b'%' | b':' => {
-                out.extend([b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
-            }
-            _ => out.extend([b]),
+    let bytes = s.as_bytes();
+    if !bytes.iter().any(|b| matches!(b, b'{' | b'}' | b'%' | b':')) {
+        out.extend_from_slice(bytes);
+        return;
+    }
+    let mut run = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        if matches!(b, b'{' | b'}' | b'%' | b':') {
+            out.extend_from_slice(&bytes[run..i]);
+            out.extend_from_slice(&[b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
+            run = i + 1;
         }
     }
+    out.extend_from_slice(&bytes[run..]);
 }
 
 
@@ -772,7 +792,7 @@ fn store_key(&self, caller: &str, quota: &Quota, label: &str) -> StoreKey {
                     let key = self.store_key(caller, q, &span.label);
                     (key, p, o.unwrap_or(span.end), span.end)
                 }
-                None => q.with_span(now, |span| {
+                None => q.with_span(now, |span, _| {
                     (self.store_key(caller, q, &span.label), 0, span.end, span.end)
                 }),
             };
@@ -803,6 +823,84 @@ fn store_key(&self, caller: &str, quota: &Quota, label: &str) -> StoreKey {
                 exceeded,
                 counted: !exceeded,
                 reset_at,
+            });
+        }
+        Ok(outcomes)
+    }
+
+    /// [`decide`](Self::decide) for calendar windows on a store that answers at once
+    /// ([`CounterStore::is_immediate`]), without an async state machine.
+    fn decide_now<T: CounterStore>(
+        &self,
+        store: &T,
+        caller: &str,
+        limits: &[Quota],
+        cost: u64,
+        now: SystemTime,
+    ) -> Result<List<Outcome>, StoreError> {
+        fn at_once<R>(r: Option<Result<R, StoreError>>) -> Result<R, StoreError> {
+            r.unwrap_or_else(|| {
+                Err(StoreError::Unavailable(
+                    "an immediate store did not answer at once".into(),
+                ))
+            })
+        }
+        // `<prefix>{<caller>}`, shared by the keys of all quotas
+        let mut head = StoreKey::default();
+        head.extend_from_slice(self.shared.key_head.as_bytes());
+        push_escaped(&mut head, caller);
+        head.push(b'}');
+        let mut outcomes: List<Outcome> = List::default();
+        let mut refused = false;
+        for (i, q) in limits.iter().enumerate() {
+            let (key, end) = q.with_span(now, |s, suffix| {
+                let mut k = StoreKey::default();
+                k.extend_from_slice(head.as_slice());
+                k.extend_from_slice(suffix);
+                (k, s.end)
+            });
+            if refused {
+                let used = at_once(store.get_now(key.as_slice()))?;
+                outcomes.push(Outcome {
+                    quota_idx: i,
+                    key,
+                    used,
+                    exceeded: used.saturating_add(cost) > q.limit,
+                    counted: false,
+                    reset_at: end,
+                });
+                continue;
+            }
+            let d = match at_once(store.add_within_now(key.as_slice(), cost, q.limit, end)) {
+                Ok(d) => d,
+                Err(e) => {
+                    for o in outcomes.iter().filter(|o| o.counted) {
+                        let _ = at_once(store.refund_now(o.key.as_slice(), cost));
+                    }
+                    return Err(e);
+                }
+            };
+            let (used, exceeded) = match d {
+                CounterDecision::Counted { used } => (used, false),
+                CounterDecision::Exceeded { used } => (used, true),
+            };
+            if exceeded {
+                refused = true;
+                for o in outcomes.iter_mut() {
+                    if let Err(e) = at_once(store.refund_now(o.key.as_slice(), cost)) {
+                        tracing::warn!(error = %e, "quota refund failed");
+                    }
+                    o.counted = false;
+                    o.used = o.used.saturating_sub(cost);
+                }
+            }
+            outcomes.push(Outcome {
+                quota_idx: i,
+                key,
+                used,
+                exceeded,
+                counted: !exceeded,
+                reset_at: end,
             });
         }
         Ok(outcomes)
@@ -945,12 +1043,12 @@ struct After<St> {
 }
 
 impl<St: CounterStore> After<St> {
-    fn finish<B, E>(self, result: Result<Response<B>, E>) -> Result<Response<B>, E> {
+    fn finish<B, E>(self: Box<Self>, result: Result<Response<B>, E>) -> Result<Response<B>, E> {
         let shared = &*self.shared;
         let status = result.as_ref().ok().map(|r| r.status());
         if shared.policy.refunds(status) {
             for o in self.outcomes.iter().filter(|o| o.counted) {
-                match shared.store.refund(o.key.as_slice(), self.cost).now_or_never() {
+                match shared.store.refund_now(o.key.as_slice(), self.cost) {
                     Some(Ok(())) => {}
                     Some(Err(e)) => tracing::warn!(error = %e, "quota refund failed"),
                     None => tracing::warn!("quota refund did not complete at once"),
@@ -974,10 +1072,11 @@ pin_project! {
         Inner {
             #[pin]
             fut: F,
-            after: Option<After<St>>,
+            // boxed: moving the future is then cheaper than one allocation
+            after: Option<Box<After<St>>>,
         },
-        /// Refused.
-        Denied { res: Option<Response<B>> },
+        /// Refused (boxed: keeps the future small for the common, admitted case).
+        Denied { res: Option<Box<Response<B>>> },
         /// Deciding with a remote store (or handling a store failure).
         Waiting { fut: BoxFut<Response<B>, E> },
     }
@@ -999,7 +1098,7 @@ where
                     None => out,
                 })
             }
-            RfProj::Denied { res } => Poll::Ready(Ok(res
+            RfProj::Denied { res } => Poll::Ready(Ok(*res
                 .take()
                 .expect("ResponseFuture polled after completion"))),
             RfProj::Waiting { fut } => fut.as_mut().poll(cx),
@@ -1105,9 +1204,14 @@ where
 
         // In-process stores answer at once: decide here, without boxing a future.
         if shared.store.is_immediate()
-            && let Some(Ok(outcomes)) = layer
-                .decide(&shared.store, key.as_str(), &limits, cost, now)
-                .now_or_never()
+            && let Ok(outcomes) = if limits.iter().any(|q| q.window.is_rolling()) {
+                layer
+                    .decide(&shared.store, caller.key, &limits, cost, now)
+                    .now_or_never()
+                    .unwrap_or_else(|| Err(StoreError::Unavailable(String::new())))
+            } else {
+                layer.decide_now(&shared.store, caller.key, &limits, cost, now)
+            }
         {
             if let Some(d) = QuotaLayer::<St>::denial(&limits, &outcomes, now) {
                 if shared.shadow {
@@ -1120,25 +1224,25 @@ where
                 }
                 tracing::debug!("quota denied request");
                 return ResponseFuture::Denied {
-                    res: Some(layer.renderer.respond(d, &req)),
+                    res: Some(Box::new(layer.renderer.respond(d, &req))),
                 };
             }
             return ResponseFuture::Inner {
                 fut: inner.call(req),
-                after: Some(After {
+                after: Some(Box::new(After {
                     shared: layer.shared.clone(),
                     limits,
                     outcomes,
                     cost,
                     now,
-                }),
+                })),
             };
         }
 
         // A remote store (or a failed in-process decision, which counted nothing): decide
         // asynchronously and handle store failures by the failure mode.
         let layer = layer.clone();
-        let key = key.as_str().to_owned();
+        let key = caller.key.to_owned();
         ResponseFuture::Waiting {
             fut: Box::pin(async move {
                 let shared = &*layer.shared;
@@ -1223,6 +1327,6 @@ where
         };
     }
     ResponseFuture::Denied {
-        res: Some(layer.renderer.respond(d, &req)),
+        res: Some(Box::new(layer.renderer.respond(d, &req))),
     }
 }
