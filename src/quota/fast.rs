@@ -263,7 +263,10 @@ mod tests {
         assert_ne!(h(b"p:alice"), h(b"p:alicf"));
         assert_ne!(h(b""), h(b"\0"));
         assert_ne!(h(&[0u8; 16]), h(&[0u8; 17]));
-        assert_eq!(h(b"quota:{p%3Aalice}:monthly:2026-11"), h(b"quota:{p%3Aalice}:monthly:2026-11"));
+        assert_eq!(
+            h(b"quota:{p%3Aalice}:monthly:2026-11"),
+            h(b"quota:{p%3Aalice}:monthly:2026-11")
+        );
         assert_ne!(Seeds::random().hash_one(b"k"), s.hash_one(b"k"));
     }
 

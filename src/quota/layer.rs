@@ -70,8 +70,9 @@ impl Quota {
         let name: Arc<str> = name.into();
         let mut key_name = Buf::<0>::default();
         push_escaped(&mut key_name, &name);
-        let policy = ratelimit::policy_value(&[RateLimitField::new(name.to_string(), limit)
-            .window_secs(window.nominal_secs())]);
+        let policy = ratelimit::policy_value(&[
+            RateLimitField::new(name.to_string(), limit).window_secs(window.nominal_secs())
+        ]);
         let r_prefix = match policy.as_ref().map(|p| p.as_bytes()) {
             Some(p) => {
                 let end = p.windows(3).rposition(|w| w == b";q=").unwrap_or(p.len());
@@ -102,11 +103,7 @@ impl Quota {
     /// Runs `f` on the window containing `now` and the end of its store keys
     /// (`:<name>:<label>`). A calendar window is computed once per window and read from the
     /// cache under a read lock, without copying it.
-    fn with_span<R>(
-        &self,
-        now: SystemTime,
-        f: impl FnOnce(&super::window::Span, &[u8]) -> R,
-    ) -> R {
+    fn with_span<R>(&self, now: SystemTime, f: impl FnOnce(&super::window::Span, &[u8]) -> R) -> R {
         let rolling = self.window.is_rolling();
         if !rolling
             && let Ok(g) = self.cache.span.read()
@@ -621,8 +618,6 @@ fn push_escaped<const N: usize>(out: &mut Buf<N>, s: &str) {
     out.extend_from_slice(&bytes[run..]);
 }
 
-
-
 impl<St: CounterStore + Clone> QuotaLayer<St> {
     /// Replaces the denial renderer.
     pub fn with_renderer(mut self, renderer: Renderer) -> Self {
@@ -630,7 +625,7 @@ impl<St: CounterStore + Clone> QuotaLayer<St> {
         self
     }
 
-fn store_key(&self, caller: &str, quota: &Quota, label: &str) -> StoreKey {
+    fn store_key(&self, caller: &str, quota: &Quota, label: &str) -> StoreKey {
         // `{caller}` is a Redis Cluster hash tag: all counters of a caller live on one slot
         let mut k = StoreKey::default();
         k.extend_from_slice(self.shared.prefix.as_bytes());
@@ -752,7 +747,9 @@ fn store_key(&self, caller: &str, quota: &Quota, label: &str) -> StoreKey {
         let mut oldest = None;
         for back in (1..i128::from(n)).rev() {
             let label = format!("r{}", idx - back);
-            let used = store.get(self.store_key(caller, q, &label).as_slice()).await?;
+            let used = store
+                .get(self.store_key(caller, q, &label).as_slice())
+                .await?;
             if used > 0 {
                 sum += used;
                 if oldest.is_none() {
@@ -793,7 +790,12 @@ fn store_key(&self, caller: &str, quota: &Quota, label: &str) -> StoreKey {
                     (key, p, o.unwrap_or(span.end), span.end)
                 }
                 None => q.with_span(now, |span, _| {
-                    (self.store_key(caller, q, &span.label), 0, span.end, span.end)
+                    (
+                        self.store_key(caller, q, &span.label),
+                        0,
+                        span.end,
+                        span.end,
+                    )
                 }),
             };
             let budget = q.limit.saturating_sub(prev);
@@ -1285,8 +1287,7 @@ where
                     }
                 }
                 let mut res = result?;
-                if shared.headers_on_success && !res.headers().contains_key(&ratelimit::RATELIMIT)
-                {
+                if shared.headers_on_success && !res.headers().contains_key(&ratelimit::RATELIMIT) {
                     success_headers(res.headers_mut(), &limits, &outcomes, now);
                 }
                 Ok(res)

@@ -247,8 +247,10 @@ impl RedisConn {
         // One EVALSHA command built in place (two buffers), rather than a ScriptInvocation
         // (a buffer per key and argument, copied again into the command). Only when the
         // server does not know the script yet (NOSCRIPT) does the invocation load it.
-        let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(script.get_hash()).arg(keys.len());
+        // sized up front: growing the buffers argument by argument costs more than the call
+        let data = 48 + keys.iter().map(|k| k.len()).sum::<usize>() + 24 * args.len();
+        let mut cmd = redis::Cmd::with_capacity(3 + keys.len() + args.len(), data);
+        cmd.arg("EVALSHA").arg(script.get_hash()).arg(keys.len());
         for k in keys {
             cmd.arg(*k);
         }
@@ -258,7 +260,9 @@ impl RedisConn {
         let mut conn = self.manager.clone();
         let fut = async {
             match cmd.query_async::<T>(&mut conn).await {
-                Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                Err(e)
+                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                {
                     let mut inv = script.prepare_invoke();
                     for k in keys {
                         inv.key(*k);
