@@ -1,6 +1,8 @@
-//! Quota decisions per second through the Redis store from 64 concurrent tasks, against an
-//! own `redis-server` on a free port. Compare with `redis-benchmark` running the same script
-//! (the bench prints the exact command and the script's SHA).
+//! Quota decisions per second through the Redis store from 64 concurrent tasks over the one
+//! multiplexed connection, against an own `redis-server` on a free port, and in the same run
+//! the competitor: `redis-benchmark` (64 clients, pipelining 16) running the same script
+//! (`EVALSHA` of the store's own script text) on the same server. The competitor's figure is
+//! its own reported requests per second, turned into time per request for criterion.
 //!
 //! `cargo bench --bench quota_redis --features quota,redis -- --warm-up-time 1 --measurement-time 3`
 
@@ -81,10 +83,10 @@ fn bench(c: &mut Criterion) {
             .stdout,
     )
     .unwrap();
+    let sha = sha.trim().to_owned();
     eprintln!(
-        "compare: redis-benchmark -p {} -n 200000 -c 64 -P 16 EVALSHA {} 1 'bench:q:{{rb}}:m:x' 1 {LIMIT} 4102444800",
+        "compare: redis-benchmark -p {} -n 200000 -c 64 -P 16 EVALSHA {sha} 1 'bench:q:{{rb}}:m:x' 1 {LIMIT} 4102444800",
         redis.port,
-        sha.trim()
     );
     let end = SystemTime::now() + Duration::from_secs(86_400);
 
@@ -149,6 +151,31 @@ fn bench(c: &mut Criterion) {
                 }
                 t0.elapsed().mul_f64(iters as f64 / (per * TASKS) as f64)
             })
+        })
+    });
+    g.finish();
+
+    // The competitor on the same server and script: redis-benchmark's own requests/second.
+    let mut g = c.benchmark_group("quota_redis_competitor");
+    g.throughput(Throughput::Elements(1));
+    g.sample_size(10);
+    g.bench_function("redis_benchmark_P16_c64", |b| {
+        b.iter_custom(|iters| {
+            let n = iters.max(20_000);
+            let out = Command::new("redis-benchmark")
+                .args(["-p", &redis.port.to_string(), "-n", &n.to_string()])
+                .args(["-c", "64", "-P", "16", "--csv", "EVALSHA", &sha, "1"])
+                .args(["bench:q:{rb}:m:x", "1", &LIMIT.to_string(), "4102444800"])
+                .output()
+                .expect("redis-benchmark must be installed");
+            let text = String::from_utf8_lossy(&out.stdout);
+            let rps: f64 = text
+                .lines()
+                .filter_map(|l| l.split(',').nth(1))
+                .filter_map(|v| v.trim_matches('"').parse().ok())
+                .next_back()
+                .expect("redis-benchmark --csv prints requests per second");
+            Duration::from_secs_f64(iters as f64 / rps)
         })
     });
     g.finish();

@@ -608,3 +608,39 @@ async fn rolling_window_releases_units_bucket_by_bucket() {
     assert_eq!(call().await.unwrap().status(), 200);
     assert_eq!(call().await.unwrap().status(), 429);
 }
+
+#[tokio::test]
+async fn long_principal_ids_are_counted_whole_and_usage_reads_them_back() {
+    // ids longer than the inline key buffers: two ids sharing a 150-byte prefix with
+    // characters the key escapes must count separately, and usage must find the counters
+    let c = clock();
+    let layer = base(&c).build().unwrap();
+    let mut svc =
+        ServiceBuilder::new()
+            .layer(layer.clone())
+            .service_fn(|_req: Request<()>| async {
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("ok"))))
+            });
+    let prefix = "{tenant:%}".repeat(15);
+    let a = Principal::new(format!("{prefix}a"), CredentialKind::ApiKey).with_plan("free");
+    let b = Principal::new(format!("{prefix}b"), CredentialKind::ApiKey).with_plan("free");
+    let mut call = async |p: &Principal| {
+        let mut req = Request::get("/products").body(()).unwrap();
+        req.extensions_mut().insert(p.clone());
+        let res = svc.ready().await.unwrap().call(req).await.unwrap();
+        (res.status(), res.headers().get("ratelimit").cloned())
+    };
+    for r in [2, 1, 0] {
+        let (status, rl) = call(&a).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            rl.unwrap(),
+            format!("\"monthly\";r={r};t={TO_DEC_1}").as_str()
+        );
+    }
+    assert_eq!(call(&a).await.0, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(call(&b).await.0, StatusCode::OK);
+    let usage = layer.usage_of(&a).await.unwrap();
+    assert_eq!((usage[0].used, usage[0].remaining), (3, 0));
+    assert_eq!(layer.usage_of(&b).await.unwrap()[0].used, 1);
+}

@@ -251,3 +251,25 @@ async fn errors_never_show_the_password() {
     assert!(!e.to_string().contains("hunter2"), "{e}");
     assert!(!format!("{s:?}").contains("hunter2"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripts_are_loaded_again_after_script_flush() {
+    let redis = RedisServer::start();
+    let s = store(&redis.url(), "flush");
+    let end = SystemTime::now() + Duration::from_secs(3600);
+    // first call: the server does not know the script yet (NOSCRIPT, then loaded)
+    assert_eq!(
+        s.add_within(b"{c}:m:x", 2, 5, end).await.unwrap(),
+        CounterDecision::Counted { used: 2 }
+    );
+    assert_eq!(redis.cli(&["SCRIPT", "FLUSH"]), "OK");
+    assert_eq!(
+        s.add_within(b"{c}:m:x", 3, 5, end).await.unwrap(),
+        CounterDecision::Counted { used: 5 }
+    );
+    assert_eq!(
+        s.add_within(b"{c}:m:x", 1, 5, end).await.unwrap(),
+        CounterDecision::Exceeded { used: 5 }
+    );
+    assert_eq!(redis.cli(&["GET", "flush:{c}:m:x"]), "5");
+}

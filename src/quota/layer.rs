@@ -8,14 +8,17 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use http::{HeaderName, Method, Request, Response, StatusCode};
+use futures_util::FutureExt;
+use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode};
+use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use super::fast::{Buf, List, Seeds};
 use super::store::{MemoryCounterStore, QuotaStore};
 use super::window::Window;
 use crate::body::BodyFromBytes;
-use crate::client_ip::{ClientIp, ClientIpResolver, client_ip_of};
+use crate::client_ip::{ClientIpResolver, client_ip_of};
 use crate::clock::{SharedClock, system_clock};
 use crate::denial::{Denial, Renderer};
 use crate::error::ConfigError;
@@ -36,9 +39,21 @@ pub struct Quota {
     name: Arc<str>,
     limit: u64,
     window: Window,
-    /// The last computed window (calendar arithmetic and label formatting are done once
-    /// per window, not per request).
-    cache: Arc<std::sync::RwLock<Option<super::window::Span>>>,
+    cache: Arc<QuotaCache>,
+}
+
+/// What is computed once per quota (header items, the key part) or once per window
+/// (calendar arithmetic and label formatting), not per request.
+#[derive(Debug)]
+struct QuotaCache {
+    /// The current calendar window and the end of its store keys (`:<name>:<label>`).
+    span: std::sync::RwLock<Option<(super::window::Span, Box<[u8]>)>>,
+    /// The name as used in store keys.
+    key_name: Box<[u8]>,
+    /// This quota's `RateLimit-Policy` item (`"monthly";q=6000;w=2592000`).
+    policy: Option<HeaderValue>,
+    /// The start of its `RateLimit` item (`"monthly";r=`).
+    r_prefix: Box<[u8]>,
 }
 
 impl PartialEq for Quota {
@@ -52,31 +67,63 @@ impl Quota {
     /// A quota named `name` (the policy name in `RateLimit` fields and `violated-policies`)
     /// of `limit` units per `window`.
     pub fn new(name: impl Into<Arc<str>>, limit: u64, window: Window) -> Self {
+        let name: Arc<str> = name.into();
+        let mut key_name = Buf::<0>::default();
+        push_escaped(&mut key_name, &name);
+        let policy = ratelimit::policy_value(&[
+            RateLimitField::new(name.to_string(), limit).window_secs(window.nominal_secs())
+        ]);
+        let r_prefix = match policy.as_ref().map(|p| p.as_bytes()) {
+            Some(p) => {
+                let end = p.windows(3).rposition(|w| w == b";q=").unwrap_or(p.len());
+                let mut v = p[..end].to_vec();
+                v.extend_from_slice(b";r=");
+                v
+            }
+            None => b"\"_\";r=".to_vec(),
+        };
         Self {
-            name: name.into(),
+            name,
             limit,
             window,
-            cache: Arc::default(),
+            cache: Arc::new(QuotaCache {
+                span: std::sync::RwLock::new(None),
+                key_name: key_name.as_slice().into(),
+                policy,
+                r_prefix: r_prefix.into(),
+            }),
         }
     }
 
     /// The window containing `now` (cached while `now` stays inside it).
     fn span(&self, now: SystemTime) -> super::window::Span {
-        if let Ok(g) = self.cache.read()
-            && let Some(s) = &*g
+        self.with_span(now, |s, _| s.clone())
+    }
+
+    /// Runs `f` on the window containing `now` and the end of its store keys
+    /// (`:<name>:<label>`). A calendar window is computed once per window and read from the
+    /// cache under a read lock, without copying it.
+    fn with_span<R>(&self, now: SystemTime, f: impl FnOnce(&super::window::Span, &[u8]) -> R) -> R {
+        let rolling = self.window.is_rolling();
+        if !rolling
+            && let Ok(g) = self.cache.span.read()
+            && let Some((s, suffix)) = &*g
             && s.start <= now
             && now < s.end
-            && !self.window.is_rolling()
         {
-            return s.clone();
+            return f(s, suffix);
         }
         let s = self.window.span(now);
-        if !self.window.is_rolling()
-            && let Ok(mut g) = self.cache.write()
-        {
-            *g = Some(s.clone());
+        let mut suffix = Vec::with_capacity(self.cache.key_name.len() + s.label.len() + 2);
+        suffix.push(b':');
+        suffix.extend_from_slice(&self.cache.key_name);
+        suffix.push(b':');
+        suffix.extend_from_slice(s.label.as_bytes());
+        let r = f(&s, &suffix);
+        if !rolling && let Ok(mut g) = self.cache.span.write() {
+            *g = Some((s, suffix.into()));
         }
-        s
+        r
     }
     /// Policy name.
     pub fn name(&self) -> &str {
@@ -126,7 +173,7 @@ where
 /// Plan name → quotas (the built-in [`LimitProvider`]).
 #[derive(Debug, Clone, Default)]
 pub struct PlanTable {
-    plans: HashMap<String, Limits>,
+    plans: HashMap<String, Limits, Seeds>,
 }
 
 impl PlanTable {
@@ -255,6 +302,8 @@ struct Shared<St> {
     shadow: bool,
     headers_on_success: bool,
     prefix: String,
+    /// `<prefix>{`
+    key_head: String,
     clock: SharedClock,
 }
 
@@ -477,6 +526,7 @@ impl<St: CounterStore + Clone> QuotaLayerBuilder<St> {
                 failure_mode: self.failure_mode,
                 shadow: self.shadow,
                 headers_on_success: self.headers_on_success,
+                key_head: format!("{}{{", self.prefix),
                 prefix: self.prefix,
                 clock,
             }),
@@ -538,22 +588,34 @@ impl QuotaLayer<QuotaStore> {
 #[derive(Debug, Clone)]
 struct Outcome {
     quota_idx: usize,
-    key: Vec<u8>,
+    key: StoreKey,
     used: u64,
     exceeded: bool,
     counted: bool,
     reset_at: SystemTime,
 }
 
-fn push_escaped(out: &mut Vec<u8>, s: &str) {
-    for b in s.bytes() {
-        match b {
-            b'{' | b'}' | b'%' | b':' => {
-                out.extend_from_slice(format!("%{b:02X}").as_bytes());
-            }
-            _ => out.push(b),
+/// A store key, inline up to 64 bytes.
+type StoreKey = Buf<64>;
+/// A caller key (`p:<id>`, `ip:<address>`, `h:<value>`), inline up to 64 bytes.
+type CallerKey = Buf<64>;
+
+fn push_escaped<const N: usize>(out: &mut Buf<N>, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let bytes = s.as_bytes();
+    if !bytes.iter().any(|b| matches!(b, b'{' | b'}' | b'%' | b':')) {
+        out.extend_from_slice(bytes);
+        return;
+    }
+    let mut run = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        if matches!(b, b'{' | b'}' | b'%' | b':') {
+            out.extend_from_slice(&bytes[run..i]);
+            out.extend_from_slice(&[b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
+            run = i + 1;
         }
     }
+    out.extend_from_slice(&bytes[run..]);
 }
 
 impl<St: CounterStore + Clone> QuotaLayer<St> {
@@ -563,16 +625,14 @@ impl<St: CounterStore + Clone> QuotaLayer<St> {
         self
     }
 
-    fn store_key(&self, caller: &str, quota: &Quota, label: &str) -> Vec<u8> {
+    fn store_key(&self, caller: &str, quota: &Quota, label: &str) -> StoreKey {
         // `{caller}` is a Redis Cluster hash tag: all counters of a caller live on one slot
-        let p = &self.shared.prefix;
-        let mut k = Vec::with_capacity(p.len() + caller.len() + quota.name.len() + label.len() + 6);
-        k.extend_from_slice(p.as_bytes());
+        let mut k = StoreKey::default();
+        k.extend_from_slice(self.shared.prefix.as_bytes());
         k.push(b'{');
         push_escaped(&mut k, caller);
-        k.push(b'}');
-        k.push(b':');
-        push_escaped(&mut k, &quota.name);
+        k.extend_from_slice(b"}:");
+        k.extend_from_slice(&quota.cache.key_name);
         k.push(b':');
         k.extend_from_slice(label.as_bytes());
         k
@@ -648,7 +708,7 @@ impl<St: CounterStore + Clone> QuotaLayer<St> {
                 .rolling_prev(store, caller, q, &span, bucket, n)
                 .await?;
             let key = self.store_key(caller, q, &span.label);
-            let cur = store.get(&key).await?;
+            let cur = store.get(key.as_slice()).await?;
             let reset_at = oldest.unwrap_or(if cur > 0 { span.end } else { now });
             return Ok(Outcome {
                 quota_idx: idx,
@@ -660,7 +720,7 @@ impl<St: CounterStore + Clone> QuotaLayer<St> {
             });
         }
         let key = self.store_key(caller, q, &span.label);
-        let used = store.get(&key).await?;
+        let used = store.get(key.as_slice()).await?;
         Ok(Outcome {
             quota_idx: idx,
             key,
@@ -687,7 +747,9 @@ impl<St: CounterStore + Clone> QuotaLayer<St> {
         let mut oldest = None;
         for back in (1..i128::from(n)).rev() {
             let label = format!("r{}", idx - back);
-            let used = store.get(&self.store_key(caller, q, &label)).await?;
+            let used = store
+                .get(self.store_key(caller, q, &label).as_slice())
+                .await?;
             if used > 0 {
                 sum += used;
                 if oldest.is_none() {
@@ -708,8 +770,8 @@ impl<St: CounterStore + Clone> QuotaLayer<St> {
         limits: &[Quota],
         cost: u64,
         now: SystemTime,
-    ) -> Result<Vec<Outcome>, StoreError> {
-        let mut outcomes: Vec<Outcome> = Vec::with_capacity(limits.len());
+    ) -> Result<List<Outcome>, StoreError> {
+        let mut outcomes: List<Outcome> = List::default();
         let mut refused = false;
         for (i, q) in limits.iter().enumerate() {
             if refused {
@@ -718,19 +780,26 @@ impl<St: CounterStore + Clone> QuotaLayer<St> {
                 outcomes.push(o);
                 continue;
             }
-            let span = q.span(now);
-            let key = self.store_key(caller, q, &span.label);
-            let (prev, oldest, end) = match q.window.rolling_parts() {
+            let (key, prev, reset_at, end) = match q.window.rolling_parts() {
                 Some((bucket, n)) => {
+                    let span = q.span(now);
                     let (p, o) = self
                         .rolling_prev(store, caller, q, &span, bucket, n)
                         .await?;
-                    (p, o, span.end)
+                    let key = self.store_key(caller, q, &span.label);
+                    (key, p, o.unwrap_or(span.end), span.end)
                 }
-                None => (0, None, span.end),
+                None => q.with_span(now, |span, _| {
+                    (
+                        self.store_key(caller, q, &span.label),
+                        0,
+                        span.end,
+                        span.end,
+                    )
+                }),
             };
             let budget = q.limit.saturating_sub(prev);
-            let d = match store.add_within(&key, cost, budget, end).await {
+            let d = match store.add_within(key.as_slice(), cost, budget, end).await {
                 Ok(d) => d,
                 Err(e) => {
                     self.refund_all(store, &outcomes, cost).await;
@@ -741,15 +810,10 @@ impl<St: CounterStore + Clone> QuotaLayer<St> {
                 CounterDecision::Counted { used } => (used, false),
                 CounterDecision::Exceeded { used } => (used, true),
             };
-            let reset_at = if q.window.is_rolling() {
-                oldest.unwrap_or(end)
-            } else {
-                end
-            };
             if exceeded {
                 refused = true;
                 self.refund_all(store, &outcomes, cost).await;
-                for o in &mut outcomes {
+                for o in outcomes.iter_mut() {
                     o.counted = false;
                     o.used = o.used.saturating_sub(cost);
                 }
@@ -766,15 +830,93 @@ impl<St: CounterStore + Clone> QuotaLayer<St> {
         Ok(outcomes)
     }
 
-    async fn refund_all<T: CounterStore>(&self, store: &T, outcomes: &[Outcome], cost: u64) {
+    /// [`decide`](Self::decide) for calendar windows on a store that answers at once
+    /// ([`CounterStore::is_immediate`]), without an async state machine.
+    fn decide_now<T: CounterStore>(
+        &self,
+        store: &T,
+        caller: &str,
+        limits: &[Quota],
+        cost: u64,
+        now: SystemTime,
+    ) -> Result<List<Outcome>, StoreError> {
+        fn at_once<R>(r: Option<Result<R, StoreError>>) -> Result<R, StoreError> {
+            r.unwrap_or_else(|| {
+                Err(StoreError::Unavailable(
+                    "an immediate store did not answer at once".into(),
+                ))
+            })
+        }
+        // `<prefix>{<caller>}`, shared by the keys of all quotas
+        let mut head = StoreKey::default();
+        head.extend_from_slice(self.shared.key_head.as_bytes());
+        push_escaped(&mut head, caller);
+        head.push(b'}');
+        let mut outcomes: List<Outcome> = List::default();
+        let mut refused = false;
+        for (i, q) in limits.iter().enumerate() {
+            let (key, end) = q.with_span(now, |s, suffix| {
+                let mut k = StoreKey::default();
+                k.extend_from_slice(head.as_slice());
+                k.extend_from_slice(suffix);
+                (k, s.end)
+            });
+            if refused {
+                let used = at_once(store.get_now(key.as_slice()))?;
+                outcomes.push(Outcome {
+                    quota_idx: i,
+                    key,
+                    used,
+                    exceeded: used.saturating_add(cost) > q.limit,
+                    counted: false,
+                    reset_at: end,
+                });
+                continue;
+            }
+            let d = match at_once(store.add_within_now(key.as_slice(), cost, q.limit, end)) {
+                Ok(d) => d,
+                Err(e) => {
+                    for o in outcomes.iter().filter(|o| o.counted) {
+                        let _ = at_once(store.refund_now(o.key.as_slice(), cost));
+                    }
+                    return Err(e);
+                }
+            };
+            let (used, exceeded) = match d {
+                CounterDecision::Counted { used } => (used, false),
+                CounterDecision::Exceeded { used } => (used, true),
+            };
+            if exceeded {
+                refused = true;
+                for o in outcomes.iter_mut() {
+                    if let Err(e) = at_once(store.refund_now(o.key.as_slice(), cost)) {
+                        tracing::warn!(error = %e, "quota refund failed");
+                    }
+                    o.counted = false;
+                    o.used = o.used.saturating_sub(cost);
+                }
+            }
+            outcomes.push(Outcome {
+                quota_idx: i,
+                key,
+                used,
+                exceeded,
+                counted: !exceeded,
+                reset_at: end,
+            });
+        }
+        Ok(outcomes)
+    }
+
+    async fn refund_all<T: CounterStore>(&self, store: &T, outcomes: &List<Outcome>, cost: u64) {
         for o in outcomes.iter().filter(|o| o.counted) {
-            if let Err(e) = store.refund(&o.key, cost).await {
+            if let Err(e) = store.refund(o.key.as_slice(), cost).await {
                 tracing::warn!(error = %e, "quota refund failed");
             }
         }
     }
 
-    fn fields(limits: &[Quota], outcomes: &[Outcome], now: SystemTime) -> Vec<RateLimitField> {
+    fn fields(limits: &[Quota], outcomes: &List<Outcome>, now: SystemTime) -> Vec<RateLimitField> {
         outcomes
             .iter()
             .map(|o| {
@@ -785,6 +927,75 @@ impl<St: CounterStore + Clone> QuotaLayer<St> {
                     .reset_after(o.reset_at.duration_since(now).unwrap_or_default())
             })
             .collect()
+    }
+
+    /// The 429 (or, in shadow mode, the recorded denial) when a quota refused.
+    fn denial(limits: &[Quota], outcomes: &List<Outcome>, now: SystemTime) -> Option<Denial> {
+        if !outcomes.iter().any(|o| o.exceeded) {
+            return None;
+        }
+        let violated: Vec<&Outcome> = outcomes.iter().filter(|o| o.exceeded).collect();
+        let names: Vec<&str> = violated
+            .iter()
+            .map(|o| &*limits[o.quota_idx].name)
+            .collect();
+        let wait = violated
+            .iter()
+            .map(|o| o.reset_at.duration_since(now).unwrap_or_default())
+            .max()
+            .unwrap_or_default();
+        let mut d = Denial::new(StatusCode::TOO_MANY_REQUESTS, "quota", "quota_exceeded")
+            .with_type(QUOTA_EXCEEDED_TYPE)
+            .with_title(QUOTA_EXCEEDED_TITLE)
+            .with_detail(format!("Quota exceeded for policy {}", names.join(", ")))
+            .with_member("violated-policies", serde_json::json!(names))
+            .with_retry_after(wait);
+        for f in Self::fields(limits, outcomes, now) {
+            d = d.with_rate_limit(f);
+        }
+        Some(d)
+    }
+}
+
+/// Appends `RateLimit-Policy` and `RateLimit` for the outcomes of an admitted request. The
+/// policy items are rendered once per quota; the `RateLimit` value is built inline.
+fn success_headers(
+    headers: &mut http::HeaderMap,
+    limits: &[Quota],
+    outcomes: &List<Outcome>,
+    now: SystemTime,
+) {
+    let mut policy: Option<HeaderValue> = None;
+    let mut joined = Buf::<256>::default();
+    let mut rl = Buf::<128>::default();
+    for (i, o) in outcomes.iter().enumerate() {
+        let q = &limits[o.quota_idx];
+        let p = q.cache.policy.as_ref();
+        if i == 0 {
+            policy = p.cloned();
+        } else {
+            if let Some(first) = policy.take() {
+                joined.extend_from_slice(first.as_bytes());
+            }
+            if let Some(p) = p {
+                joined.extend_from_slice(b", ");
+                joined.extend_from_slice(p.as_bytes());
+            }
+            rl.extend_from_slice(b", ");
+        }
+        rl.extend_from_slice(&q.cache.r_prefix);
+        rl.push_u64(q.limit.saturating_sub(o.used));
+        rl.extend_from_slice(b";t=");
+        rl.push_u64(ratelimit::ceil_secs(
+            o.reset_at.duration_since(now).unwrap_or_default(),
+        ));
+    }
+    let policy = policy.or_else(|| HeaderValue::from_bytes(joined.as_slice()).ok());
+    if let Some(p) = policy {
+        headers.append(ratelimit::RATELIMIT_POLICY.clone(), p);
+    }
+    if let Ok(v) = HeaderValue::from_bytes(rl.as_slice()) {
+        headers.append(ratelimit::RATELIMIT.clone(), v);
     }
 }
 
@@ -821,24 +1032,119 @@ impl<S: fmt::Debug, St> fmt::Debug for QuotaService<S, St> {
     }
 }
 
-/// The response future of [`QuotaService`].
-pub type ResponseFuture<R, E> = Pin<Box<dyn Future<Output = Result<R, E>> + Send + 'static>>;
+type BoxFut<R, E> = Pin<Box<dyn Future<Output = Result<R, E>> + Send + 'static>>;
 
-fn caller_key<B>(req: &mut Request<B>, shared: &Shared<impl Sized>) -> Option<String> {
+/// What is left to do when the inner service answers an admitted request: refunds and
+/// the `RateLimit` fields (in-process stores only; their calls complete at once).
+struct After<St> {
+    shared: Arc<Shared<St>>,
+    limits: Limits,
+    outcomes: List<Outcome>,
+    cost: u64,
+    now: SystemTime,
+}
+
+impl<St: CounterStore> After<St> {
+    fn finish<B, E>(self: Box<Self>, result: Result<Response<B>, E>) -> Result<Response<B>, E> {
+        let shared = &*self.shared;
+        let status = result.as_ref().ok().map(|r| r.status());
+        if shared.policy.refunds(status) {
+            for o in self.outcomes.iter().filter(|o| o.counted) {
+                match shared.store.refund_now(o.key.as_slice(), self.cost) {
+                    Some(Ok(())) => {}
+                    Some(Err(e)) => tracing::warn!(error = %e, "quota refund failed"),
+                    None => tracing::warn!("quota refund did not complete at once"),
+                }
+            }
+        }
+        let mut res = result?;
+        if shared.headers_on_success && !res.headers().contains_key(&ratelimit::RATELIMIT) {
+            success_headers(res.headers_mut(), &self.limits, &self.outcomes, self.now);
+        }
+        Ok(res)
+    }
+}
+
+pin_project! {
+    /// The response future of [`QuotaService`].
+    #[project = RfProj]
+    #[allow(missing_docs)]
+    pub enum ResponseFuture<F, St, B, E> {
+        /// Passed on (uncounted, or counted by an in-process store).
+        Inner {
+            #[pin]
+            fut: F,
+            // boxed: moving the future is then cheaper than one allocation
+            after: Option<Box<After<St>>>,
+        },
+        /// Refused (boxed: keeps the future small for the common, admitted case).
+        Denied { res: Option<Box<Response<B>>> },
+        /// Deciding with a remote store (or handling a store failure).
+        Waiting { fut: BoxFut<Response<B>, E> },
+    }
+}
+
+impl<F, St, B, E> Future for ResponseFuture<F, St, B, E>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    St: CounterStore,
+{
+    type Output = Result<Response<B>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            RfProj::Inner { fut, after } => {
+                let out = std::task::ready!(fut.poll(cx));
+                Poll::Ready(match after.take() {
+                    Some(a) => a.finish(out),
+                    None => out,
+                })
+            }
+            RfProj::Denied { res } => Poll::Ready(Ok(*res
+                .take()
+                .expect("ResponseFuture polled after completion"))),
+            RfProj::Waiting { fut } => fut.as_mut().poll(cx),
+        }
+    }
+}
+
+impl<St> fmt::Debug for After<St> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("After")
+            .field("outcomes", &self.outcomes.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Writes the counting key of the caller into `out`: `p:<principal id>`, or the fallback.
+/// `false` when the caller cannot be identified.
+fn caller_key<B>(out: &mut CallerKey, req: &mut Request<B>, shared: &Shared<impl Sized>) -> bool {
+    use std::fmt::Write as _;
     if let Some(p) = req.extensions().get::<Principal>() {
-        return Some(format!("p:{}", p.id()));
+        out.extend_from_slice(b"p:");
+        out.extend_from_slice(p.id().as_bytes());
+        return true;
     }
     match &shared.key_fallback {
         KeyFallback::ClientIp => {
-            let ip: ClientIp = client_ip_of(req, &shared.resolver)?;
-            Some(format!("ip:{}", ip.prefix_key(64)))
+            let Some(ip) = client_ip_of(req, &shared.resolver) else {
+                return false;
+            };
+            let _ = write!(out, "ip:{}", ip.prefix_key(64));
+            true
         }
         KeyFallback::Header(name) => {
-            let v = req.headers().get(name)?;
-            let s = v.to_str().ok()?;
-            (!s.is_empty() && s.len() <= 128).then(|| format!("h:{s}"))
+            let Some(s) = req.headers().get(name).and_then(|v| v.to_str().ok()) else {
+                return false;
+            };
+            if s.is_empty() || s.len() > 128 {
+                return false;
+            }
+            out.extend_from_slice(b"h:");
+            out.extend_from_slice(s.as_bytes());
+            true
         }
-        KeyFallback::None => None,
+        KeyFallback::None => false,
     }
 }
 
@@ -860,7 +1166,7 @@ where
 {
     type Response = Response<ResB>;
     type Error = S::Error;
-    type Future = ResponseFuture<Response<ResB>, S::Error>;
+    type Future = ResponseFuture<S::Future, St, ResB, S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -869,97 +1175,124 @@ where
     fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let layer = self.layer.clone();
+        let layer = &self.layer;
         let shared = &*layer.shared;
 
-        let Some(key) = caller_key(&mut req, shared) else {
+        let mut key = CallerKey::default();
+        if !caller_key(&mut key, &mut req, shared) {
             let d = Denial::new(StatusCode::FORBIDDEN, "quota", "quota_key_missing")
                 .with_detail("The caller could not be identified for quota accounting.");
-            return deny_or_shadow(&layer, d, req, inner);
-        };
-        let principal = req.extensions().get::<Principal>().cloned();
+            return deny_or_shadow(layer, d, req, inner);
+        }
+        let principal = req.extensions().get::<Principal>();
         let caller = Caller {
-            principal: principal.as_ref(),
-            plan: principal.as_ref().and_then(|p| p.plan()),
-            key: &key,
+            principal,
+            plan: principal.and_then(|p| p.plan()),
+            key: key.as_str(),
         };
         let Some(limits) = layer.limits_for(&caller) else {
             let d = Denial::new(StatusCode::FORBIDDEN, "quota", "unknown_plan")
                 .with_detail("No quota is configured for the caller's plan.");
-            return deny_or_shadow(&layer, d, req, inner);
+            return deny_or_shadow(layer, d, req, inner);
         };
         let cost = cost_of(shared, req.method(), req.uri().path(), req.uri().query());
         if cost == 0 || limits.is_empty() {
-            return Box::pin(inner.call(req));
+            return ResponseFuture::Inner {
+                fut: inner.call(req),
+                after: None,
+            };
+        }
+        let now = shared.clock.wall();
+
+        // In-process stores answer at once: decide here, without boxing a future.
+        if shared.store.is_immediate()
+            && let Ok(outcomes) = if limits.iter().any(|q| q.window.is_rolling()) {
+                layer
+                    .decide(&shared.store, caller.key, &limits, cost, now)
+                    .now_or_never()
+                    .unwrap_or_else(|| Err(StoreError::Unavailable(String::new())))
+            } else {
+                layer.decide_now(&shared.store, caller.key, &limits, cost, now)
+            }
+        {
+            if let Some(d) = QuotaLayer::<St>::denial(&limits, &outcomes, now) {
+                if shared.shadow {
+                    tracing::info!("quota would deny (shadow mode)");
+                    crate::facts::record_shadow_denial(req.extensions(), d);
+                    return ResponseFuture::Inner {
+                        fut: inner.call(req),
+                        after: None,
+                    };
+                }
+                tracing::debug!("quota denied request");
+                return ResponseFuture::Denied {
+                    res: Some(Box::new(layer.renderer.respond(d, &req))),
+                };
+            }
+            return ResponseFuture::Inner {
+                fut: inner.call(req),
+                after: Some(Box::new(After {
+                    shared: layer.shared.clone(),
+                    limits,
+                    outcomes,
+                    cost,
+                    now,
+                })),
+            };
         }
 
-        Box::pin(async move {
-            let shared = &*layer.shared;
-            let now = shared.clock.wall();
-            let mut used_fallback = false;
-            let outcomes = match layer.decide(&shared.store, &key, &limits, cost, now).await {
-                Ok(o) => o,
-                Err(e) => {
-                    tracing::warn!(error = %e, "quota store failed");
-                    match (shared.failure_mode, &shared.fallback_store) {
-                        (FailureMode::Allow, _) => return inner.call(req).await,
-                        (FailureMode::LocalFallback, Some(fb)) => {
-                            used_fallback = true;
-                            match layer.decide(fb, &key, &limits, cost, now).await {
-                                Ok(o) => o,
-                                Err(_) => return Ok(store_down(&layer, &req)),
+        // A remote store (or a failed in-process decision, which counted nothing): decide
+        // asynchronously and handle store failures by the failure mode.
+        let layer = layer.clone();
+        let key = caller.key.to_owned();
+        ResponseFuture::Waiting {
+            fut: Box::pin(async move {
+                let shared = &*layer.shared;
+                let mut used_fallback = false;
+                let outcomes = match layer.decide(&shared.store, &key, &limits, cost, now).await {
+                    Ok(o) => o,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "quota store failed");
+                        match (shared.failure_mode, &shared.fallback_store) {
+                            (FailureMode::Allow, _) => return inner.call(req).await,
+                            (FailureMode::LocalFallback, Some(fb)) => {
+                                used_fallback = true;
+                                match layer.decide(fb, &key, &limits, cost, now).await {
+                                    Ok(o) => o,
+                                    Err(_) => return Ok(store_down(&layer, &req)),
+                                }
                             }
+                            _ => return Ok(store_down(&layer, &req)),
                         }
-                        _ => return Ok(store_down(&layer, &req)),
+                    }
+                };
+                if let Some(d) = QuotaLayer::<St>::denial(&limits, &outcomes, now) {
+                    if shared.shadow {
+                        tracing::info!("quota would deny (shadow mode)");
+                        crate::facts::record_shadow_denial(req.extensions(), d);
+                        return inner.call(req).await;
+                    }
+                    tracing::debug!("quota denied request");
+                    return Ok(layer.renderer.respond(d, &req));
+                }
+                let result = inner.call(req).await;
+                let status = result.as_ref().ok().map(|r| r.status());
+                if shared.policy.refunds(status) {
+                    if used_fallback {
+                        if let Some(fb) = &shared.fallback_store {
+                            layer.refund_all(fb, &outcomes, cost).await;
+                        }
+                    } else {
+                        layer.refund_all(&shared.store, &outcomes, cost).await;
                     }
                 }
-            };
-            let fields = QuotaLayer::<St>::fields(&limits, &outcomes, now);
-            let violated: Vec<&Outcome> = outcomes.iter().filter(|o| o.exceeded).collect();
-            if !violated.is_empty() {
-                let names: Vec<&str> = violated
-                    .iter()
-                    .map(|o| &*limits[o.quota_idx].name)
-                    .collect();
-                let wait = violated
-                    .iter()
-                    .map(|o| o.reset_at.duration_since(now).unwrap_or_default())
-                    .max()
-                    .unwrap_or_default();
-                let mut d = Denial::new(StatusCode::TOO_MANY_REQUESTS, "quota", "quota_exceeded")
-                    .with_type(QUOTA_EXCEEDED_TYPE)
-                    .with_title(QUOTA_EXCEEDED_TITLE)
-                    .with_detail(format!("Quota exceeded for policy {}", names.join(", ")))
-                    .with_member("violated-policies", serde_json::json!(names))
-                    .with_retry_after(wait);
-                for f in fields {
-                    d = d.with_rate_limit(f);
+                let mut res = result?;
+                if shared.headers_on_success && !res.headers().contains_key(&ratelimit::RATELIMIT) {
+                    success_headers(res.headers_mut(), &limits, &outcomes, now);
                 }
-                if shared.shadow {
-                    tracing::info!(policies = ?names, "quota would deny (shadow mode)");
-                    crate::facts::record_shadow_denial(req.extensions(), d);
-                    return inner.call(req).await;
-                }
-                tracing::debug!(policies = ?names, "quota denied request");
-                return Ok(layer.renderer.respond(d, &req));
-            }
-            let result = inner.call(req).await;
-            let status = result.as_ref().ok().map(|r| r.status());
-            if shared.policy.refunds(status) {
-                if used_fallback {
-                    if let Some(fb) = &shared.fallback_store {
-                        layer.refund_all(fb, &outcomes, cost).await;
-                    }
-                } else {
-                    layer.refund_all(&shared.store, &outcomes, cost).await;
-                }
-            }
-            let mut res = result?;
-            if shared.headers_on_success && !res.headers().contains_key(&ratelimit::RATELIMIT) {
-                ratelimit::append_headers(res.headers_mut(), &fields);
-            }
-            Ok(res)
-        })
+                Ok(res)
+            }),
+        }
     }
 }
 
@@ -982,17 +1315,19 @@ fn deny_or_shadow<S, St, ReqB, ResB>(
     d: Denial,
     req: Request<ReqB>,
     mut inner: S,
-) -> ResponseFuture<Response<ResB>, S::Error>
+) -> ResponseFuture<S::Future, St, ResB, S::Error>
 where
     S: Service<Request<ReqB>, Response = Response<ResB>>,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-    ResB: BodyFromBytes + Send + 'static,
+    ResB: BodyFromBytes,
 {
     if layer.shared.shadow {
         crate::facts::record_shadow_denial(req.extensions(), d);
-        return Box::pin(inner.call(req));
+        return ResponseFuture::Inner {
+            fut: inner.call(req),
+            after: None,
+        };
     }
-    let res = layer.renderer.respond(d, &req);
-    Box::pin(std::future::ready(Ok(res)))
+    ResponseFuture::Denied {
+        res: Some(Box::new(layer.renderer.respond(d, &req))),
+    }
 }

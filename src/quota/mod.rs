@@ -67,6 +67,7 @@
 //! - Header and IP fallback keys are only as trustworthy as the proxy in front.
 
 pub mod config;
+mod fast;
 mod layer;
 #[cfg(feature = "redis")]
 pub mod redis;

@@ -19,7 +19,7 @@
 //! An append-only log would need its own torn-record detection, compaction and replay.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::BuildHasher;
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -27,6 +27,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
+use super::fast::Seeds;
 use crate::clock::{SharedClock, system_clock};
 use crate::store::{CounterDecision, CounterStore, StoreError};
 
@@ -42,7 +43,7 @@ struct Slot {
 
 #[derive(Debug, Default)]
 struct Shard {
-    map: HashMap<Box<[u8]>, Slot>,
+    map: HashMap<Box<[u8]>, Slot, Seeds>,
     dirty: Vec<Box<[u8]>>,
     next_sweep: usize,
 }
@@ -50,7 +51,7 @@ struct Shard {
 #[derive(Debug)]
 struct Table {
     shards: Box<[Mutex<Shard>]>,
-    hasher: RandomState,
+    hasher: Seeds,
     clock: SharedClock,
     max_keys_per_shard: usize,
     track_dirty: bool,
@@ -64,7 +65,7 @@ impl Table {
     fn new(clock: SharedClock, max_keys: usize, track_dirty: bool) -> Self {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
-            hasher: RandomState::new(),
+            hasher: Seeds::random(),
             clock,
             max_keys_per_shard: max_keys.div_ceil(SHARDS).max(1),
             track_dirty,
@@ -234,6 +235,25 @@ impl CounterStore for MemoryCounterStore {
     }
     fn get(&self, key: &[u8]) -> impl Future<Output = Result<u64, StoreError>> + Send {
         std::future::ready(Ok(self.table.get(key)))
+    }
+    fn is_immediate(&self) -> bool {
+        true
+    }
+    fn add_within_now(
+        &self,
+        key: &[u8],
+        cost: u64,
+        limit: u64,
+        window_end: SystemTime,
+    ) -> Option<Result<CounterDecision, StoreError>> {
+        Some(self.table.add_within(key, cost, limit, window_end))
+    }
+    fn refund_now(&self, key: &[u8], cost: u64) -> Option<Result<(), StoreError>> {
+        self.table.refund(key, cost);
+        Some(Ok(()))
+    }
+    fn get_now(&self, key: &[u8]) -> Option<Result<u64, StoreError>> {
+        Some(Ok(self.table.get(key)))
     }
 }
 
@@ -468,6 +488,25 @@ impl CounterStore for DurableCounterStore {
     fn get(&self, key: &[u8]) -> impl Future<Output = Result<u64, StoreError>> + Send {
         std::future::ready(Ok(self.inner.table.get(key)))
     }
+    fn is_immediate(&self) -> bool {
+        true
+    }
+    fn add_within_now(
+        &self,
+        key: &[u8],
+        cost: u64,
+        limit: u64,
+        window_end: SystemTime,
+    ) -> Option<Result<CounterDecision, StoreError>> {
+        Some(self.inner.table.add_within(key, cost, limit, window_end))
+    }
+    fn refund_now(&self, key: &[u8], cost: u64) -> Option<Result<(), StoreError>> {
+        self.inner.table.refund(key, cost);
+        Some(Ok(()))
+    }
+    fn get_now(&self, key: &[u8]) -> Option<Result<u64, StoreError>> {
+        Some(Ok(self.inner.table.get(key)))
+    }
 }
 
 /// The stores the configuration can choose: in memory or durable (and Redis with feature
@@ -561,6 +600,25 @@ impl CounterStore for QuotaStore {
     }
     fn get(&self, key: &[u8]) -> impl Future<Output = Result<u64, StoreError>> + Send {
         dispatch!(self, r => r.get(key), t => Ok(t.get(key)))
+    }
+    fn is_immediate(&self) -> bool {
+        self.table().is_some()
+    }
+    fn add_within_now(
+        &self,
+        key: &[u8],
+        cost: u64,
+        limit: u64,
+        window_end: SystemTime,
+    ) -> Option<Result<CounterDecision, StoreError>> {
+        Some(self.table()?.add_within(key, cost, limit, window_end))
+    }
+    fn refund_now(&self, key: &[u8], cost: u64) -> Option<Result<(), StoreError>> {
+        self.table()?.refund(key, cost);
+        Some(Ok(()))
+    }
+    fn get_now(&self, key: &[u8]) -> Option<Result<u64, StoreError>> {
+        Some(Ok(self.table()?.get(key)))
     }
 }
 

@@ -116,6 +116,36 @@ pub trait CounterStore: Send + Sync + 'static {
 
     /// Current value of the counter (0 when absent or expired).
     fn get(&self, key: &[u8]) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Whether this store answers without waiting (an in-process store): then
+    /// [`add_within_now`](Self::add_within_now), [`refund_now`](Self::refund_now) and
+    /// [`get_now`](Self::get_now) return `Some`, and callers may decide synchronously
+    /// instead of boxing a future. Default `false`.
+    fn is_immediate(&self) -> bool {
+        false
+    }
+
+    /// [`add_within`](Self::add_within) without a future, for an immediate store; `None`
+    /// (the default) when the store must wait.
+    fn add_within_now(
+        &self,
+        _key: &[u8],
+        _cost: u64,
+        _limit: u64,
+        _window_end: SystemTime,
+    ) -> Option<Result<CounterDecision, StoreError>> {
+        None
+    }
+
+    /// [`refund`](Self::refund) without a future, for an immediate store.
+    fn refund_now(&self, _key: &[u8], _cost: u64) -> Option<Result<(), StoreError>> {
+        None
+    }
+
+    /// [`get`](Self::get) without a future, for an immediate store.
+    fn get_now(&self, _key: &[u8]) -> Option<Result<u64, StoreError>> {
+        None
+    }
 }
 
 /// One-time values (request nonces, DPoP `jti`s) remembered for a time.

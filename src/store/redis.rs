@@ -244,15 +244,38 @@ impl RedisConn {
         keys: &[&[u8]],
         args: &[&dyn ToRedisArgsDyn],
     ) -> Result<T, StoreError> {
-        let mut inv = script.prepare_invoke();
+        // One EVALSHA command built in place (two buffers), rather than a ScriptInvocation
+        // (a buffer per key and argument, copied again into the command). Only when the
+        // server does not know the script yet (NOSCRIPT) does the invocation load it.
+        // sized up front: growing the buffers argument by argument costs more than the call
+        let data = 48 + keys.iter().map(|k| k.len()).sum::<usize>() + 24 * args.len();
+        let mut cmd = redis::Cmd::with_capacity(3 + keys.len() + args.len(), data);
+        cmd.arg("EVALSHA").arg(script.get_hash()).arg(keys.len());
         for k in keys {
-            inv.key(*k);
+            cmd.arg(*k);
         }
         for a in args {
-            a.push_to(&mut inv);
+            a.push_to_cmd(&mut cmd);
         }
         let mut conn = self.manager.clone();
-        match tokio::time::timeout(self.inner.timeout, inv.invoke_async::<T>(&mut conn)).await {
+        let fut = async {
+            match cmd.query_async::<T>(&mut conn).await {
+                Err(e)
+                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                {
+                    let mut inv = script.prepare_invoke();
+                    for k in keys {
+                        inv.key(*k);
+                    }
+                    for a in args {
+                        a.push_to(&mut inv);
+                    }
+                    inv.invoke_async::<T>(&mut conn).await
+                }
+                other => other,
+            }
+        };
+        match tokio::time::timeout(self.inner.timeout, fut).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => {
                 let err = map_err(&self.inner.url, &e);
@@ -270,11 +293,16 @@ impl RedisConn {
 pub trait ToRedisArgsDyn: Sync {
     /// Appends this argument to a script invocation.
     fn push_to(&self, inv: &mut redis::ScriptInvocation<'_>);
+    /// Appends this argument to a command.
+    fn push_to_cmd(&self, cmd: &mut redis::Cmd);
 }
 
 impl<T: ToRedisArgs + Sync> ToRedisArgsDyn for T {
     fn push_to(&self, inv: &mut redis::ScriptInvocation<'_>) {
         inv.arg(self);
+    }
+    fn push_to_cmd(&self, cmd: &mut redis::Cmd) {
+        cmd.arg(self);
     }
 }
 
