@@ -119,17 +119,24 @@ impl<const N: usize> Buf<N> {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     pub(crate) fn extend_from_slice(&mut self, bytes: &[u8]) {
+        let len = self.len as usize;
+        let end = len + bytes.len();
+        if self.heap.is_empty() && end <= N {
+            self.inline[len..end].copy_from_slice(bytes);
+            self.len = end as u32;
+            return;
+        }
+        self.extend_spilled(bytes);
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn extend_spilled(&mut self, bytes: &[u8]) {
         if self.heap.is_empty() {
             let len = self.len as usize;
-            let end = len + bytes.len();
-            if end <= N {
-                self.inline[len..end].copy_from_slice(bytes);
-                self.len = end as u32;
-                return;
-            }
-            let mut v = Vec::with_capacity(end.max(2 * N));
+            let mut v = Vec::with_capacity((len + bytes.len()).max(2 * N));
             v.extend_from_slice(&self.inline[..len]);
             self.heap = v;
         }
@@ -144,6 +151,29 @@ impl<const N: usize> Buf<N> {
             self.len += 1;
         } else {
             self.extend_from_slice(&[b]);
+        }
+    }
+
+    #[inline]
+    pub(crate) fn len(&self) -> usize {
+        if self.heap.is_empty() {
+            self.len as usize
+        } else {
+            self.heap.len()
+        }
+    }
+
+    /// Shortens the contents to `len` bytes (no-op when they are shorter).
+    #[inline]
+    pub(crate) fn truncate(&mut self, len: usize) {
+        if self.heap.is_empty() {
+            self.len = self.len.min(len as u32);
+        } else if len == 0 {
+            // an empty heap part means "inline": keep the two in step
+            self.heap = Vec::new();
+            self.len = 0;
+        } else {
+            self.heap.truncate(len);
         }
     }
 
@@ -229,10 +259,6 @@ impl<T> List<T> {
     pub(crate) fn iter_mut(&mut self) -> impl Iterator<Item = &mut T> {
         self.head.iter_mut().flatten().chain(self.rest.iter_mut())
     }
-
-    pub(crate) fn len(&self) -> usize {
-        self.head.iter().flatten().count() + self.rest.len()
-    }
 }
 
 #[cfg(test)]
@@ -277,7 +303,6 @@ mod tests {
             l.push(i);
         }
         assert_eq!(l.iter().copied().collect::<Vec<_>>(), [0, 1, 2, 3, 4]);
-        assert_eq!(l.len(), 5);
         for v in l.iter_mut() {
             *v *= 2;
         }
