@@ -1007,10 +1007,17 @@ impl<St: CounterStore + Clone> QuotaLayer<St> {
     }
 
     /// The 429 (or, in shadow mode, the recorded denial) when a quota refused.
+    #[inline]
     fn denial(limits: &[Quota], outcomes: &List<Outcome>, now: SystemTime) -> Option<Denial> {
         if !outcomes.iter().any(|o| o.exceeded) {
             return None;
         }
+        Self::denial_of(limits, outcomes, now)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn denial_of(limits: &[Quota], outcomes: &List<Outcome>, now: SystemTime) -> Option<Denial> {
         let violated: Vec<&Outcome> = outcomes.iter().filter(|o| o.exceeded).collect();
         let names: Vec<&str> = violated
             .iter()
