@@ -644,3 +644,75 @@ async fn long_principal_ids_are_counted_whole_and_usage_reads_them_back() {
     assert_eq!((usage[0].used, usage[0].remaining), (3, 0));
     assert_eq!(layer.usage_of(&b).await.unwrap()[0].used, 1);
 }
+
+#[tokio::test]
+async fn refunds_reach_the_counters_of_ip_header_and_escaped_principal_callers() {
+    // The response future rebuilds the store keys of a refund from the caller: each kind of
+    // caller must get its units back on its own counters (and only there).
+    let c = clock();
+    for case in ["ip", "header", "principal", "pro"] {
+        let fallback = match case {
+            "header" => KeyFallback::Header("x-tenant".parse().unwrap()),
+            _ => KeyFallback::ClientIp,
+        };
+        let layer = base(&c)
+            .default_plan("free")
+            .key_fallback(fallback)
+            .build()
+            .unwrap();
+        let mut svc =
+            ServiceBuilder::new()
+                .layer(layer.clone())
+                .service_fn(|req: Request<()>| async move {
+                    let status = if req.uri().path() == "/fail" {
+                        500
+                    } else {
+                        200
+                    };
+                    Ok::<_, Infallible>(
+                        Response::builder()
+                            .status(status)
+                            .body(Full::new(Bytes::new()))
+                            .unwrap(),
+                    )
+                });
+        let req = |path: &str| {
+            let mut r = Request::get(path)
+                .header("x-tenant", "t:{1}%")
+                .body(())
+                .unwrap();
+            r.extensions_mut()
+                .insert(SocketAddr::from(([192, 0, 2, 7], 4000)));
+            match case {
+                "principal" => {
+                    r.extensions_mut().insert(
+                        Principal::new("a:b{c}%", CredentialKind::ApiKey).with_plan("free"),
+                    );
+                }
+                "pro" => {
+                    r.extensions_mut()
+                        .insert(Principal::new("p:{x}", CredentialKind::ApiKey).with_plan("pro"));
+                }
+                _ => {}
+            }
+            r
+        };
+        for _ in 0..8 {
+            let res = svc.ready().await.unwrap().call(req("/fail")).await.unwrap();
+            assert_eq!(res.status(), 500, "{case}");
+        }
+        // nothing was burnt by the failures: the whole quota is left
+        let left = if case == "pro" { 5 } else { 3 };
+        for i in 0..left {
+            let res = svc.ready().await.unwrap().call(req("/ok")).await.unwrap();
+            assert_eq!(res.status(), 200, "{case} call {i}");
+        }
+        let res = svc.ready().await.unwrap().call(req("/ok")).await.unwrap();
+        assert_eq!(res.status(), 429, "{case}");
+        if case == "pro" {
+            let p = Principal::new("p:{x}", CredentialKind::ApiKey).with_plan("pro");
+            let usage = layer.usage_of(&p).await.unwrap();
+            assert_eq!((usage[0].used, usage[1].used), (5, 5));
+        }
+    }
+}

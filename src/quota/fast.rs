@@ -76,13 +76,33 @@ impl Hasher for FastHasher {
             let b = u64::from_le_bytes(c[8..].try_into().unwrap_or_default());
             self.acc = fold(self.acc ^ a, b ^ self.k[1]).rotate_left(23);
         }
+        // the last 0..=15 bytes, read as (possibly overlapping) words without a memcpy call
         let rest = chunks.remainder();
-        let mut w = [0u8; 16];
-        w[..rest.len()].copy_from_slice(rest);
-        let a = u64::from_le_bytes(w[..8].try_into().unwrap_or_default());
-        let b = u64::from_le_bytes(w[8..].try_into().unwrap_or_default());
+        let n = rest.len();
+        let (a, b) = if n >= 8 {
+            (read_u64(&rest[..8]), read_u64(&rest[n - 8..]))
+        } else if n >= 4 {
+            (read_u32(&rest[..4]), read_u32(&rest[n - 4..]))
+        } else if n > 0 {
+            (
+                u64::from(rest[0]) | (u64::from(rest[n / 2]) << 8),
+                u64::from(rest[n - 1]),
+            )
+        } else {
+            (0, 0)
+        };
         self.acc = fold(self.acc ^ a ^ (bytes.len() as u64), b ^ self.k[1]);
     }
+}
+
+#[inline(always)]
+fn read_u64(b: &[u8]) -> u64 {
+    u64::from_le_bytes(b[..8].try_into().unwrap_or_default())
+}
+
+#[inline(always)]
+fn read_u32(b: &[u8]) -> u64 {
+    u64::from(u32::from_le_bytes(b[..4].try_into().unwrap_or_default()))
 }
 
 /// Bytes kept inline up to `N`, spilling to the heap beyond.
@@ -119,17 +139,24 @@ impl<const N: usize> Buf<N> {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     pub(crate) fn extend_from_slice(&mut self, bytes: &[u8]) {
+        let len = self.len as usize;
+        let end = len + bytes.len();
+        if self.heap.is_empty() && end <= N {
+            self.inline[len..end].copy_from_slice(bytes);
+            self.len = end as u32;
+            return;
+        }
+        self.extend_spilled(bytes);
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn extend_spilled(&mut self, bytes: &[u8]) {
         if self.heap.is_empty() {
             let len = self.len as usize;
-            let end = len + bytes.len();
-            if end <= N {
-                self.inline[len..end].copy_from_slice(bytes);
-                self.len = end as u32;
-                return;
-            }
-            let mut v = Vec::with_capacity(end.max(2 * N));
+            let mut v = Vec::with_capacity((len + bytes.len()).max(2 * N));
             v.extend_from_slice(&self.inline[..len]);
             self.heap = v;
         }
@@ -147,6 +174,29 @@ impl<const N: usize> Buf<N> {
         }
     }
 
+    #[inline]
+    pub(crate) fn len(&self) -> usize {
+        if self.heap.is_empty() {
+            self.len as usize
+        } else {
+            self.heap.len()
+        }
+    }
+
+    /// Shortens the contents to `len` bytes (no-op when they are shorter).
+    #[inline]
+    pub(crate) fn truncate(&mut self, len: usize) {
+        if self.heap.is_empty() {
+            self.len = self.len.min(len as u32);
+        } else if len == 0 {
+            // an empty heap part means "inline": keep the two in step
+            self.heap = Vec::new();
+            self.len = 0;
+        } else {
+            self.heap.truncate(len);
+        }
+    }
+
     /// Appends `n` in decimal (two digits per step, as itoa does).
     #[inline]
     pub(crate) fn push_u64(&mut self, mut n: u64) {
@@ -157,6 +207,14 @@ impl<const N: usize> Buf<N> {
             8081828384858687888990919293949596979899";
         let mut digits = [0u8; 20];
         let mut i = digits.len();
+        while n >= 10_000 {
+            let rem = (n % 10_000) as usize;
+            n /= 10_000;
+            let (hi, lo) = ((rem / 100) * 2, (rem % 100) * 2);
+            i -= 4;
+            digits[i..i + 2].copy_from_slice(&PAIRS[hi..hi + 2]);
+            digits[i + 2..i + 4].copy_from_slice(&PAIRS[lo..lo + 2]);
+        }
         while n >= 100 {
             let p = (n % 100) as usize * 2;
             n /= 100;
@@ -229,10 +287,6 @@ impl<T> List<T> {
     pub(crate) fn iter_mut(&mut self) -> impl Iterator<Item = &mut T> {
         self.head.iter_mut().flatten().chain(self.rest.iter_mut())
     }
-
-    pub(crate) fn len(&self) -> usize {
-        self.head.iter().flatten().count() + self.rest.len()
-    }
 }
 
 #[cfg(test)]
@@ -249,7 +303,23 @@ mod tests {
         assert_eq!(b.as_str(), "ab018446744073709551615");
         b.push(b'!');
         assert_eq!(b.as_str(), "ab018446744073709551615!");
-        for n in [1, 9, 10, 99, 100, 101, 999, 1000, 12345, 1_083_200] {
+        for n in [
+            1,
+            9,
+            10,
+            99,
+            100,
+            101,
+            999,
+            1000,
+            9999,
+            10_000,
+            10_001,
+            12345,
+            1_083_200,
+            100_000_000,
+            u64::MAX / 2,
+        ] {
             let mut b = Buf::<8>::default();
             b.push_u64(n);
             assert_eq!(b.as_str(), n.to_string());
@@ -263,6 +333,15 @@ mod tests {
         assert_ne!(h(b"p:alice"), h(b"p:alicf"));
         assert_ne!(h(b""), h(b"\0"));
         assert_ne!(h(&[0u8; 16]), h(&[0u8; 17]));
+        // every remainder length, and a change at any position, changes the hash
+        let base: Vec<u8> = (0..40u8).collect();
+        for len in 0..base.len() {
+            for at in 0..len {
+                let mut other = base[..len].to_vec();
+                other[at] ^= 0x55;
+                assert_ne!(h(&base[..len]), h(&other), "len {len}, byte {at}");
+            }
+        }
         assert_eq!(
             h(b"quota:{p%3Aalice}:monthly:2026-11"),
             h(b"quota:{p%3Aalice}:monthly:2026-11")
@@ -277,7 +356,6 @@ mod tests {
             l.push(i);
         }
         assert_eq!(l.iter().copied().collect::<Vec<_>>(), [0, 1, 2, 3, 4]);
-        assert_eq!(l.len(), 5);
         for v in l.iter_mut() {
             *v *= 2;
         }

@@ -69,7 +69,7 @@ impl Quota {
     pub fn new(name: impl Into<Arc<str>>, limit: u64, window: Window) -> Self {
         let name: Arc<str> = name.into();
         let mut key_name = Buf::<0>::default();
-        push_escaped(&mut key_name, &name);
+        push_escaped(&mut key_name, name.as_bytes());
         let policy = ratelimit::policy_value(&[
             RateLimitField::new(name.to_string(), limit).window_secs(window.nominal_secs())
         ]);
@@ -292,6 +292,9 @@ struct Shared<St> {
     store: St,
     fallback_store: Option<MemoryCounterStore>,
     provider: Arc<dyn LimitProvider>,
+    /// The built-in plan table, when no custom provider is set (looked up directly: the
+    /// caller key is then not needed as text).
+    plans: Option<PlanTable>,
     unknown_plan: UnknownPlan,
     key_fallback: KeyFallback,
     resolver: ClientIpResolver,
@@ -305,6 +308,15 @@ struct Shared<St> {
     /// `<prefix>{`
     key_head: String,
     clock: SharedClock,
+}
+
+impl<St> Shared<St> {
+    fn unknown_plan_limits(&self) -> Option<Limits> {
+        match &self.unknown_plan {
+            UnknownPlan::Deny => None,
+            UnknownPlan::Default(l) => Some(l.clone()),
+        }
+    }
 }
 
 /// Builder for [`QuotaLayer`].
@@ -509,6 +521,7 @@ impl<St: CounterStore + Clone> QuotaLayerBuilder<St> {
         };
         let fallback_store = (self.failure_mode == FailureMode::LocalFallback)
             .then(|| MemoryCounterStore::new(clock.clone()));
+        let plans = self.provider.is_none().then(|| self.plans.clone());
         let provider = self
             .provider
             .unwrap_or_else(|| Arc::new(self.plans.clone()) as Arc<dyn LimitProvider>);
@@ -517,6 +530,7 @@ impl<St: CounterStore + Clone> QuotaLayerBuilder<St> {
                 store,
                 fallback_store,
                 provider,
+                plans,
                 unknown_plan,
                 key_fallback: self.key_fallback,
                 resolver: self.resolver,
@@ -588,7 +602,6 @@ impl QuotaLayer<QuotaStore> {
 #[derive(Debug, Clone)]
 struct Outcome {
     quota_idx: usize,
-    key: StoreKey,
     used: u64,
     exceeded: bool,
     counted: bool,
@@ -600,22 +613,92 @@ type StoreKey = Buf<64>;
 /// A caller key (`p:<id>`, `ip:<address>`, `h:<value>`), inline up to 64 bytes.
 type CallerKey = Buf<64>;
 
-fn push_escaped<const N: usize>(out: &mut Buf<N>, s: &str) {
+/// Bytes %-escaped in store keys (`{`, `}` would break the Redis Cluster hash tag, `:`
+/// separates the key's parts, `%` is the escape itself).
+const ESCAPED: [bool; 256] = {
+    let mut t = [false; 256];
+    t[b'{' as usize] = true;
+    t[b'}' as usize] = true;
+    t[b'%' as usize] = true;
+    t[b':' as usize] = true;
+    t
+};
+
+fn push_escaped<const N: usize>(out: &mut Buf<N>, bytes: &[u8]) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    let bytes = s.as_bytes();
-    if !bytes.iter().any(|b| matches!(b, b'{' | b'}' | b'%' | b':')) {
-        out.extend_from_slice(bytes);
-        return;
-    }
     let mut run = 0;
     for (i, &b) in bytes.iter().enumerate() {
-        if matches!(b, b'{' | b'}' | b'%' | b':') {
+        if ESCAPED[usize::from(b)] {
             out.extend_from_slice(&bytes[run..i]);
             out.extend_from_slice(&[b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
             run = i + 1;
         }
     }
     out.extend_from_slice(&bytes[run..]);
+}
+
+/// Appends the escaped caller key. Caller keys are `<kind>:<value>` (`p:`, `ip:`, `h:`):
+/// the kind's colon is written as `%3A` directly, so only the value is scanned.
+fn push_escaped_caller<const N: usize>(out: &mut Buf<N>, caller: &[u8]) {
+    match caller.iter().position(|&b| b == b':') {
+        Some(at) => {
+            push_escaped(out, &caller[..at]);
+            out.extend_from_slice(b"%3A");
+            push_escaped(out, &caller[at + 1..]);
+        }
+        None => push_escaped(out, caller),
+    }
+}
+
+/// The answer of a store that answers at once ([`CounterStore::is_immediate`]).
+fn at_once<R>(r: Option<Result<R, StoreError>>) -> Result<R, StoreError> {
+    r.unwrap_or_else(|| {
+        Err(StoreError::Unavailable(
+            "an immediate store did not answer at once".into(),
+        ))
+    })
+}
+
+/// The quotas of the counted outcomes.
+fn counted<'a>(
+    limits: &'a [Quota],
+    outcomes: &'a List<Outcome>,
+) -> impl Iterator<Item = &'a Quota> {
+    outcomes
+        .iter()
+        .filter(|o| o.counted)
+        .map(|o| &limits[o.quota_idx])
+}
+
+/// `<prefix>{<escaped caller>}`: the start of all store keys of a caller.
+fn key_head<St>(shared: &Shared<St>, caller: &[u8]) -> StoreKey {
+    let mut k = StoreKey::default();
+    k.extend_from_slice(shared.key_head.as_bytes());
+    push_escaped_caller(&mut k, caller);
+    k.push(b'}');
+    k
+}
+
+/// Gives `cost` back to the counted outcomes of an immediate store. `key` starts with the
+/// caller's head (`head` bytes); each quota's key is rebuilt behind it.
+#[cold]
+fn refund_now<'a, T: CounterStore>(
+    store: &T,
+    key: &mut StoreKey,
+    head: usize,
+    quotas: impl Iterator<Item = &'a Quota>,
+    cost: u64,
+    now: SystemTime,
+) {
+    for q in quotas {
+        key.truncate(head);
+        q.with_span(now, |_, suffix| key.extend_from_slice(suffix));
+        match store.refund_now(key.as_slice(), cost) {
+            Some(Ok(())) => {}
+            Some(Err(e)) => tracing::warn!(error = %e, "quota refund failed"),
+            None => tracing::warn!("quota refund did not complete at once"),
+        }
+    }
 }
 
 impl<St: CounterStore + Clone> QuotaLayer<St> {
@@ -630,7 +713,7 @@ impl<St: CounterStore + Clone> QuotaLayer<St> {
         let mut k = StoreKey::default();
         k.extend_from_slice(self.shared.prefix.as_bytes());
         k.push(b'{');
-        push_escaped(&mut k, caller);
+        push_escaped_caller(&mut k, caller.as_bytes());
         k.extend_from_slice(b"}:");
         k.extend_from_slice(&quota.cache.key_name);
         k.push(b':');
@@ -685,10 +768,7 @@ impl<St: CounterStore + Clone> QuotaLayer<St> {
         self.shared
             .provider
             .limits(caller)
-            .or_else(|| match &self.shared.unknown_plan {
-                UnknownPlan::Deny => None,
-                UnknownPlan::Default(l) => Some(l.clone()),
-            })
+            .or_else(|| self.shared.unknown_plan_limits())
     }
 
     /// Reads the usage of one quota without counting. For a rolling window, sums the
@@ -712,7 +792,6 @@ impl<St: CounterStore + Clone> QuotaLayer<St> {
             let reset_at = oldest.unwrap_or(if cur > 0 { span.end } else { now });
             return Ok(Outcome {
                 quota_idx: idx,
-                key,
                 used: prev + cur,
                 exceeded: false,
                 counted: false,
@@ -723,7 +802,6 @@ impl<St: CounterStore + Clone> QuotaLayer<St> {
         let used = store.get(key.as_slice()).await?;
         Ok(Outcome {
             quota_idx: idx,
-            key,
             used,
             exceeded: false,
             counted: false,
@@ -802,7 +880,8 @@ impl<St: CounterStore + Clone> QuotaLayer<St> {
             let d = match store.add_within(key.as_slice(), cost, budget, end).await {
                 Ok(d) => d,
                 Err(e) => {
-                    self.refund_all(store, &outcomes, cost).await;
+                    self.refund_all(store, caller, limits, &outcomes, cost, now)
+                        .await;
                     return Err(e);
                 }
             };
@@ -812,7 +891,8 @@ impl<St: CounterStore + Clone> QuotaLayer<St> {
             };
             if exceeded {
                 refused = true;
-                self.refund_all(store, &outcomes, cost).await;
+                self.refund_all(store, caller, limits, &outcomes, cost, now)
+                    .await;
                 for o in outcomes.iter_mut() {
                     o.counted = false;
                     o.used = o.used.saturating_sub(cost);
@@ -820,7 +900,6 @@ impl<St: CounterStore + Clone> QuotaLayer<St> {
             }
             outcomes.push(Outcome {
                 quota_idx: i,
-                key,
                 used: prev + used,
                 exceeded,
                 counted: !exceeded,
@@ -831,41 +910,30 @@ impl<St: CounterStore + Clone> QuotaLayer<St> {
     }
 
     /// [`decide`](Self::decide) for calendar windows on a store that answers at once
-    /// ([`CounterStore::is_immediate`]), without an async state machine.
+    /// ([`CounterStore::is_immediate`]), without an async state machine. The keys are
+    /// written one after the other into one buffer that starts with the caller's head.
     fn decide_now<T: CounterStore>(
         &self,
         store: &T,
-        caller: &str,
+        caller: &[u8],
         limits: &[Quota],
         cost: u64,
         now: SystemTime,
     ) -> Result<List<Outcome>, StoreError> {
-        fn at_once<R>(r: Option<Result<R, StoreError>>) -> Result<R, StoreError> {
-            r.unwrap_or_else(|| {
-                Err(StoreError::Unavailable(
-                    "an immediate store did not answer at once".into(),
-                ))
-            })
-        }
-        // `<prefix>{<caller>}`, shared by the keys of all quotas
-        let mut head = StoreKey::default();
-        head.extend_from_slice(self.shared.key_head.as_bytes());
-        push_escaped(&mut head, caller);
-        head.push(b'}');
+        let mut key = key_head(&self.shared, caller);
+        let head = key.len();
         let mut outcomes: List<Outcome> = List::default();
         let mut refused = false;
         for (i, q) in limits.iter().enumerate() {
-            let (key, end) = q.with_span(now, |s, suffix| {
-                let mut k = StoreKey::default();
-                k.extend_from_slice(head.as_slice());
-                k.extend_from_slice(suffix);
-                (k, s.end)
+            key.truncate(head);
+            let end = q.with_span(now, |s, suffix| {
+                key.extend_from_slice(suffix);
+                s.end
             });
             if refused {
                 let used = at_once(store.get_now(key.as_slice()))?;
                 outcomes.push(Outcome {
                     quota_idx: i,
-                    key,
                     used,
                     exceeded: used.saturating_add(cost) > q.limit,
                     counted: false,
@@ -876,9 +944,7 @@ impl<St: CounterStore + Clone> QuotaLayer<St> {
             let d = match at_once(store.add_within_now(key.as_slice(), cost, q.limit, end)) {
                 Ok(d) => d,
                 Err(e) => {
-                    for o in outcomes.iter().filter(|o| o.counted) {
-                        let _ = at_once(store.refund_now(o.key.as_slice(), cost));
-                    }
+                    refund_now(store, &mut key, head, counted(limits, &outcomes), cost, now);
                     return Err(e);
                 }
             };
@@ -888,17 +954,14 @@ impl<St: CounterStore + Clone> QuotaLayer<St> {
             };
             if exceeded {
                 refused = true;
+                refund_now(store, &mut key, head, counted(limits, &outcomes), cost, now);
                 for o in outcomes.iter_mut() {
-                    if let Err(e) = at_once(store.refund_now(o.key.as_slice(), cost)) {
-                        tracing::warn!(error = %e, "quota refund failed");
-                    }
                     o.counted = false;
                     o.used = o.used.saturating_sub(cost);
                 }
             }
             outcomes.push(Outcome {
                 quota_idx: i,
-                key,
                 used,
                 exceeded,
                 counted: !exceeded,
@@ -908,9 +971,23 @@ impl<St: CounterStore + Clone> QuotaLayer<St> {
         Ok(outcomes)
     }
 
-    async fn refund_all<T: CounterStore>(&self, store: &T, outcomes: &List<Outcome>, cost: u64) {
+    /// Gives `cost` back to the counted outcomes (their keys are rebuilt from the caller,
+    /// the quota and the decision's time).
+    async fn refund_all<T: CounterStore>(
+        &self,
+        store: &T,
+        caller: &str,
+        limits: &[Quota],
+        outcomes: &List<Outcome>,
+        cost: u64,
+        now: SystemTime,
+    ) {
+        let mut key = key_head(&self.shared, caller.as_bytes());
+        let head = key.len();
         for o in outcomes.iter().filter(|o| o.counted) {
-            if let Err(e) = store.refund(o.key.as_slice(), cost).await {
+            key.truncate(head);
+            limits[o.quota_idx].with_span(now, |_, suffix| key.extend_from_slice(suffix));
+            if let Err(e) = store.refund(key.as_slice(), cost).await {
                 tracing::warn!(error = %e, "quota refund failed");
             }
         }
@@ -930,10 +1007,17 @@ impl<St: CounterStore + Clone> QuotaLayer<St> {
     }
 
     /// The 429 (or, in shadow mode, the recorded denial) when a quota refused.
+    #[inline]
     fn denial(limits: &[Quota], outcomes: &List<Outcome>, now: SystemTime) -> Option<Denial> {
         if !outcomes.iter().any(|o| o.exceeded) {
             return None;
         }
+        Self::denial_of(limits, outcomes, now)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn denial_of(limits: &[Quota], outcomes: &List<Outcome>, now: SystemTime) -> Option<Denial> {
         let violated: Vec<&Outcome> = outcomes.iter().filter(|o| o.exceeded).collect();
         let names: Vec<&str> = violated
             .iter()
@@ -957,30 +1041,18 @@ impl<St: CounterStore + Clone> QuotaLayer<St> {
     }
 }
 
-/// Appends `RateLimit-Policy` and `RateLimit` for the outcomes of an admitted request. The
-/// policy items are rendered once per quota; the `RateLimit` value is built inline.
-fn success_headers(
-    headers: &mut http::HeaderMap,
+/// The `RateLimit` value of an admitted request, written into a stack buffer and copied
+/// into the value's one allocation. Built before the inner service is called, so the
+/// response future holds one header value, not the outcomes.
+fn ratelimit_value(
     limits: &[Quota],
     outcomes: &List<Outcome>,
     now: SystemTime,
-) {
-    let mut policy: Option<HeaderValue> = None;
-    let mut joined = Buf::<256>::default();
+) -> Option<HeaderValue> {
     let mut rl = Buf::<128>::default();
     for (i, o) in outcomes.iter().enumerate() {
         let q = &limits[o.quota_idx];
-        let p = q.cache.policy.as_ref();
-        if i == 0 {
-            policy = p.cloned();
-        } else {
-            if let Some(first) = policy.take() {
-                joined.extend_from_slice(first.as_bytes());
-            }
-            if let Some(p) = p {
-                joined.extend_from_slice(b", ");
-                joined.extend_from_slice(p.as_bytes());
-            }
+        if i > 0 {
             rl.extend_from_slice(b", ");
         }
         rl.extend_from_slice(&q.cache.r_prefix);
@@ -990,12 +1062,41 @@ fn success_headers(
             o.reset_at.duration_since(now).unwrap_or_default(),
         ));
     }
-    let policy = policy.or_else(|| HeaderValue::from_bytes(joined.as_slice()).ok());
-    if let Some(p) = policy {
-        headers.append(ratelimit::RATELIMIT_POLICY.clone(), p);
+    HeaderValue::from_bytes(rl.as_slice()).ok()
+}
+
+/// The `RateLimit-Policy` value of `limits`: one quota's item is rendered once per quota
+/// and cloned here (a reference count); several are joined.
+fn policy_value(limits: &[Quota]) -> Option<HeaderValue> {
+    if let [one] = limits {
+        return one.cache.policy.clone();
     }
-    if let Ok(v) = HeaderValue::from_bytes(rl.as_slice()) {
-        headers.append(ratelimit::RATELIMIT.clone(), v);
+    let mut joined = Buf::<256>::default();
+    for (i, p) in limits
+        .iter()
+        .filter_map(|q| q.cache.policy.as_ref())
+        .enumerate()
+    {
+        if i > 0 {
+            joined.extend_from_slice(b", ");
+        }
+        joined.extend_from_slice(p.as_bytes());
+    }
+    HeaderValue::from_bytes(joined.as_slice()).ok()
+}
+
+/// Appends `RateLimit-Policy` and `RateLimit`, unless an inner layer already set
+/// `RateLimit`.
+fn append_fields(headers: &mut http::HeaderMap, limits: &[Quota], ratelimit: Option<HeaderValue>) {
+    if headers.contains_key(&ratelimit::RATELIMIT) {
+        return;
+    }
+    // names built at compile time: no clone through `Bytes`' vtable per request
+    if let Some(p) = policy_value(limits) {
+        headers.append(const { HeaderName::from_static("ratelimit-policy") }, p);
+    }
+    if let Some(v) = ratelimit {
+        headers.append(const { HeaderName::from_static("ratelimit") }, v);
     }
 }
 
@@ -1034,34 +1135,49 @@ impl<S: fmt::Debug, St> fmt::Debug for QuotaService<S, St> {
 
 type BoxFut<R, E> = Pin<Box<dyn Future<Output = Result<R, E>> + Send + 'static>>;
 
-/// What is left to do when the inner service answers an admitted request: refunds and
-/// the `RateLimit` fields (in-process stores only; their calls complete at once).
+/// What is left to do when the inner service answers an admitted request (in-process
+/// stores only; their calls complete at once): refunds and the `RateLimit` fields. Every
+/// quota of `limits` was counted; a refund rebuilds their keys from `source` and `now`.
 struct After<St> {
     shared: Arc<Shared<St>>,
     limits: Limits,
-    outcomes: List<Outcome>,
-    cost: u64,
+    source: KeySource,
     now: SystemTime,
+    cost: u64,
+    /// The `RateLimit` value, when admitted responses carry the fields.
+    ratelimit: Option<HeaderValue>,
 }
 
 impl<St: CounterStore> After<St> {
-    fn finish<B, E>(self: Box<Self>, result: Result<Response<B>, E>) -> Result<Response<B>, E> {
+    fn finish<B, E>(self, result: Result<Response<B>, E>) -> Result<Response<B>, E> {
         let shared = &*self.shared;
-        let status = result.as_ref().ok().map(|r| r.status());
-        if shared.policy.refunds(status) {
-            for o in self.outcomes.iter().filter(|o| o.counted) {
-                match shared.store.refund_now(o.key.as_slice(), self.cost) {
-                    Some(Ok(())) => {}
-                    Some(Err(e)) => tracing::warn!(error = %e, "quota refund failed"),
-                    None => tracing::warn!("quota refund did not complete at once"),
-                }
-            }
+        if shared
+            .policy
+            .refunds(result.as_ref().ok().map(|r| r.status()))
+        {
+            self.refund();
         }
         let mut res = result?;
-        if shared.headers_on_success && !res.headers().contains_key(&ratelimit::RATELIMIT) {
-            success_headers(res.headers_mut(), &self.limits, &self.outcomes, self.now);
+        if shared.headers_on_success {
+            append_fields(res.headers_mut(), &self.limits, self.ratelimit);
         }
         Ok(res)
+    }
+
+    #[cold]
+    fn refund(&self) {
+        let mut caller = CallerKey::default();
+        self.source.write(&mut caller);
+        let mut key = key_head(&self.shared, caller.as_slice());
+        let head = key.len();
+        refund_now(
+            &self.shared.store,
+            &mut key,
+            head,
+            self.limits.iter(),
+            self.cost,
+            self.now,
+        );
     }
 }
 
@@ -1074,8 +1190,7 @@ pin_project! {
         Inner {
             #[pin]
             fut: F,
-            // boxed: moving the future is then cheaper than one allocation
-            after: Option<Box<After<St>>>,
+            after: Option<After<St>>,
         },
         /// Refused (boxed: keeps the future small for the common, admitted case).
         Denied { res: Option<Box<Response<B>>> },
@@ -1111,40 +1226,57 @@ where
 impl<St> fmt::Debug for After<St> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("After")
-            .field("outcomes", &self.outcomes.len())
+            .field("quotas", &self.limits.len())
+            .field("cost", &self.cost)
             .finish_non_exhaustive()
     }
 }
 
-/// Writes the counting key of the caller into `out`: `p:<principal id>`, or the fallback.
-/// `false` when the caller cannot be identified.
-fn caller_key<B>(out: &mut CallerKey, req: &mut Request<B>, shared: &Shared<impl Sized>) -> bool {
-    use std::fmt::Write as _;
-    if let Some(p) = req.extensions().get::<Principal>() {
-        out.extend_from_slice(b"p:");
-        out.extend_from_slice(p.id().as_bytes());
-        return true;
-    }
-    match &shared.key_fallback {
-        KeyFallback::ClientIp => {
-            let Some(ip) = client_ip_of(req, &shared.resolver) else {
-                return false;
-            };
-            let _ = write!(out, "ip:{}", ip.prefix_key(64));
-            true
+/// Who is counted: kept by the response future to rebuild the store keys for a refund
+/// (a reference count or a copy, not the keys themselves).
+enum KeySource {
+    Principal(Principal),
+    Ip(std::net::IpAddr),
+    Header(HeaderValue),
+}
+
+impl KeySource {
+    /// The caller of a request: its principal, or the fallback. `None` when the caller
+    /// cannot be identified.
+    fn of<B>(req: &mut Request<B>, shared: &Shared<impl Sized>) -> Option<Self> {
+        if let Some(p) = req.extensions().get::<Principal>() {
+            return Some(Self::Principal(p.clone()));
         }
-        KeyFallback::Header(name) => {
-            let Some(s) = req.headers().get(name).and_then(|v| v.to_str().ok()) else {
-                return false;
-            };
-            if s.is_empty() || s.len() > 128 {
-                return false;
+        match &shared.key_fallback {
+            KeyFallback::ClientIp => {
+                client_ip_of(req, &shared.resolver).map(|ip| Self::Ip(ip.prefix_key(64)))
             }
-            out.extend_from_slice(b"h:");
-            out.extend_from_slice(s.as_bytes());
-            true
+            KeyFallback::Header(name) => {
+                let v = req.headers().get(name)?;
+                let s = v.to_str().ok()?;
+                (!s.is_empty() && s.len() <= 128).then(|| Self::Header(v.clone()))
+            }
+            KeyFallback::None => None,
         }
-        KeyFallback::None => false,
+    }
+
+    /// Writes the counting key into `out`: `p:<principal id>`, `ip:<address>` or
+    /// `h:<header value>`.
+    fn write(&self, out: &mut CallerKey) {
+        use std::fmt::Write as _;
+        match self {
+            Self::Principal(p) => {
+                out.extend_from_slice(b"p:");
+                out.extend_from_slice(p.id().as_bytes());
+            }
+            Self::Ip(ip) => {
+                let _ = write!(out, "ip:{ip}");
+            }
+            Self::Header(v) => {
+                out.extend_from_slice(b"h:");
+                out.extend_from_slice(v.as_bytes());
+            }
+        }
     }
 }
 
@@ -1178,19 +1310,29 @@ where
         let layer = &self.layer;
         let shared = &*layer.shared;
 
-        let mut key = CallerKey::default();
-        if !caller_key(&mut key, &mut req, shared) {
+        let Some(source) = KeySource::of(&mut req, shared) else {
             let d = Denial::new(StatusCode::FORBIDDEN, "quota", "quota_key_missing")
                 .with_detail("The caller could not be identified for quota accounting.");
             return deny_or_shadow(layer, d, req, inner);
-        }
-        let principal = req.extensions().get::<Principal>();
-        let caller = Caller {
-            principal,
-            plan: principal.and_then(|p| p.plan()),
-            key: key.as_str(),
         };
-        let Some(limits) = layer.limits_for(&caller) else {
+        let mut key = CallerKey::default();
+        source.write(&mut key);
+        let principal = match &source {
+            KeySource::Principal(p) => Some(p),
+            _ => None,
+        };
+        let plan = principal.and_then(|p| p.plan());
+        let limits = match &shared.plans {
+            Some(table) => plan
+                .and_then(|p| table.get(p).cloned())
+                .or_else(|| shared.unknown_plan_limits()),
+            None => layer.limits_for(&Caller {
+                principal,
+                plan,
+                key: key.as_str(),
+            }),
+        };
+        let Some(limits) = limits else {
             let d = Denial::new(StatusCode::FORBIDDEN, "quota", "unknown_plan")
                 .with_detail("No quota is configured for the caller's plan.");
             return deny_or_shadow(layer, d, req, inner);
@@ -1208,11 +1350,11 @@ where
         if shared.store.is_immediate()
             && let Ok(outcomes) = if limits.iter().any(|q| q.window.is_rolling()) {
                 layer
-                    .decide(&shared.store, caller.key, &limits, cost, now)
+                    .decide(&shared.store, key.as_str(), &limits, cost, now)
                     .now_or_never()
                     .unwrap_or_else(|| Err(StoreError::Unavailable(String::new())))
             } else {
-                layer.decide_now(&shared.store, caller.key, &limits, cost, now)
+                layer.decide_now(&shared.store, key.as_slice(), &limits, cost, now)
             }
         {
             if let Some(d) = QuotaLayer::<St>::denial(&limits, &outcomes, now) {
@@ -1229,22 +1371,28 @@ where
                     res: Some(Box::new(layer.renderer.respond(d, &req))),
                 };
             }
+            let after = (shared.headers_on_success || shared.policy != CountPolicy::EveryCall)
+                .then(|| After {
+                    shared: layer.shared.clone(),
+                    ratelimit: shared
+                        .headers_on_success
+                        .then(|| ratelimit_value(&limits, &outcomes, now))
+                        .flatten(),
+                    limits,
+                    source,
+                    now,
+                    cost,
+                });
             return ResponseFuture::Inner {
                 fut: inner.call(req),
-                after: Some(Box::new(After {
-                    shared: layer.shared.clone(),
-                    limits,
-                    outcomes,
-                    cost,
-                    now,
-                })),
+                after,
             };
         }
 
         // A remote store (or a failed in-process decision, which counted nothing): decide
         // asynchronously and handle store failures by the failure mode.
         let layer = layer.clone();
-        let key = caller.key.to_owned();
+        let key = key.as_str().to_owned();
         ResponseFuture::Waiting {
             fut: Box::pin(async move {
                 let shared = &*layer.shared;
@@ -1280,15 +1428,20 @@ where
                 if shared.policy.refunds(status) {
                     if used_fallback {
                         if let Some(fb) = &shared.fallback_store {
-                            layer.refund_all(fb, &outcomes, cost).await;
+                            layer
+                                .refund_all(fb, &key, &limits, &outcomes, cost, now)
+                                .await;
                         }
                     } else {
-                        layer.refund_all(&shared.store, &outcomes, cost).await;
+                        layer
+                            .refund_all(&shared.store, &key, &limits, &outcomes, cost, now)
+                            .await;
                     }
                 }
                 let mut res = result?;
-                if shared.headers_on_success && !res.headers().contains_key(&ratelimit::RATELIMIT) {
-                    success_headers(res.headers_mut(), &limits, &outcomes, now);
+                if shared.headers_on_success {
+                    let rl = ratelimit_value(&limits, &outcomes, now);
+                    append_fields(res.headers_mut(), &limits, rl);
                 }
                 Ok(res)
             }),

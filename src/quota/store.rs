@@ -76,6 +76,7 @@ impl Table {
         &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS]
     }
 
+    #[inline(always)]
     fn mark(track: bool, shard_dirty: &mut Vec<Box<[u8]>>, key: &[u8], slot: &mut Slot) {
         if track && !slot.dirty {
             slot.dirty = true;
