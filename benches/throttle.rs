@@ -150,14 +150,8 @@ fn ir_probe(_c: &mut Criterion) {
     let n: usize = n.parse().expect("iterations");
     let addrs = ips(1);
     let mut i = 0;
-    let gov = |headers: bool| {
-        let mut b = GovernorConfigBuilder::default();
-        b.per_second(1).burst_size(u32::MAX);
-        if headers {
-            b.use_headers();
-        }
-        GovernorLayer::new(Arc::new(b.finish().unwrap())).layer(bare())
-    };
+    let mut gov_builder = GovernorConfigBuilder::default();
+    gov_builder.per_second(1).burst_size(u32::MAX);
     match cfg {
         "bare" => (0..n).for_each(|_| run(&mut bare(), &addrs, &mut i)),
         "shield" => {
@@ -169,11 +163,12 @@ fn ir_probe(_c: &mut Criterion) {
             (0..n).for_each(|_| run(&mut s, &addrs, &mut i))
         }
         "governor" => {
-            let mut s = gov(false);
+            let mut s = GovernorLayer::new(Arc::new(gov_builder.finish().unwrap())).layer(bare());
             (0..n).for_each(|_| run(&mut s, &addrs, &mut i))
         }
         "governor_headers" => {
-            let mut s = gov(true);
+            let conf = gov_builder.use_headers().finish().unwrap();
+            let mut s = GovernorLayer::new(Arc::new(conf)).layer(bare());
             (0..n).for_each(|_| run(&mut s, &addrs, &mut i))
         }
         other => panic!("unknown probe {other}"),
