@@ -782,14 +782,33 @@ impl Shared {
         ip: Option<ClientIp>,
         template: Option<&str>,
     ) -> Option<u64> {
-        let mut h = self.hasher.build_hasher();
         if p.ip_only {
-            match ip {
-                Some(ip) => h.ip(ip.prefix_key(self.v6_prefix)),
-                None => h.bytes(b'i', b"?"),
-            }
-            return Some(h.finish());
+            return Some(self.ip_hash(ip));
         }
+        self.key_hash_slow(p, req, ip, template)
+    }
+
+    /// The keyed hash of a client-IP-only key (the common case, inlined).
+    #[inline(always)]
+    fn ip_hash(&self, ip: Option<ClientIp>) -> u64 {
+        let mut h = self.hasher.build_hasher();
+        match ip {
+            Some(ip) => h.ip(ip.prefix_key(self.v6_prefix)),
+            None => h.bytes(b'i', b"?"),
+        }
+        h.finish()
+    }
+
+    /// The keyed hash of any other key.
+    #[inline(never)]
+    fn key_hash_slow<B>(
+        &self,
+        p: &PolicyRt,
+        req: &Request<B>,
+        ip: Option<ClientIp>,
+        template: Option<&str>,
+    ) -> Option<u64> {
+        let mut h = self.hasher.build_hasher();
         write_key(p, self, req, ip, template, &mut h).then(|| h.finish())
     }
 
