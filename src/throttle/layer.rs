@@ -535,7 +535,18 @@ enum Fields {
 impl RateLimitFields {
     const NONE: Self = Self(Fields::None);
 
+    #[inline]
     fn push(&mut self, policy: HeaderValue, value: HeaderValue) {
+        if matches!(self.0, Fields::None) {
+            self.0 = Fields::One(policy, value);
+            return;
+        }
+        self.push_more(policy, value);
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn push_more(&mut self, policy: HeaderValue, value: HeaderValue) {
         self.0 = match std::mem::replace(&mut self.0, Fields::None) {
             Fields::None => Fields::One(policy, value),
             Fields::One(p, v) => Fields::Many(vec![(p, v), (policy, value)]),
