@@ -139,5 +139,42 @@ fn memory_per_key(_c: &mut Criterion) {
     );
 }
 
-criterion_group!(benches, added_cost, headers, memory_per_key);
+/// Instruction-count probe for callgrind: `THROTTLE_IR_PROBE=<config>:<iterations>` runs one
+/// configuration at 1 key and exits before criterion starts (compare total `Ir` of two
+/// iteration counts to get the per-request cost without setup).
+fn ir_probe(_c: &mut Criterion) {
+    let Ok(spec) = std::env::var("THROTTLE_IR_PROBE") else {
+        return;
+    };
+    let (cfg, n) = spec.split_once(':').expect("<config>:<iterations>");
+    let n: usize = n.parse().expect("iterations");
+    let addrs = ips(1);
+    let mut i = 0;
+    let mut gov_builder = GovernorConfigBuilder::default();
+    gov_builder.per_second(1).burst_size(u32::MAX);
+    match cfg {
+        "bare" => (0..n).for_each(|_| run(&mut bare(), &addrs, &mut i)),
+        "shield" => {
+            let mut s = shield(false).layer(bare());
+            (0..n).for_each(|_| run(&mut s, &addrs, &mut i))
+        }
+        "shield_headers" => {
+            let mut s = shield(true).layer(bare());
+            (0..n).for_each(|_| run(&mut s, &addrs, &mut i))
+        }
+        "governor" => {
+            let mut s = GovernorLayer::new(Arc::new(gov_builder.finish().unwrap())).layer(bare());
+            (0..n).for_each(|_| run(&mut s, &addrs, &mut i))
+        }
+        "governor_headers" => {
+            let conf = gov_builder.use_headers().finish().unwrap();
+            let mut s = GovernorLayer::new(Arc::new(conf)).layer(bare());
+            (0..n).for_each(|_| run(&mut s, &addrs, &mut i))
+        }
+        other => panic!("unknown probe {other}"),
+    }
+    std::process::exit(0);
+}
+
+criterion_group!(benches, ir_probe, added_cost, headers, memory_per_key);
 criterion_main!(benches);

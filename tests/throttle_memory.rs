@@ -567,3 +567,59 @@ async fn key_flood_through_the_layer_stays_under_the_cap() {
     }
     assert!(layer.tracked_keys("per-ip").unwrap() <= 2_000);
 }
+
+/// Allowed-response values stay exact when several layers (same numbers, different names,
+/// one with a name too long for the inline value) interleave on one thread, and when the
+/// remaining count changes from request to request.
+#[tokio::test]
+async fn allowed_values_are_exact_across_interleaved_layers() {
+    let clock = ManualClock::at_unix(0);
+    let long = "a-very-long-policy-name-that-does-not-fit-the-inline-value-buffer";
+    let mut svcs: Vec<_> = ["a", "b", long]
+        .into_iter()
+        .map(|name| {
+            let layer = ThrottleLayer::builder()
+                .clock(Arc::new(clock.clone()))
+                .rate_limit_headers(true)
+                .policy(Policy::rate(name, Rate::per_second(10)).burst(5))
+                .build()
+                .unwrap();
+            (
+                name,
+                ServiceBuilder::new().layer(layer).service(ok_service()),
+            )
+        })
+        .collect();
+    for round in 0..5u32 {
+        for (name, svc) in &mut svcs {
+            let r = svc
+                .ready()
+                .await
+                .unwrap()
+                .call(req_from("192.0.2.1:1", "/"))
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            assert_eq!(
+                r.headers()["ratelimit"],
+                format!("\"{name}\";r={};t=1", 4 - round).as_str()
+            );
+        }
+    }
+    // a rebuilt layer with the same name and numbers starts from its own state
+    let layer = ThrottleLayer::builder()
+        .clock(Arc::new(clock.clone()))
+        .rate_limit_headers(true)
+        .policy(Policy::rate("a", Rate::per_second(10)).burst(5))
+        .build()
+        .unwrap();
+    let mut svc = ServiceBuilder::new().layer(layer).service(ok_service());
+    let r = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(req_from("192.0.2.1:1", "/"))
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["ratelimit"], r#""a";r=4;t=1"#);
+}

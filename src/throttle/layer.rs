@@ -25,7 +25,7 @@ use crate::clock::SharedClock;
 use crate::denial::{Denial, Renderer};
 use crate::error::ConfigError;
 use crate::principal::Principal;
-use crate::ratelimit::{RATELIMIT, RATELIMIT_POLICY, RateLimitField, ceil_secs};
+use crate::ratelimit::{RateLimitField, ceil_secs};
 use crate::route::{MatchedRoute, RouteSet};
 #[cfg(feature = "redis")]
 use crate::store::{FailureMode, Gcra, RateDecision, RateStore};
@@ -53,6 +53,8 @@ pub(crate) struct PolicyRt {
     policy_header: HeaderValue,
     /// `"<name>";r=`, rendered once at build time.
     field_prefix: Box<str>,
+    /// Process-unique id of this policy instance (keys the per-thread value cache).
+    id: u64,
     quota: u64,
     window: Option<u64>,
 }
@@ -235,6 +237,7 @@ impl ThrottleBuilder {
                 inflight,
                 policy_header: HeaderValue::from_static(""),
                 field_prefix: format!("\"{}\";r=", p.name).into(),
+                id: next_policy_id(),
                 quota,
                 window,
             };
@@ -532,7 +535,18 @@ enum Fields {
 impl RateLimitFields {
     const NONE: Self = Self(Fields::None);
 
+    #[inline]
     fn push(&mut self, policy: HeaderValue, value: HeaderValue) {
+        if matches!(self.0, Fields::None) {
+            self.0 = Fields::One(policy, value);
+            return;
+        }
+        self.push_more(policy, value);
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn push_more(&mut self, policy: HeaderValue, value: HeaderValue) {
         self.0 = match std::mem::replace(&mut self.0, Fields::None) {
             Fields::None => Fields::One(policy, value),
             Fields::One(p, v) => Fields::Many(vec![(p, v), (policy, value)]),
@@ -550,6 +564,44 @@ impl std::fmt::Debug for RateLimitFields {
     }
 }
 
+/// Longest `RateLimit` value kept inline in its shared allocation.
+const INLINE_VALUE: usize = 62;
+
+/// A rendered value's bytes, owned by a `Bytes` (one allocation, shared by clones).
+struct InlineValue {
+    len: u8,
+    buf: [u8; INLINE_VALUE],
+}
+
+impl AsRef<[u8]> for InlineValue {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf[..usize::from(self.len)]
+    }
+}
+
+/// Slots of the per-thread cache of rendered `RateLimit` values (2^bits).
+const VALUE_CACHE_BITS: u32 = 4;
+
+struct CachedValue {
+    id: u64,
+    r: u64,
+    t: u64,
+    value: HeaderValue,
+}
+
+thread_local! {
+    /// Recently rendered `RateLimit` values of this thread, direct-mapped.
+    static RENDERED: std::cell::RefCell<[Option<CachedValue>; 1 << VALUE_CACHE_BITS]> =
+        const { std::cell::RefCell::new([const { None }; 1 << VALUE_CACHE_BITS]) };
+}
+
+/// A process-unique policy id (never reused, so a cached value cannot outlive its policy's
+/// meaning).
+fn next_policy_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Writes the decimal digits of `n` so that they end at `buf[..end]`; returns their start.
 #[inline(always)]
 fn put_u64_rev(buf: &mut [u8; 48], mut end: usize, mut n: u64) -> usize {
@@ -564,28 +616,76 @@ fn put_u64_rev(buf: &mut [u8; 48], mut end: usize, mut n: u64) -> usize {
 }
 
 impl PolicyRt {
-    /// The `RateLimit` value of an allowed request: `"<name>";r=<remaining>;t=<secs>`,
-    /// formatted on the stack (one allocation: the value's own bytes).
+    /// The `RateLimit` value of an allowed request: `"<name>";r=<remaining>;t=<secs>`.
+    ///
+    /// Values are exact: a small per-thread cache keyed by (policy instance, `r`, `t`)
+    /// returns a shared copy of a value rendered before (a reference-count increment),
+    /// else the value is formatted on the stack into one allocation.
+    #[inline]
     fn ratelimit_value(&self, slack: u64, reset_after: u64) -> HeaderValue {
         let remaining = slack / self.gcra.t;
         // time until one more unit is available
         let used = self.burst.saturating_sub(remaining);
         let t = reset_after.saturating_sub(used.saturating_sub(1).saturating_mul(self.gcra.t));
         let r = remaining.min(self.quota);
-        // `r=<r>;t=<t>` right-aligned in a stack buffer, then one copy into the value
+        let t = secs_up(t);
+        let slot = ((self.id ^ r.rotate_left(20) ^ t.rotate_left(40))
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            >> (64 - VALUE_CACHE_BITS)) as usize;
+        RENDERED.with_borrow_mut(|cache| {
+            let e = &mut cache[slot];
+            if let Some(v) = e
+                && v.id == self.id
+                && v.r == r
+                && v.t == t
+            {
+                return v.value.clone();
+            }
+            let (value, shared) = self.render(r, t);
+            if shared {
+                *e = Some(CachedValue {
+                    id: self.id,
+                    r,
+                    t,
+                    value: value.clone(),
+                });
+            }
+            value
+        })
+    }
+
+    /// Formats `"<name>";r=<r>;t=<t>`; `true` when the value's bytes are cheap to share.
+    #[cold]
+    #[inline(never)]
+    fn render(&self, r: u64, t: u64) -> (HeaderValue, bool) {
+        // `r=<r>;t=<t>` right-aligned in a stack buffer
         let mut tail = [0u8; 48];
-        let mut at = put_u64_rev(&mut tail, 48, secs_up(t));
+        let mut at = put_u64_rev(&mut tail, 48, t);
         at -= 3;
         tail[at..at + 3].copy_from_slice(b";t=");
         at = put_u64_rev(&mut tail, at, r);
         let tail = &tail[at..];
         let prefix = self.field_prefix.as_bytes();
-        let mut v = Vec::with_capacity(prefix.len() + tail.len());
-        v.extend_from_slice(prefix);
-        v.extend_from_slice(tail);
-        // `Vec` → `Bytes` without a copy (exact capacity: no extra allocation)
-        HeaderValue::from_maybe_shared(bytes::Bytes::from(v))
-            .unwrap_or_else(|_| HeaderValue::from_static(""))
+        let len = prefix.len() + tail.len();
+        let (bytes, shared) = if len <= INLINE_VALUE {
+            // one allocation holding the bytes and a reference count
+            let mut v = InlineValue {
+                len: len as u8,
+                buf: [0; INLINE_VALUE],
+            };
+            v.buf[..prefix.len()].copy_from_slice(prefix);
+            v.buf[prefix.len()..len].copy_from_slice(tail);
+            (bytes::Bytes::from_owner(v), true)
+        } else {
+            let mut v = Vec::with_capacity(len);
+            v.extend_from_slice(prefix);
+            v.extend_from_slice(tail);
+            (bytes::Bytes::from(v), false)
+        };
+        match HeaderValue::from_maybe_shared(bytes) {
+            Ok(v) => (v, shared),
+            Err(_) => (HeaderValue::from_static(""), false),
+        }
     }
 
     /// The 429 of a limited request.
@@ -693,14 +793,33 @@ impl Shared {
         ip: Option<ClientIp>,
         template: Option<&str>,
     ) -> Option<u64> {
-        let mut h = self.hasher.build_hasher();
         if p.ip_only {
-            match ip {
-                Some(ip) => h.ip(ip.prefix_key(self.v6_prefix)),
-                None => h.bytes(b'i', b"?"),
-            }
-            return Some(h.finish());
+            return Some(self.ip_hash(ip));
         }
+        self.key_hash_slow(p, req, ip, template)
+    }
+
+    /// The keyed hash of a client-IP-only key (the common case, inlined).
+    #[inline(always)]
+    fn ip_hash(&self, ip: Option<ClientIp>) -> u64 {
+        let mut h = self.hasher.build_hasher();
+        match ip {
+            Some(ip) => h.ip(ip.prefix_key(self.v6_prefix)),
+            None => h.bytes(b'i', b"?"),
+        }
+        h.finish()
+    }
+
+    /// The keyed hash of any other key.
+    #[inline(never)]
+    fn key_hash_slow<B>(
+        &self,
+        p: &PolicyRt,
+        req: &Request<B>,
+        ip: Option<ClientIp>,
+        template: Option<&str>,
+    ) -> Option<u64> {
+        let mut h = self.hasher.build_hasher();
         write_key(p, self, req, ip, template, &mut h).then(|| h.finish())
     }
 
@@ -970,19 +1089,25 @@ pin_project! {
     }
 }
 
+/// The field names as constants: each use is a fresh static name (no clone call).
+const RATELIMIT_POLICY_NAME: http::HeaderName = http::HeaderName::from_static("ratelimit-policy");
+const RATELIMIT_NAME: http::HeaderName = http::HeaderName::from_static("ratelimit");
+
 #[inline]
 fn add_headers<B>(res: &mut Response<B>, headers: RateLimitFields) {
     let map = res.headers_mut();
     match headers.0 {
         Fields::None => {}
         Fields::One(p, r) => {
-            map.append(&RATELIMIT_POLICY, p);
-            map.append(&RATELIMIT, r);
+            map.reserve(2);
+            map.append(RATELIMIT_POLICY_NAME, p);
+            map.append(RATELIMIT_NAME, r);
         }
         Fields::Many(all) => {
+            map.reserve(2 * all.len());
             for (p, r) in all {
-                map.append(&RATELIMIT_POLICY, p);
-                map.append(&RATELIMIT, r);
+                map.append(RATELIMIT_POLICY_NAME, p);
+                map.append(RATELIMIT_NAME, r);
             }
         }
     }
