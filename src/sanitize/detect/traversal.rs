@@ -316,51 +316,53 @@ pub(crate) fn detect(s: &str) -> Option<&'static str> {
     }
     // Absolute system path: the value is (or has a parameter that is) a path.
     // every absolute pattern starts with '/' or 'c:/': check them at each slash once
-    let abs_hits = memchr::memchr_iter(b'/', p).flat_map(|sl| {
-        ABS_SYSTEM.iter().filter_map(move |a| {
+    let mut seen = 0u64;
+    // (nested loops: `continue` goes on with the next pattern at this slash, then the
+    // next slash, the order the matches occur in)
+    for sl in memchr::memchr_iter(b'/', p) {
+        for &a in ABS_SYSTEM {
             let off = if a[0] == b'/' { 0 } else { 2 };
             // the byte after the first one decides most patterns without a compare
-            (sl >= off && p.get(sl - off + 1) == Some(&a[1]) && p[sl - off..].starts_with(a))
-                .then(|| (sl - off, *a))
-        })
-    });
-    let mut seen = 0u64;
-    for (pos, a) in abs_hits {
-        let idx = ABS_SYSTEM.iter().position(|x| *x == a).unwrap_or(0);
-        if seen & (1 << idx) != 0 {
-            continue; // first occurrence per pattern only, as before
-        }
-        seen |= 1 << idx;
-        {
-            let at_start =
-                pos == 0 || matches!(p[pos - 1], b'=' | b'"' | b'\'' | b'(' | b'%' | b'/' | b'.');
-            let after = &p[pos + a.len()..];
-            // a file or directory name follows, and the value is path-shaped (no prose)
-            let name_follows = after
-                .first()
-                .map(|c| c.is_ascii_alphanumeric() || *c == b'.' || *c == b'_')
-                .unwrap_or(false);
-            let raw_has_space = s.trim().contains(' ');
-            let generic = matches!(
-                a,
-                b"/home/"
-                    | b"/usr/"
-                    | b"/bin/"
-                    | b"/tmp/"
-                    | b"c:/"
-                    | b"/opt/"
-                    | b"c:/users/"
-                    | b"/var/www/"
-            );
-            if at_start && name_follows && !raw_has_space {
-                if generic {
-                    // only when it reaches a sensitive file below
-                    if target_sensitive(pos + a.len()) && !after.starts_with(b"users/public") {
-                        return Some("traversal.system_path");
+            if !(sl >= off && p.get(sl - off + 1) == Some(&a[1]) && p[sl - off..].starts_with(a)) {
+                continue;
+            }
+            let pos = sl - off;
+            let idx = ABS_SYSTEM.iter().position(|x| *x == a).unwrap_or(0);
+            if seen & (1 << idx) != 0 {
+                continue; // first occurrence per pattern only, as before
+            }
+            seen |= 1 << idx;
+            {
+                let at_start = pos == 0
+                    || matches!(p[pos - 1], b'=' | b'"' | b'\'' | b'(' | b'%' | b'/' | b'.');
+                let after = &p[pos + a.len()..];
+                // a file or directory name follows, and the value is path-shaped (no prose)
+                let name_follows = after
+                    .first()
+                    .map(|c| c.is_ascii_alphanumeric() || *c == b'.' || *c == b'_')
+                    .unwrap_or(false);
+                let raw_has_space = s.trim().contains(' ');
+                let generic = matches!(
+                    a,
+                    b"/home/"
+                        | b"/usr/"
+                        | b"/bin/"
+                        | b"/tmp/"
+                        | b"c:/"
+                        | b"/opt/"
+                        | b"c:/users/"
+                        | b"/var/www/"
+                );
+                if at_start && name_follows && !raw_has_space {
+                    if generic {
+                        // only when it reaches a sensitive file below
+                        if target_sensitive(pos + a.len()) && !after.starts_with(b"users/public") {
+                            return Some("traversal.system_path");
+                        }
+                        continue;
                     }
-                    continue;
+                    return Some("traversal.system_path");
                 }
-                return Some("traversal.system_path");
             }
         }
     }
