@@ -464,3 +464,25 @@ proptest! {
         let _ = Detectors::default().inspect(&s);
     }
 }
+
+#[test]
+fn ssh2_stream_wrappers_and_long_paths() {
+    let d = Detectors::default();
+    for v in [
+        "ssh2.shell://user:pass@example.com:22/xterm",
+        "ssh2.exec://user:pass@example.com:22/usr/local/bin/somecmd",
+        "file=ssh2.sftp://user:pass@example.com:22/path/to/filename",
+    ] {
+        let f = d.inspect(v).unwrap_or_else(|| panic!("missed {v}"));
+        assert_eq!(
+            (f.kind, f.rule),
+            (Kind::Traversal, "traversal.stream_wrapper"),
+            "{v}"
+        );
+    }
+    assert_eq!(d.inspect("we use the ssh2 extension."), None);
+    // values longer than the detector's stack buffer take the heap path, same verdicts
+    let long = format!("{}../../../etc/passwd", "a/".repeat(400));
+    assert_eq!(d.inspect(&long).map(|f| f.rule), Some("traversal.dot_dot"));
+    assert_eq!(d.inspect(&"a/b ".repeat(300)), None);
+}

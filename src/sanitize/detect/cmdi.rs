@@ -317,6 +317,19 @@ fn in_list(list: &[&str], w: &str) -> bool {
     list.binary_search(&w).is_ok()
 }
 
+/// `in_list` of the lowercase form of an ASCII word, lowercased on the stack.
+fn in_list_lower(list: &[&str], w: &[u8]) -> bool {
+    let mut buf = [0u8; 32];
+    if w.len() > buf.len() {
+        let l = w.to_ascii_lowercase();
+        return in_list(list, std::str::from_utf8(&l).unwrap_or(""));
+    }
+    let l = &mut buf[..w.len()];
+    l.copy_from_slice(w);
+    l.make_ascii_lowercase();
+    in_list(list, std::str::from_utf8(l).unwrap_or(""))
+}
+
 fn candidate(s: &str) -> bool {
     s.bytes()
         .any(|c| matches!(c, b';' | b'|' | b'&' | b'`' | b'$' | b'\n' | b'\r' | b'('))
@@ -652,19 +665,19 @@ fn short_command_line(rest: &[u8]) -> bool {
         .position(|c| matches!(c, b';' | b'|' | b'&' | b'`' | b'#' | b'\n' | b')' | b'>'))
         .unwrap_or(rest.len());
     let args = &rest[..end];
-    let words: Vec<&[u8]> = args
-        .split(|c| *c == b' ')
-        .filter(|w| !w.is_empty())
-        .collect();
-    !words.is_empty()
-        && words.len() <= 3
-        && words.iter().all(|w| {
-            w.iter().all(|c| {
-                c.is_ascii_lowercase()
-                    || c.is_ascii_digit()
-                    || matches!(c, b'-' | b'/' | b'.' | b':' | b'\\' | b'\'' | b'"')
-            })
-        })
+    let mut words = 0;
+    for w in args.split(|c| *c == b' ').filter(|w| !w.is_empty()) {
+        words += 1;
+        let plain = w.iter().all(|c| {
+            c.is_ascii_lowercase()
+                || c.is_ascii_digit()
+                || matches!(c, b'-' | b'/' | b'.' | b':' | b'\\' | b'\'' | b'"')
+        });
+        if words > 3 || !plain {
+            return false;
+        }
+    }
+    words > 0
 }
 
 /// `&name;` is an HTML character reference, not a shell operator.
@@ -683,8 +696,7 @@ fn is_command_entity(b: &[u8]) -> bool {
         .iter()
         .take_while(|c| c.is_ascii_alphanumeric())
         .count();
-    let w = b[1..1 + k].to_ascii_lowercase();
-    in_list(STRONG, std::str::from_utf8(&w).unwrap_or(""))
+    in_list_lower(STRONG, &b[1..1 + k])
 }
 
 /// `/???/??t /???/p??s??`: path segments made only of glob wildcards resolve to programs.
@@ -712,11 +724,11 @@ fn rest_has_closer(rest: &[u8], closers: &[u8]) -> bool {
 /// Whether the text before the operator itself starts with a known command word (the value
 /// is a shell snippet written as text, e.g. `ls -la | grep foo`).
 fn first_word_is_command(before: &[u8]) -> bool {
-    let trimmed: Vec<u8> = before
+    let lead = before
         .iter()
-        .copied()
-        .skip_while(|c| c.is_ascii_whitespace() || *c == b'$')
-        .collect();
+        .take_while(|c| c.is_ascii_whitespace() || **c == b'$')
+        .count();
+    let trimmed = &before[lead..];
     let wl = trimmed
         .iter()
         .take_while(|c| c.is_ascii_alphanumeric() || **c == b'-' || **c == b'_')
@@ -724,7 +736,5 @@ fn first_word_is_command(before: &[u8]) -> bool {
     if wl == 0 || wl >= trimmed.len() || trimmed[wl] != b' ' {
         return false;
     }
-    let w = trimmed[..wl].to_ascii_lowercase();
-    let w = std::str::from_utf8(&w).unwrap_or("");
-    in_list(STRONG, w)
+    in_list_lower(STRONG, &trimmed[..wl])
 }

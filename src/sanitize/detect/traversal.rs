@@ -122,7 +122,13 @@ const WRAPPERS: &[&[u8]] = &[
     b"zlib:",
     b"ogg://",
     b"rar://",
-    b"ssh2.",
+    // PHP's ssh2 wrappers are `ssh2.<kind>://` (the bare `ssh2.` had no ':' and could
+    // never be found at a colon)
+    b"ssh2.shell://",
+    b"ssh2.exec://",
+    b"ssh2.tunnel://",
+    b"ssh2.sftp://",
+    b"ssh2.scp://",
     b"netdoc:",
     b"gopher://",
     b"dict://",
@@ -151,33 +157,55 @@ fn find_any(hay: &[u8], pats: &[&[u8]]) -> Option<(usize, usize)> {
     None
 }
 
-pub(crate) fn detect(s: &str) -> Option<&'static str> {
-    if !candidate(s) {
-        return None;
-    }
-    // Canonical form: lowercase, `\` as `/`, drop blanks.
-    let mut p: Vec<u8> = Vec::with_capacity(s.len().min(16 * 1024));
+/// Emits the canonical form of `s` (first 16 KiB chars): lowercase, `\` and look-alike
+/// slashes as `/`, blanks dropped, other non-ASCII characters as `_`.
+#[inline]
+fn canonical(s: &str, mut push: impl FnMut(u8)) {
     if s.is_ascii() {
         for &c in s.as_bytes().iter().take(16 * 1024) {
             match c {
-                b'\\' => p.push(b'/'),
+                b'\\' => push(b'/'),
                 b' ' | b'\t' | b'\n' | b'\r' => {}
-                c => p.push(c.to_ascii_lowercase()),
+                c => push(c.to_ascii_lowercase()),
             }
         }
     } else {
         for c in s.chars().take(16 * 1024) {
             match c {
                 '\\' | '\u{2215}' | '\u{2216}' | '\u{2044}' | '\u{29f5}' | '\u{29f8}'
-                | '\u{29f9}' | '\u{ff0f}' | '\u{ff3c}' | '\u{efc8}' | '\u{f025}' => p.push(b'/'),
+                | '\u{29f9}' | '\u{ff0f}' | '\u{ff3c}' | '\u{efc8}' | '\u{f025}' => push(b'/'),
                 ' ' | '\t' | '\n' | '\r' => {}
-                c if c.is_ascii() => p.push(c.to_ascii_lowercase() as u8),
-                _ => p.push(b'_'),
+                c if c.is_ascii() => push(c.to_ascii_lowercase() as u8),
+                _ => push(b'_'),
             }
         }
     }
+}
+
+pub(crate) fn detect(s: &str) -> Option<&'static str> {
+    if !candidate(s) {
+        return None;
+    }
+    // Canonical form: lowercase, `\` as `/`, drop blanks (at most one byte per input
+    // byte, so a short value fits the stack buffer).
+    let mut stack = [0u8; 512];
+    let heap: Vec<u8>;
+    let p: &[u8] = if s.len() <= stack.len() {
+        let mut k = 0;
+        canonical(s, |c| {
+            stack[k] = c;
+            k += 1;
+        });
+        &stack[..k]
+    } else {
+        let mut v = Vec::with_capacity(s.len().min(16 * 1024));
+        canonical(s, |c| v.push(c));
+        heap = v;
+        &heap
+    };
     // hex-literal encoded dots and slashes: 0x2e0x2e0x2f
-    if memchr::memchr_iter(b'0', &p).any(|i| {
+    let decoded: Vec<u8>;
+    let p: &[u8] = if memchr::memchr_iter(b'0', p).any(|i| {
         let w = &p[i..];
         w.starts_with(b"0x2e") || w.starts_with(b"0x2f") || w.starts_with(b"0x5c")
     }) {
@@ -196,8 +224,11 @@ pub(crate) fn detect(s: &str) -> Option<&'static str> {
                 i += 1;
             }
         }
-        p = q;
-    }
+        decoded = q;
+        &decoded
+    } else {
+        p
+    };
     let n = p.len();
     // Count climbing segments.
     let mut steps = 0;
@@ -254,7 +285,7 @@ pub(crate) fn detect(s: &str) -> Option<&'static str> {
     // before the colon is one of them)
     let mut before_colon = [false; 256];
     let mut has_colon = false;
-    for c in memchr::memchr_iter(b':', &p) {
+    for c in memchr::memchr_iter(b':', p) {
         has_colon = true;
         if c > 0 {
             before_colon[p[c - 1] as usize] = true;
@@ -266,7 +297,7 @@ pub(crate) fn detect(s: &str) -> Option<&'static str> {
         if colon_in_w > 0 && !before_colon[w[colon_in_w - 1] as usize] {
             continue;
         }
-        let pos = memchr::memchr_iter(b':', &p)
+        let pos = memchr::memchr_iter(b':', p)
             .filter(|&c| c >= colon_in_w)
             .map(|c| c - colon_in_w)
             .find(|&st| p[st..].starts_with(w));
@@ -285,50 +316,53 @@ pub(crate) fn detect(s: &str) -> Option<&'static str> {
     }
     // Absolute system path: the value is (or has a parameter that is) a path.
     // every absolute pattern starts with '/' or 'c:/': check them at each slash once
-    let abs_hits = memchr::memchr_iter(b'/', &p).flat_map(|sl| {
-        let p = &p;
-        ABS_SYSTEM.iter().filter_map(move |a| {
-            let off = if a[0] == b'/' { 0 } else { 2 };
-            (sl >= off && p[sl - off..].starts_with(a)).then(|| (sl - off, *a))
-        })
-    });
     let mut seen = 0u64;
-    for (pos, a) in abs_hits {
-        let idx = ABS_SYSTEM.iter().position(|x| *x == a).unwrap_or(0);
-        if seen & (1 << idx) != 0 {
-            continue; // first occurrence per pattern only, as before
-        }
-        seen |= 1 << idx;
-        {
-            let at_start =
-                pos == 0 || matches!(p[pos - 1], b'=' | b'"' | b'\'' | b'(' | b'%' | b'/' | b'.');
-            let after = &p[pos + a.len()..];
-            // a file or directory name follows, and the value is path-shaped (no prose)
-            let name_follows = after
-                .first()
-                .map(|c| c.is_ascii_alphanumeric() || *c == b'.' || *c == b'_')
-                .unwrap_or(false);
-            let raw_has_space = s.trim().contains(' ');
-            let generic = matches!(
-                a,
-                b"/home/"
-                    | b"/usr/"
-                    | b"/bin/"
-                    | b"/tmp/"
-                    | b"c:/"
-                    | b"/opt/"
-                    | b"c:/users/"
-                    | b"/var/www/"
-            );
-            if at_start && name_follows && !raw_has_space {
-                if generic {
-                    // only when it reaches a sensitive file below
-                    if target_sensitive(pos + a.len()) && !after.starts_with(b"users/public") {
-                        return Some("traversal.system_path");
+    // (nested loops: `continue` goes on with the next pattern at this slash, then the
+    // next slash, the order the matches occur in)
+    for sl in memchr::memchr_iter(b'/', p) {
+        for &a in ABS_SYSTEM {
+            let off = if a[0] == b'/' { 0 } else { 2 };
+            // the byte after the first one decides most patterns without a compare
+            if !(sl >= off && p.get(sl - off + 1) == Some(&a[1]) && p[sl - off..].starts_with(a)) {
+                continue;
+            }
+            let pos = sl - off;
+            let idx = ABS_SYSTEM.iter().position(|x| *x == a).unwrap_or(0);
+            if seen & (1 << idx) != 0 {
+                continue; // first occurrence per pattern only, as before
+            }
+            seen |= 1 << idx;
+            {
+                let at_start = pos == 0
+                    || matches!(p[pos - 1], b'=' | b'"' | b'\'' | b'(' | b'%' | b'/' | b'.');
+                let after = &p[pos + a.len()..];
+                // a file or directory name follows, and the value is path-shaped (no prose)
+                let name_follows = after
+                    .first()
+                    .map(|c| c.is_ascii_alphanumeric() || *c == b'.' || *c == b'_')
+                    .unwrap_or(false);
+                let raw_has_space = s.trim().contains(' ');
+                let generic = matches!(
+                    a,
+                    b"/home/"
+                        | b"/usr/"
+                        | b"/bin/"
+                        | b"/tmp/"
+                        | b"c:/"
+                        | b"/opt/"
+                        | b"c:/users/"
+                        | b"/var/www/"
+                );
+                if at_start && name_follows && !raw_has_space {
+                    if generic {
+                        // only when it reaches a sensitive file below
+                        if target_sensitive(pos + a.len()) && !after.starts_with(b"users/public") {
+                            return Some("traversal.system_path");
+                        }
+                        continue;
                     }
-                    continue;
+                    return Some("traversal.system_path");
                 }
-                return Some("traversal.system_path");
             }
         }
     }
