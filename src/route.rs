@@ -246,7 +246,10 @@ impl<T> RouteSet<T> {
         if let Some(v) = self.router.at(path).ok().and_then(|m| pick(*m.value)) {
             return Some(v);
         }
-        // the most specific (longest) catch-all wins
+        // the most specific (longest) catch-all wins; usually there is a single tree
+        if let [only] = self.wildcards.as_slice() {
+            return only.at(path).ok().and_then(|m| pick(*m.value));
+        }
         self.wildcards
             .iter()
             .filter_map(|r| r.at(path).ok().and_then(|m| pick(*m.value)))

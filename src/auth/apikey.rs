@@ -55,9 +55,20 @@ fn is_base62(b: u8) -> bool {
     b.is_ascii_alphanumeric()
 }
 
-/// Whether every byte is base62, without an early exit (the loop vectorizes).
+/// `BASE62_BYTE[b]` is 1 for base62 bytes, 0 otherwise.
+static BASE62_BYTE: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = (i as u8).is_ascii_alphanumeric() as u8;
+        i += 1;
+    }
+    t
+};
+
+/// Whether every byte is base62: one table load per byte, no early exit and no branch.
 fn all_base62(s: &[u8]) -> bool {
-    s.iter().fold(true, |ok, &b| ok & is_base62(b))
+    s.iter().fold(1u8, |ok, &b| ok & BASE62_BYTE[b as usize]) == 1
 }
 
 fn checksum(body: &[u8]) -> [u8; CHECKSUM_LEN] {

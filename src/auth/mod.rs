@@ -914,7 +914,7 @@ pin_project! {
     pub struct AuthFuture<F, B, E> {
         #[pin]
         state: State<F, B, E>,
-        watch: Option<Watch>,
+        watch: Option<Box<Watch>>,
     }
 }
 
@@ -956,7 +956,7 @@ impl<F, B, E> AuthFuture<F, B, E> {
             watch: None,
         }
     }
-    fn inner(fut: F, watch: Option<Watch>) -> Self {
+    fn inner(fut: F, watch: Option<Box<Watch>>) -> Self {
         Self {
             state: State::Inner { fut },
             watch,
@@ -1021,10 +1021,10 @@ where
             ip_key = key;
         }
         let watch = match (&core.lockout, &ip_key) {
-            (Some(l), Some(k)) if rule.login => Some(Watch {
+            (Some(l), Some(k)) if rule.login => Some(Box::new(Watch {
                 lockout: l.clone(),
                 key: k.clone(),
-            }),
+            })),
             _ => None,
         };
 
