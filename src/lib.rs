@@ -49,6 +49,8 @@ pub mod context;
 pub mod denial;
 pub mod error;
 pub mod facts;
+#[cfg(any(feature = "throttle", feature = "quota"))]
+mod fast_hash;
 pub mod future;
 #[cfg(feature = "ip-filter")]
 pub mod ip_filter;

@@ -14,7 +14,7 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::fast::{Buf, List, Seeds};
+use super::fast::{Buf, List};
 use super::store::{MemoryCounterStore, QuotaStore};
 use super::window::Window;
 use crate::body::BodyFromBytes;
@@ -22,6 +22,7 @@ use crate::client_ip::{ClientIpResolver, client_ip_of};
 use crate::clock::{SharedClock, system_clock};
 use crate::denial::{Denial, Renderer};
 use crate::error::ConfigError;
+use crate::fast_hash::Seeds;
 use crate::principal::Principal;
 use crate::ratelimit::{self, RateLimitField};
 use crate::route::{RoutePattern, RouteSet};

@@ -27,8 +27,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::fast::Seeds;
 use crate::clock::{SharedClock, system_clock};
+use crate::fast_hash::Seeds;
 use crate::store::{CounterDecision, CounterStore, StoreError};
 
 const SHARDS: usize = 64;

@@ -16,7 +16,6 @@ use tower_service::Service;
 
 #[cfg(feature = "redis")]
 use super::fast::InlineList;
-use super::fast::{FastHasher, Seeds};
 use super::memory::{GcraNs, InFlightTable, MemoryRateStore, TimeSource, Verdict};
 use super::policy::{Action, Key, KeyPart, Limit, Policy};
 use crate::body::BodyFromBytes;
@@ -24,6 +23,7 @@ use crate::client_ip::{ClientIp, ClientIpResolver};
 use crate::clock::SharedClock;
 use crate::denial::{Denial, Renderer};
 use crate::error::ConfigError;
+use crate::fast_hash::{FastHasher, Seeds};
 use crate::principal::Principal;
 use crate::ratelimit::{RateLimitField, ceil_secs};
 use crate::route::{MatchedRoute, RouteSet};

@@ -467,8 +467,9 @@ impl From<Gcra> for GcraNs {
 
 pub(crate) fn hash_bytes(key: &[u8]) -> u64 {
     use std::hash::BuildHasher;
-    static SEED: std::sync::OnceLock<super::fast::Seeds> = std::sync::OnceLock::new();
-    SEED.get_or_init(super::fast::Seeds::random).hash_one(key)
+    static SEED: std::sync::OnceLock<crate::fast_hash::Seeds> = std::sync::OnceLock::new();
+    SEED.get_or_init(crate::fast_hash::Seeds::random)
+        .hash_one(key)
 }
 
 impl RateStore for MemoryRateStore {
