@@ -49,7 +49,7 @@ pub mod context;
 pub mod denial;
 pub mod error;
 pub mod facts;
-#[cfg(any(feature = "throttle", feature = "quota"))]
+#[cfg(any(feature = "throttle", feature = "quota", feature = "auth"))]
 mod fast_hash;
 pub mod future;
 #[cfg(feature = "ip-filter")]

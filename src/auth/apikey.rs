@@ -7,8 +7,12 @@
 //! - a **checksum**: CRC32 of everything before it, as 6 base62 characters, so a mistyped
 //!   or forged key is rejected before any store lookup.
 //!
-//! The server stores only a hash of the whole key: SHA-256 (`sha256:<base64url>`) or
-//! HMAC-SHA-256 with a server secret (`hmac-sha256:<base64url>`), compared in constant time.
+//! The server stores only a hash of the key: SHA-256 (`sha256v2:<base64url>`) or
+//! HMAC-SHA-256 with a server secret (`hmac-sha256v2:<base64url>`), compared in constant
+//! time. The `v2` formats hash the key without its checksum (the checksum is a function of
+//! the rest, so it adds nothing secret): a default 59-character key is then one SHA-256
+//! block instead of two. Hashes of the whole key written by earlier versions (`sha256:` and
+//! `hmac-sha256:`) are still verified.
 //!
 //! ```
 //! use tower_shield::auth::{ApiKeyFormat, KeyHasher};
@@ -19,7 +23,7 @@
 //! assert_eq!(parsed.key_id(), key.key_id());
 //! let hasher = KeyHasher::sha256();
 //! let stored = hasher.hash(key.secret());
-//! assert!(stored.starts_with("sha256:"));
+//! assert!(stored.starts_with("sha256v2:"));
 //! assert!(hasher.verify(key.secret(), &hasher.parse_hash(&stored, "hash").unwrap()));
 //! // one changed character breaks the checksum
 //! let mut typo = key.secret().to_owned();
@@ -41,6 +45,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::error::ConfigError;
+use crate::fast_hash::Seeds;
 use crate::principal::{CredentialKind, Principal};
 
 const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
@@ -55,20 +60,69 @@ fn is_base62(b: u8) -> bool {
     b.is_ascii_alphanumeric()
 }
 
-/// `BASE62_BYTE[b]` is 1 for base62 bytes, 0 otherwise.
-static BASE62_BYTE: [u8; 256] = {
+/// `BASE62_VALUE[b]` is the digit value of a base62 byte (0 for other bytes).
+static BASE62_VALUE: [u8; 256] = {
     let mut t = [0u8; 256];
     let mut i = 0;
-    while i < 256 {
-        t[i] = (i as u8).is_ascii_alphanumeric() as u8;
+    while i < 62 {
+        t[BASE62[i] as usize] = i as u8;
         i += 1;
     }
     t
 };
 
-/// Whether every byte is base62: one table load per byte, no early exit and no branch.
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGH: u64 = 0x8080_8080_8080_8080;
+
+/// High bit of each byte set where the byte is `>= lo` (every byte below 0x80).
+#[inline(always)]
+fn bytes_ge(w: u64, lo: u8) -> u64 {
+    w.wrapping_add(u64::from(0x80 - lo) * ONES) & HIGH
+}
+
+/// Per byte of `w` (every byte below 0x80): high bit set where the byte is base62.
+#[inline(always)]
+fn base62_bits(w: u64) -> u64 {
+    let digit = bytes_ge(w, b'0') & !bytes_ge(w, b'9' + 1);
+    let l = w | (0x20 * ONES); // 'A'..='Z' -> 'a'..='z'; no other byte lands there
+    let alpha = bytes_ge(l, b'a') & !bytes_ge(l, b'z' + 1);
+    digit | alpha
+}
+
+/// Per byte of `w`: high bit set where the byte is not base62.
+#[inline(always)]
+fn not_base62_bits(w: u64) -> u64 {
+    // non-ASCII bytes are flagged by `w & HIGH`; when there are none, the additions in
+    // `base62_bits` never carry into the next byte
+    (w | !base62_bits(w)) & HIGH
+}
+
+#[inline(always)]
+fn word(b: &[u8]) -> u64 {
+    // callers pass eight bytes; zeros (not base62) would be refused
+    u64::from_le_bytes(b.try_into().unwrap_or([0; 8]))
+}
+
+/// Whether every byte is base62, eight bytes per step (SWAR) with no early exit and no
+/// data-dependent branch. The last word overlaps the previous one (checking a byte twice
+/// changes nothing); a slice shorter than eight bytes is padded with `'0'`.
 fn all_base62(s: &[u8]) -> bool {
-    s.iter().fold(1u8, |ok, &b| ok & BASE62_BYTE[b as usize]) == 1
+    let mut bad = 0u64;
+    let mut words = s.chunks_exact(8);
+    for c in &mut words {
+        bad |= not_base62_bits(word(c));
+    }
+    let r = words.remainder();
+    if !r.is_empty() {
+        bad |= not_base62_bits(if s.len() >= 8 {
+            word(&s[s.len() - 8..])
+        } else {
+            let mut w = [b'0'; 8];
+            w[..r.len()].copy_from_slice(r);
+            u64::from_le_bytes(w)
+        });
+    }
+    bad == 0
 }
 
 fn checksum(body: &[u8]) -> [u8; CHECKSUM_LEN] {
@@ -79,6 +133,23 @@ fn checksum(body: &[u8]) -> [u8; CHECKSUM_LEN] {
         n /= 62;
     }
     out
+}
+
+/// Whether `sum` (base62, already checked) is the checksum of `body`: the presented digits
+/// are decoded and compared with the CRC (the encoding is a bijection on 6 base62 digits).
+fn checksum_matches(body: &[u8], sum: &[u8]) -> bool {
+    let presented = sum
+        .iter()
+        .fold(0u64, |n, &b| n * 62 + u64::from(BASE62_VALUE[b as usize]));
+    presented == u64::from(crc32fast::hash(body))
+}
+
+/// The key without its checksum, when `key` ends in a valid checksum.
+fn checksum_body(key: &str) -> Option<&str> {
+    let split = key.len().checked_sub(CHECKSUM_LEN).filter(|n| *n > 0)?;
+    let (body, sum) = (key.get(..split)?, key.as_bytes().get(split..)?);
+    let base62 = sum.iter().all(|&b| is_base62(b));
+    (base62 && checksum_matches(body.as_bytes(), sum)).then_some(body)
 }
 
 fn random_base62(len: usize) -> String {
@@ -226,33 +297,115 @@ impl ApiKeyFormat {
 
     /// Parses a presented key: shape and checksum. `None` when it is not a valid key.
     pub fn parse<'a>(&self, s: &'a str) -> Option<ParsedKey<'a>> {
-        if s.len() > MAX_KEY_LEN || !self.looks_like_key(s) {
+        let raw = self.parse_bytes(s.as_bytes())?;
+        Some(ParsedKey {
+            full: s,
+            key_id: s.get(raw.id.clone())?,
+        })
+    }
+
+    /// [`parse`](Self::parse) on raw bytes (a header value): a key that parses is ASCII.
+    pub(crate) fn parse_bytes<'a>(&self, b: &'a [u8]) -> Option<RawKey<'a>> {
+        let p = self.prefix.len();
+        if b.len() > MAX_KEY_LEN
+            || b.len() < p + 1 + 4 + 1 + MIN_SECRET_LEN + CHECKSUM_LEN
+            || &b[..p] != self.prefix.as_bytes()
+            || b[p] != b'_'
+        {
             return None;
         }
-        let rest = &s[self.prefix.len() + 1..];
-        let (key_id, tail) = rest.split_once('_')?;
-        if !(4..=32).contains(&key_id.len()) || !all_base62(key_id.as_bytes()) {
+        // `<key id: 4 to 32 base62>_<base62 tail>`: the first `_` within 33 bytes ends
+        // the key id, and every other byte is base62 (so there is no second `_`)
+        let rest = &b[p + 1..];
+        let id_len = rest[..rest.len().min(33)].iter().position(|&c| c == b'_')?;
+        let tail = &rest[id_len + 1..];
+        if id_len < 4
+            || tail.len() < MIN_SECRET_LEN + CHECKSUM_LEN
+            || !(all_base62(&rest[..id_len]) & all_base62(tail))
+        {
             return None;
         }
-        if tail.len() < MIN_SECRET_LEN + CHECKSUM_LEN || !all_base62(tail.as_bytes()) {
+        let split = b.len() - CHECKSUM_LEN;
+        if !checksum_matches(&b[..split], &b[split..]) {
             return None;
         }
-        let (body, sum) = s.split_at(s.len() - CHECKSUM_LEN);
-        if checksum(body.as_bytes()) != sum.as_bytes() {
-            return None;
-        }
-        Some(ParsedKey { full: s, key_id })
+        Some(RawKey {
+            full: b,
+            id: p + 1..p + 1 + id_len,
+        })
     }
 }
 
-/// A stored key hash.
+/// A well-formed, checksum-valid key as bytes (every byte is ASCII).
+#[derive(Clone)]
+pub(crate) struct RawKey<'a> {
+    full: &'a [u8],
+    id: std::ops::Range<usize>,
+}
+
+impl<'a> RawKey<'a> {
+    /// The key id (base62, so always text).
+    pub(crate) fn key_id(&self) -> &'a str {
+        std::str::from_utf8(self.key_id_bytes()).unwrap_or_default()
+    }
+    pub(crate) fn key_id_bytes(&self) -> &'a [u8] {
+        &self.full[self.id.clone()]
+    }
+    fn body(&self) -> &'a [u8] {
+        &self.full[..self.full.len() - CHECKSUM_LEN]
+    }
+}
+
+/// A stored key hash: the digest and which part of the key it covers.
 #[derive(Clone, PartialEq, Eq)]
-pub struct StoredHash([u8; 32]);
+pub struct StoredHash {
+    digest: [u8; 32],
+    /// `v2`: the key without its checksum; else (written by earlier versions) the whole key.
+    v2: bool,
+}
+
+impl StoredHash {
+    /// Whether this is a `v2` hash (of the key without its checksum, the format
+    /// [`KeyHasher::hash`] writes) rather than a hash of the whole key.
+    pub fn is_v2(&self) -> bool {
+        self.v2
+    }
+}
 
 impl fmt::Debug for StoredHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("StoredHash(..)")
+        f.write_str(if self.v2 {
+            "StoredHash(v2, ..)"
+        } else {
+            "StoredHash(whole key, ..)"
+        })
     }
+}
+
+/// The stored-hash formats a [`KeyStore`] holds.
+///
+/// The layer hashes a presented key in every format the store holds, whichever format the
+/// matching record has (or when no record matches): an unknown key id then costs exactly
+/// the hashing work of a known one, also in a store that mixes formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HashFormats {
+    /// `sha256:` / `hmac-sha256:` hashes of the whole key (written by earlier versions).
+    pub whole_key: bool,
+    /// `sha256v2:` / `hmac-sha256v2:` hashes of the key without its checksum.
+    pub v2: bool,
+}
+
+impl HashFormats {
+    /// Both formats (the safe answer for a store that does not know).
+    pub const BOTH: HashFormats = HashFormats {
+        whole_key: true,
+        v2: true,
+    };
+    /// Only `v2` hashes.
+    pub const V2: HashFormats = HashFormats {
+        whole_key: false,
+        v2: true,
+    };
 }
 
 /// Hashes keys for storage: SHA-256, or HMAC-SHA-256 with a server secret (a leaked hash
@@ -297,74 +450,176 @@ impl KeyHasher {
         Ok(Self { hmac: Some(mac) })
     }
 
-    fn scheme(&self) -> &'static str {
-        if self.hmac.is_some() {
-            "hmac-sha256"
-        } else {
-            "sha256"
+    fn scheme(&self, v2: bool) -> &'static str {
+        match (self.hmac.is_some(), v2) {
+            (true, true) => "hmac-sha256v2",
+            (true, false) => "hmac-sha256",
+            (false, true) => "sha256v2",
+            (false, false) => "sha256",
         }
     }
 
-    /// The raw digest of a key.
-    pub fn digest(&self, key: &str) -> StoredHash {
-        let out: [u8; 32] = match &self.hmac {
+    fn sha(&self, data: &[u8]) -> [u8; 32] {
+        match &self.hmac {
             Some(mac) => {
                 let mut m = mac.clone();
-                m.update(key.as_bytes());
+                m.update(data);
                 m.finalize().into_bytes().into()
             }
-            None => Sha256::digest(key.as_bytes()).into(),
-        };
-        StoredHash(out)
+            None if data.len() <= ONE_BLOCK => sha256_one_block(data),
+            None => Sha256::digest(data).into(),
+        }
     }
 
-    /// The hash to store, `sha256:<base64url>` or `hmac-sha256:<base64url>`.
-    pub fn hash(&self, key: &str) -> String {
+    /// The stored form of a key's hash: `v2` (the key without its checksum) for a key that
+    /// ends in a valid checksum, else a hash of the whole string.
+    pub fn digest(&self, key: &str) -> StoredHash {
+        match checksum_body(key) {
+            Some(body) => StoredHash {
+                digest: self.sha(body.as_bytes()),
+                v2: true,
+            },
+            None => self.digest_whole_key(key),
+        }
+    }
+
+    /// A hash of the whole key, the format of earlier versions (`sha256:` /
+    /// `hmac-sha256:`); still verified, no longer written by [`hash`](Self::hash).
+    pub fn digest_whole_key(&self, key: &str) -> StoredHash {
+        StoredHash {
+            digest: self.sha(key.as_bytes()),
+            v2: false,
+        }
+    }
+
+    /// Encodes a stored hash: `sha256v2:<base64url>`, `hmac-sha256v2:<base64url>`, or the
+    /// whole-key schemes `sha256:` / `hmac-sha256:`.
+    pub fn encode(&self, stored: &StoredHash) -> String {
         format!(
             "{}:{}",
-            self.scheme(),
-            URL_SAFE_NO_PAD.encode(self.digest(key).0)
+            self.scheme(stored.v2),
+            URL_SAFE_NO_PAD.encode(stored.digest)
         )
     }
 
-    /// Parses a stored hash written by [`hash`](Self::hash) with the same scheme.
+    /// The hash to store: `sha256v2:<base64url>` or `hmac-sha256v2:<base64url>` for a
+    /// well-formed key (see [`digest`](Self::digest)).
+    pub fn hash(&self, key: &str) -> String {
+        self.encode(&self.digest(key))
+    }
+
+    /// Parses a stored hash written by [`hash`](Self::hash) (or by an earlier version, as
+    /// a whole-key `sha256:` / `hmac-sha256:` hash) with the same kind of hasher.
     pub fn parse_hash(&self, stored: &str, key: &str) -> Result<StoredHash, ConfigError> {
         let (scheme, b64) = stored.split_once(':').ok_or_else(|| {
             ConfigError::invalid(
                 key,
-                "expected \"sha256:<base64url>\" or \"hmac-sha256:<base64url>\"",
+                "expected \"sha256v2:<base64url>\" or \"hmac-sha256v2:<base64url>\"",
             )
         })?;
-        if scheme != self.scheme() {
+        let v2 = if scheme == self.scheme(true) {
+            true
+        } else if scheme == self.scheme(false) {
+            false
+        } else {
             return Err(ConfigError::invalid(
                 key,
                 format!(
-                    "hash scheme {scheme:?} does not match the configured hasher ({})",
-                    self.scheme()
+                    "hash scheme {scheme:?} does not match the configured hasher ({} or {})",
+                    self.scheme(true),
+                    self.scheme(false)
                 ),
             ));
-        }
+        };
         let bytes = URL_SAFE_NO_PAD
             .decode(b64.trim_end_matches('='))
             .map_err(|_| ConfigError::invalid(key, "the hash is not valid base64url"))?;
-        let arr: [u8; 32] = bytes
+        let digest: [u8; 32] = bytes
             .try_into()
             .map_err(|_| ConfigError::invalid(key, "the hash must be 32 bytes"))?;
-        Ok(StoredHash(arr))
+        Ok(StoredHash { digest, v2 })
     }
 
-    /// Whether `key` matches the stored hash (constant-time comparison).
+    /// Whether `key` matches the stored hash (constant-time comparison). A `v2` hash only
+    /// matches a key with a valid checksum.
     pub fn verify(&self, key: &str, stored: &StoredHash) -> bool {
-        // XOR-accumulate in words, then one constant-time comparison: no data-dependent
-        // branch, and cheaper than a byte-wise `ct_eq`
-        let (a, b) = (self.digest(key).0, &stored.0);
-        let diff = (0..4).fold(0u64, |acc, i| {
-            let w =
-                |h: &[u8; 32]| u64::from_ne_bytes(h[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
-            acc | (w(&a) ^ w(b))
-        });
-        diff.ct_eq(&0).into()
+        let digest = if stored.v2 {
+            match checksum_body(key) {
+                Some(body) => self.sha(body.as_bytes()),
+                None => return false,
+            }
+        } else {
+            self.sha(key.as_bytes())
+        };
+        ct_eq32(&digest, &stored.digest)
     }
+
+    /// The request path: whether a parsed key matches `stored`, hashing the key in every
+    /// format of `formats` (and in the stored one), so the work does not depend on which
+    /// record (if any) was found.
+    pub(crate) fn verify_parsed(
+        &self,
+        key: &RawKey<'_>,
+        stored: &StoredHash,
+        formats: HashFormats,
+    ) -> bool {
+        let v2 = (formats.v2 || stored.v2).then(|| self.sha(key.body()));
+        let whole = (formats.whole_key || !stored.v2).then(|| self.sha(key.full));
+        let (used, other) = if stored.v2 { (v2, whole) } else { (whole, v2) };
+        std::hint::black_box(other);
+        used.is_some_and(|d| ct_eq32(&d, &stored.digest))
+    }
+
+    /// The hash an unknown key id is compared with (in the store's current format).
+    pub(crate) fn dummy(&self, v2: bool) -> StoredHash {
+        StoredHash {
+            digest: self.sha(b"tower-shield dummy key for constant work"),
+            v2,
+        }
+    }
+}
+
+/// Longest message that SHA-256 pads into a single block.
+const ONE_BLOCK: usize = 55;
+
+/// SHA-256 initial hash value (FIPS 180-4, 5.3.3).
+const SHA256_IV: [u32; 8] = [
+    0x6a09_e667,
+    0xbb67_ae85,
+    0x3c6e_f372,
+    0xa54f_f53a,
+    0x510e_527f,
+    0x9b05_688c,
+    0x1f83_d9ab,
+    0x5be0_cd19,
+];
+
+/// SHA-256 of a message of at most [`ONE_BLOCK`] bytes: the padded block built on the
+/// stack and one call of `sha2`'s compression function (SHA-NI when the CPU has it),
+/// without the streaming wrapper's buffering. Equal to `Sha256::digest` (tested).
+fn sha256_one_block(data: &[u8]) -> [u8; 32] {
+    let n = data.len().min(ONE_BLOCK);
+    let mut block = [0u8; 64];
+    block[..n].copy_from_slice(&data[..n]);
+    block[n] = 0x80;
+    block[56..].copy_from_slice(&((n as u64) * 8).to_be_bytes());
+    let mut state = SHA256_IV;
+    sha2::compress256(&mut state, &[block.into()]);
+    let mut out = [0u8; 32];
+    for (o, w) in out.chunks_exact_mut(4).zip(state) {
+        o.copy_from_slice(&w.to_be_bytes());
+    }
+    out
+}
+
+/// Constant-time equality of two digests: XOR-accumulate in words, then one constant-time
+/// comparison (no data-dependent branch; cheaper than a byte-wise `ct_eq`).
+fn ct_eq32(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    let diff = (0..4).fold(0u64, |acc, i| {
+        let w = |h: &[u8; 32]| u64::from_ne_bytes(h[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
+        acc | (w(a) ^ w(b))
+    });
+    diff.ct_eq(&0).into()
 }
 
 /// What the server knows about one key. Never holds the key itself.
@@ -479,12 +734,31 @@ impl ApiKeyRecord {
 pub trait KeyStore: Send + Sync + 'static {
     /// The record for a key id.
     fn get(&self, key_id: &str) -> Option<Arc<ApiKeyRecord>>;
+
+    /// The stored-hash formats the store holds (see [`HashFormats`]). The default, both,
+    /// is always correct; a store holding only `v2` hashes (everything
+    /// [`KeyHasher::hash`] writes) answers [`HashFormats::V2`] and saves the whole-key hash
+    /// on every request.
+    fn hash_formats(&self) -> HashFormats {
+        HashFormats::BOTH
+    }
+
+    /// The request path's lookup: lends the record for a key id (the base62 bytes of a
+    /// parsed key) to `f`. The default calls [`get`](Self::get); a store that can lend
+    /// its records saves a reference count and a text conversion.
+    fn visit(&self, key_id: &[u8], f: &mut dyn FnMut(Option<&ApiKeyRecord>)) {
+        let record = std::str::from_utf8(key_id).ok().and_then(|id| self.get(id));
+        f(record.as_deref())
+    }
 }
 
 /// An in-memory key store (from configuration or code).
 #[derive(Debug, Default)]
 pub struct MemoryKeyStore {
-    keys: HashMap<String, Arc<ApiKeyRecord>>,
+    /// By key id (bytes). Key ids are attacker-chosen: a keyed (randomly seeded) hash.
+    keys: HashMap<Box<[u8]>, Arc<ApiKeyRecord>, Seeds>,
+    /// Number of records with whole-key (pre-`v2`) hashes.
+    whole_key: usize,
 }
 
 impl MemoryKeyStore {
@@ -494,7 +768,12 @@ impl MemoryKeyStore {
     }
     /// Adds a record (replacing one with the same key id).
     pub fn insert(&mut self, record: ApiKeyRecord) {
-        self.keys.insert(record.key_id.clone(), Arc::new(record));
+        let whole = usize::from(!record.hash.v2);
+        let id: Box<[u8]> = record.key_id.as_bytes().into();
+        if let Some(old) = self.keys.insert(id, Arc::new(record)) {
+            self.whole_key -= usize::from(!old.hash.v2);
+        }
+        self.whole_key += whole;
     }
     /// Adds a record, builder style.
     pub fn with(mut self, record: ApiKeyRecord) -> Self {
@@ -513,13 +792,29 @@ impl MemoryKeyStore {
 
 impl KeyStore for MemoryKeyStore {
     fn get(&self, key_id: &str) -> Option<Arc<ApiKeyRecord>> {
-        self.keys.get(key_id).cloned()
+        self.keys.get(key_id.as_bytes()).cloned()
+    }
+    fn visit(&self, key_id: &[u8], f: &mut dyn FnMut(Option<&ApiKeyRecord>)) {
+        f(self.keys.get(key_id).map(|r| &**r))
+    }
+    fn hash_formats(&self) -> HashFormats {
+        HashFormats {
+            whole_key: self.whole_key > 0,
+            // an empty store still compares unknown ids with a v2 dummy
+            v2: self.whole_key < self.keys.len() || self.keys.is_empty(),
+        }
     }
 }
 
 impl<K: KeyStore> KeyStore for Arc<K> {
     fn get(&self, key_id: &str) -> Option<Arc<ApiKeyRecord>> {
         (**self).get(key_id)
+    }
+    fn hash_formats(&self) -> HashFormats {
+        (**self).hash_formats()
+    }
+    fn visit(&self, key_id: &[u8], f: &mut dyn FnMut(Option<&ApiKeyRecord>)) {
+        (**self).visit(key_id, f)
     }
 }
 
@@ -560,6 +855,215 @@ mod tests {
         assert!(f.parse("tsk_demo0001_short").is_none());
         assert!(f.parse("other_demo0001_x").is_none());
         assert!(f.parse(&s.replace("tsk_", "tsx_")).is_none());
+    }
+
+    /// The parser before the single-pass version, kept as the reference.
+    fn reference_parse<'a>(f: &ApiKeyFormat, s: &'a str) -> Option<(&'a str, &'a str)> {
+        if s.len() > MAX_KEY_LEN
+            || !(s.len() > f.prefix.len()
+                && s.as_bytes()[f.prefix.len()] == b'_'
+                && s.starts_with(&f.prefix))
+        {
+            return None;
+        }
+        let rest = &s[f.prefix.len() + 1..];
+        let (key_id, tail) = rest.split_once('_')?;
+        if !(4..=32).contains(&key_id.len()) || !key_id.bytes().all(is_base62) {
+            return None;
+        }
+        if tail.len() < MIN_SECRET_LEN + CHECKSUM_LEN || !tail.bytes().all(is_base62) {
+            return None;
+        }
+        let (body, sum) = s.split_at(s.len() - CHECKSUM_LEN);
+        if checksum(body.as_bytes()) != sum.as_bytes() {
+            return None;
+        }
+        Some((s, key_id))
+    }
+
+    #[test]
+    fn swar_base62_check_matches_the_bytewise_definition() {
+        let mut rng = rand::rng();
+        let alphabet = b"09AZaz_-.~/+=:@[`{ \t\x7f\x80\xff0123456789";
+        for len in 0..80 {
+            for _ in 0..200 {
+                let v: Vec<u8> = (0..len)
+                    .map(|_| {
+                        if rng.random_range(0..4) == 0 {
+                            alphabet[rng.random_range(0..alphabet.len())]
+                        } else {
+                            BASE62[rng.random_range(0..62)]
+                        }
+                    })
+                    .collect();
+                assert_eq!(all_base62(&v), v.iter().all(|&b| is_base62(b)), "{v:?}");
+            }
+        }
+        // every byte value at every position of a word and of the overlapping tail
+        for len in [1, 7, 8, 9, 15, 16, 43, 55] {
+            for at in 0..len {
+                for b in 0..=255u8 {
+                    let mut v = vec![b'a'; len];
+                    v[at] = b;
+                    assert_eq!(all_base62(&v), is_base62(b), "{len} {at} {b}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn parser_matches_the_reference_on_mutated_keys() {
+        let mut rng = rand::rng();
+        for f in [
+            ApiKeyFormat::default(),
+            ApiKeyFormat::new("pk1", 32).unwrap(),
+            ApiKeyFormat::new("abcdefghijkl", 128).unwrap(),
+        ] {
+            for id in ["abcd", "demo0001", "0123456789abcdefghijABCDEFGHIJxy"] {
+                let k = f.generate_with_id(id).unwrap();
+                assert_eq!(f.parse(k.secret()).unwrap().key_id(), id);
+                let bytes = k.secret().as_bytes();
+                for _ in 0..2000 {
+                    let mut b = bytes.to_vec();
+                    match rng.random_range(0..4) {
+                        0 => {
+                            let i = rng.random_range(0..b.len());
+                            b[i] = *b"_0aZ-".get(rng.random_range(0..5)).unwrap();
+                        }
+                        1 => {
+                            b.truncate(rng.random_range(0..b.len()));
+                        }
+                        2 => {
+                            let i = rng.random_range(0..b.len());
+                            b.insert(i, b'_');
+                        }
+                        _ => {
+                            // a well-formed body with the checksum recomputed
+                            let i = rng.random_range(f.prefix.len() + 1..b.len() - CHECKSUM_LEN);
+                            b[i] = if b[i] == b'_' { b'x' } else { b'_' };
+                            let n = b.len() - CHECKSUM_LEN;
+                            let sum = checksum(&b[..n]);
+                            b[n..].copy_from_slice(&sum);
+                        }
+                    }
+                    let s = String::from_utf8(b).unwrap();
+                    assert_eq!(
+                        f.parse(&s).map(|p| (p.full(), p.key_id())),
+                        reference_parse(&f, &s),
+                        "{s}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn v2_hashes_cover_the_key_without_its_checksum_and_old_hashes_still_verify() {
+        let k = ApiKeyFormat::default()
+            .generate_with_id("demo0001")
+            .unwrap();
+        let body = &k.secret()[..k.secret().len() - CHECKSUM_LEN];
+        assert_eq!(body.len(), 53, "one SHA-256 block");
+        let h = KeyHasher::sha256();
+        let v2 = h.hash(k.secret());
+        assert_eq!(
+            v2,
+            format!("sha256v2:{}", URL_SAFE_NO_PAD.encode(Sha256::digest(body)))
+        );
+        // a hash of the whole key, as earlier versions wrote it
+        let old = format!(
+            "sha256:{}",
+            URL_SAFE_NO_PAD.encode(Sha256::digest(k.secret()))
+        );
+        assert_eq!(h.encode(&h.digest_whole_key(k.secret())), old);
+        let f = ApiKeyFormat::default();
+        let raw = f.parse_bytes(k.secret().as_bytes()).unwrap();
+        for stored in [&v2, &old] {
+            let parsed = h.parse_hash(stored, "h").unwrap();
+            assert_eq!(parsed.is_v2(), stored.starts_with("sha256v2:"));
+            assert!(h.verify(k.secret(), &parsed));
+            for formats in [HashFormats::BOTH, HashFormats::V2] {
+                assert!(h.verify_parsed(&raw, &parsed, formats));
+            }
+            let other = f.generate_with_id("demo0001").unwrap();
+            let raw_other = f.parse_bytes(other.secret().as_bytes()).unwrap();
+            assert!(!h.verify(other.secret(), &parsed));
+            assert!(!h.verify_parsed(&raw_other, &parsed, HashFormats::BOTH));
+        }
+        // a v2 hash only matches a key with a valid checksum
+        let stored = h.parse_hash(&v2, "h").unwrap();
+        assert!(!h.verify(body, &stored));
+        assert!(!h.verify(&format!("{body}000000"), &stored));
+        // strings that are not keys are hashed whole
+        assert!(h.hash("not a key").starts_with("sha256:"));
+        assert!(h.verify(
+            "not a key",
+            &h.parse_hash(&h.hash("not a key"), "h").unwrap()
+        ));
+        // HMAC: the same two formats
+        let m = KeyHasher::hmac_sha256(&[7u8; 32]).unwrap();
+        assert!(m.hash(k.secret()).starts_with("hmac-sha256v2:"));
+        let whole = m.encode(&m.digest_whole_key(k.secret()));
+        assert!(whole.starts_with("hmac-sha256:"));
+        assert!(m.verify(k.secret(), &m.parse_hash(&whole, "h").unwrap()));
+        assert!(m.parse_hash(&v2, "h").is_err());
+        assert!(h.parse_hash(&whole, "h").is_err());
+    }
+
+    #[test]
+    fn one_block_sha256_equals_the_streaming_digest() {
+        let h = KeyHasher::sha256();
+        let data: Vec<u8> = (0..130u8).map(|i| i.wrapping_mul(37)).collect();
+        for len in 0..data.len() {
+            let d = &data[..len];
+            let expect: [u8; 32] = Sha256::digest(d).into();
+            assert_eq!(h.sha(d), expect, "{len}");
+            if len <= ONE_BLOCK {
+                assert_eq!(sha256_one_block(d), expect, "{len}");
+            }
+        }
+    }
+
+    #[test]
+    fn memory_store_reports_the_formats_it_holds() {
+        let f = ApiKeyFormat::default();
+        let h = KeyHasher::sha256();
+        let (a, b) = (f.generate(), f.generate());
+        let mut store = MemoryKeyStore::new();
+        assert_eq!(store.hash_formats(), HashFormats::V2);
+        store.insert(ApiKeyRecord::new(a.key_id(), h.digest(a.secret())));
+        assert_eq!(store.hash_formats(), HashFormats::V2);
+        store.insert(ApiKeyRecord::new(
+            b.key_id(),
+            h.digest_whole_key(b.secret()),
+        ));
+        assert_eq!(store.hash_formats(), HashFormats::BOTH);
+        // replacing the whole-key record with a v2 one
+        store.insert(ApiKeyRecord::new(b.key_id(), h.digest(b.secret())));
+        assert_eq!(store.hash_formats(), HashFormats::V2);
+        store.insert(ApiKeyRecord::new(
+            a.key_id(),
+            h.digest_whole_key(a.secret()),
+        ));
+        store.insert(ApiKeyRecord::new(
+            b.key_id(),
+            h.digest_whole_key(b.secret()),
+        ));
+        assert_eq!(
+            store.hash_formats(),
+            HashFormats {
+                whole_key: true,
+                v2: false
+            }
+        );
+        let mut seen = None;
+        store.visit(a.key_id().as_bytes(), &mut |r| {
+            seen = r.map(|r| r.key_id.clone())
+        });
+        assert_eq!(seen.as_deref(), Some(a.key_id()));
+        store.visit(b"nope1234", &mut |r| seen = r.map(|r| r.key_id.clone()));
+        assert_eq!(seen, None);
+        assert_eq!(store.get(b.key_id()).unwrap().key_id, b.key_id());
     }
 
     #[test]

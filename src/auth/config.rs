@@ -13,7 +13,7 @@
 //! # hmac_secret_env = "SHIELD_KEY_SECRET"
 //! [[auth.api_keys.keys]]
 //! id = "demoread"
-//! hash = "sha256:…"                   # printed by `cargo run --example keygen`
+//! hash = "sha256v2:…"                 # printed by `cargo run --example keygen`
 //! client_id = "storefront"
 //! scopes = ["products:read"]
 //! plan = "free"
@@ -150,7 +150,8 @@ pub struct ApiKeysConfig {
 pub struct ApiKeyConfig {
     /// Key id.
     pub id: String,
-    /// Stored hash (`sha256:…` or `hmac-sha256:…`).
+    /// Stored hash (`sha256v2:…` or `hmac-sha256v2:…`; the whole-key `sha256:…` /
+    /// `hmac-sha256:…` of earlier versions are still accepted).
     pub hash: String,
     /// Name.
     pub name: Option<String>,
