@@ -330,31 +330,39 @@ fn in_list_lower(list: &[&str], w: &[u8]) -> bool {
     in_list(list, std::str::from_utf8(l).unwrap_or(""))
 }
 
-fn candidate(s: &str) -> bool {
-    s.bytes()
-        .any(|c| matches!(c, b';' | b'|' | b'&' | b'`' | b'$' | b'\n' | b'\r' | b'('))
-}
-
-pub(crate) fn detect(s: &str) -> Option<&'static str> {
-    if !candidate(s) {
+/// Detects command injection in `s`, whose byte classes are `mask`. Needs a shell control
+/// byte (`; | & ` $ ( \n \r`, [`super::B_SHELL`]).
+pub(crate) fn detect_in(s: &str, mask: u32) -> Option<&'static str> {
+    if mask & super::B_SHELL == 0 {
         return None;
     }
     let b = s.as_bytes();
     let n = b.len();
     // Shellshock: `() {` function definition prefix.
-    if let Some(p) = super::find_bytes(b, b"() {") {
+    if mask & super::B_LPAREN != 0
+        && let Some(p) = super::find_bytes(b, b"() {")
+    {
         let body = &b[p + 4..];
         let semi = body.iter().take(6).position(|c| *c == b';');
         if semi.is_some_and(|k| body[k + 1..].iter().take(3).any(|c| *c == b'}')) {
             return Some("cmdi.shellshock");
         }
     }
-    if let Some(r) = glob_path(b) {
+    if mask & super::B_SLASH != 0
+        && let Some(r) = glob_path(b)
+    {
         return Some(r);
     }
     let mut budget = 64;
     let mut i = 0;
     while i < n {
+        // skip the bytes that cannot start an operator
+        while i < n && !OP_START[b[i] as usize] {
+            i += 1;
+        }
+        if i >= n {
+            break;
+        }
         let c = b[i];
         let (kind, after) = match c {
             b';' => (Op::Seq, i + 1),
@@ -400,6 +408,18 @@ pub(crate) fn detect(s: &str) -> Option<&'static str> {
     None
 }
 
+/// Bytes the operator scan stops at (every arm of its `match` but the default).
+static OP_START: [bool; 256] = {
+    let mut t = [false; 256];
+    let ops = b";\n\r|&<`${(";
+    let mut i = 0;
+    while i < ops.len() {
+        t[ops[i] as usize] = true;
+        i += 1;
+    }
+    t
+};
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Op {
     Seq,
@@ -413,8 +433,47 @@ enum Op {
     Group,
 }
 
+/// A shell word after quote removal, on the stack (`shell_word` stops adding at 64 bytes;
+/// one step adds at most 23).
+struct Word {
+    buf: [u8; 96],
+    len: usize,
+}
+
+impl Word {
+    fn new() -> Self {
+        Word {
+            buf: [0; 96],
+            len: 0,
+        }
+    }
+    fn clear(&mut self) {
+        self.len = 0;
+    }
+    fn len(&self) -> usize {
+        self.len
+    }
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    fn push(&mut self, c: u8) {
+        if self.len < self.buf.len() {
+            self.buf[self.len] = c;
+            self.len += 1;
+        }
+    }
+    fn extend_from_slice(&mut self, s: &[u8]) {
+        let k = s.len().min(self.buf.len() - self.len);
+        self.buf[self.len..self.len + k].copy_from_slice(&s[..k]);
+        self.len += k;
+    }
+    fn as_slice(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
 /// Reads one shell word starting at `i` with quote removal; returns (word, end).
-fn shell_word(b: &[u8], mut i: usize, out: &mut Vec<u8>) -> usize {
+fn shell_word(b: &[u8], mut i: usize, out: &mut Word) -> usize {
     let n = b.len();
     out.clear();
     while i < n && out.len() < 64 {
@@ -506,15 +565,16 @@ fn command_after(b: &[u8], op_at: usize, after: usize, op: Op) -> Option<&'stati
     {
         return Some("cmdi.command_chain"); // $0 -c …
     }
-    let mut word = Vec::new();
-    let end = shell_word(b, start, &mut word);
-    if word.is_empty() {
+    let mut wbuf = Word::new();
+    let end = shell_word(b, start, &mut wbuf);
+    if wbuf.is_empty() {
         return None;
     }
+    let word = wbuf.as_slice();
     // Absolute program path: /usr/bin/id, /bin/sh, c:\windows\system32\cmd.exe
     let base: &[u8] = match word.iter().rposition(|c| *c == b'/') {
         Some(p) if word[0] == b'/' => &word[p + 1..],
-        _ => &word,
+        _ => word,
     };
     let path_prog = word[0] == b'/'
         && word.len() > 1

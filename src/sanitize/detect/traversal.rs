@@ -134,14 +134,55 @@ const WRAPPERS: &[&[u8]] = &[
     b"dict://",
 ];
 
-fn candidate(s: &str) -> bool {
+/// The byte a wrapper has just before its colon (`file:` → `e`), as a set: a wrapper can
+/// only be found at a colon whose canonical predecessor is one of these.
+static BEFORE_COLON: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < WRAPPERS.len() {
+        let w = WRAPPERS[i];
+        let mut k = 1;
+        while k < w.len() {
+            if w[k] == b':' {
+                t[w[k - 1] as usize] = true;
+                break;
+            }
+            k += 1;
+        }
+        i += 1;
+    }
+    t
+};
+
+/// Exact pre-check: every rule needs a `/` in the canonical form (a climbing segment ends
+/// at one, an absolute path starts with one) or a colon after a wrapper name. In the input
+/// a canonical `/` is a `/`, a `\`, a look-alike slash (non-ASCII, lead byte `E2`, `EE` or
+/// `EF`) or a hex `0x2f` / `0x5c` (blanks dropped, any case: a `0`, blanks, then `x`);
+/// the canonical byte before a colon is the previous non-blank byte, lowercased.
+fn candidate(s: &str, mask: u32) -> bool {
+    use super::{B_BSLASH, B_COLON, B_LEAD3, B_SLASH, B_ZERO};
+    if mask & (B_SLASH | B_BSLASH | B_LEAD3) != 0 {
+        return true;
+    }
     let b = s.as_bytes();
-    super::find_bytes(b, b"..").is_some()
-        || memchr::memchr3(b'/', b'\\', b':', b).is_some()
-        || !s.is_ascii()
-        || memchr::memchr_iter(b'0', b).any(|i| {
-            let w = &b[i..b.len().min(i + 4)];
-            w.len() == 4 && (w[..3].eq_ignore_ascii_case(b"0x2") || w.eq_ignore_ascii_case(b"0x5c"))
+    let blank = |c: u8| matches!(c, b' ' | b'\t' | b'\n' | b'\r');
+    if mask & B_ZERO != 0
+        && memchr::memchr_iter(b'0', b).any(|i| {
+            b[i + 1..]
+                .iter()
+                .find(|c| !blank(**c))
+                .is_some_and(|c| *c | 0x20 == b'x')
+        })
+    {
+        return true;
+    }
+    mask & B_COLON != 0
+        && memchr::memchr_iter(b':', b).any(|i| {
+            b[..i]
+                .iter()
+                .rev()
+                .find(|c| !blank(**c))
+                .is_some_and(|c| BEFORE_COLON[c.to_ascii_lowercase() as usize])
         })
 }
 
@@ -182,8 +223,9 @@ fn canonical(s: &str, mut push: impl FnMut(u8)) {
     }
 }
 
-pub(crate) fn detect(s: &str) -> Option<&'static str> {
-    if !candidate(s) {
+/// Detects path traversal in `s`, whose byte classes are `mask`.
+pub(crate) fn detect_in(s: &str, mask: u32) -> Option<&'static str> {
+    if !candidate(s, mask) {
         return None;
     }
     // Canonical form: lowercase, `\` as `/`, drop blanks (at most one byte per input

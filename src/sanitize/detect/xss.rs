@@ -79,13 +79,19 @@ const SINKS: &[&str] = &[
     "this",
 ];
 
-fn candidate(s: &str) -> bool {
-    s.bytes()
-        .any(|c| matches!(c, b'<' | b':' | b'=' | b'\'' | b'"' | b'`' | b'('))
+#[cfg(test)]
+pub(crate) fn detect(s: &str) -> Option<&'static str> {
+    detect_in(s, super::classes(s.as_bytes()))
 }
 
-pub(crate) fn detect(s: &str) -> Option<&'static str> {
-    if !candidate(s) {
+/// Detects XSS in `s`, whose byte classes are `mask`. Each check runs only when the byte it
+/// starts from is present: tags at `<`, URL schemes at `:`, handler breakouts at `=`,
+/// script breakouts at a quote (or `;`, `)`, `}` opening the value), escapes at `\`.
+pub(crate) fn detect_in(s: &str, mask: u32) -> Option<&'static str> {
+    use super::{B_BSLASH, B_COLON, B_EQ, B_LT, B_QUOTE};
+    let opens_script = matches!(s.as_bytes().first(), Some(b';' | b')' | b'}'));
+    let breakout = mask & B_QUOTE != 0 || opens_script;
+    if mask & (B_LT | B_COLON | B_EQ | B_BSLASH) == 0 && !breakout {
         return None;
     }
     // lowercase copy: on the stack for short values
@@ -100,19 +106,25 @@ pub(crate) fn detect(s: &str) -> Option<&'static str> {
         heap = s.to_ascii_lowercase();
         heap.as_bytes()
     };
-    if let Some(r) = tags(b) {
+    if mask & B_LT != 0
+        && let Some(r) = tags(b)
+    {
         return Some(r);
     }
-    if let Some(r) = scheme(b, false) {
+    if mask & B_COLON != 0
+        && let Some(r) = scheme(b, false)
+    {
         return Some(r);
     }
-    if let Some(r) = attribute_breakout(b) {
+    if mask & B_EQ != 0
+        && let Some(r) = attribute_breakout(b)
+    {
         return Some(r);
     }
-    if let Some(r) = script_breakout(b) {
+    if breakout && let Some(r) = script_breakout(b) {
         return Some(r);
     }
-    if memchr::memchr(b'\\', b).is_some() {
+    if mask & B_BSLASH != 0 {
         let d = js_unescape(b);
         if d.len() != b.len()
             && let Some(r) = attribute_breakout(&d).or_else(|| script_breakout(&d))
@@ -471,13 +483,13 @@ fn attribute_breakout(b: &[u8]) -> Option<&'static str> {
 fn script_breakout(b: &[u8]) -> Option<&'static str> {
     let n = b.len();
     let mut budget = 16;
-    for (qi, &c) in b.iter().enumerate() {
-        // a quote closing a JS string, or the very start of the value (`;alert(1);`)
-        let at_start = qi == 0 && matches!(c, b';' | b')' | b'}');
-        if !matches!(c, b'\'' | b'"' | b'`') && !at_start {
-            continue;
-        }
-        let qi = if at_start { usize::MAX } else { qi };
+    // a quote closing a JS string, or the very start of the value (`;alert(1);`), in order
+    let at_start = matches!(b.first(), Some(b';' | b')' | b'}'));
+    let starts = at_start
+        .then_some(usize::MAX)
+        .into_iter()
+        .chain(memchr::memchr3_iter(b'\'', b'"', b'`', b));
+    for qi in starts {
         budget -= 1;
         if budget == 0 {
             break;
