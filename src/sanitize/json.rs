@@ -188,6 +188,10 @@ const LINEAR_KEYS: usize = 16;
 
 #[inline]
 fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    // most tokens are not preceded by whitespace
+    if b.get(i).is_some_and(|c| *c > b' ') {
+        return i;
+    }
     while i < b.len() && matches!(b[i], b' ' | b'\n' | b'\r' | b'\t') {
         i += 1;
     }
@@ -348,9 +352,10 @@ pub(crate) fn scan<V: JsonVisitor>(
     if b.len() > u32::MAX as usize {
         return Err(JsonError::StringLen.into());
     }
-    let mut frames: Vec<Frame<'_>> = Vec::new();
-    let mut pool: Vec<Vec<KeyRef>> = Vec::new();
-    let mut segs: Vec<Seg> = Vec::new();
+    // sized for typical documents (a few levels, up to `LINEAR_KEYS` keys per object)
+    let mut frames: Vec<Frame<'_>> = Vec::with_capacity(8);
+    let mut pool: Vec<Vec<KeyRef>> = Vec::with_capacity(8);
+    let mut segs: Vec<Seg> = Vec::with_capacity(8);
     let mut edits = Vec::new();
     let mut scratch = String::new();
     let mut i = skip_ws(b, 0);
@@ -367,7 +372,11 @@ pub(crate) fn scan<V: JsonVisitor>(
                 if b.get(i) == Some(&close) {
                     i += 1;
                 } else {
-                    let mut keys = pool.pop().unwrap_or_default();
+                    let mut keys = match pool.pop() {
+                        Some(k) => k,
+                        None if is_obj => Vec::with_capacity(LINEAR_KEYS + 1),
+                        None => Vec::new(),
+                    };
                     keys.clear();
                     frames.push(Frame {
                         is_obj,
@@ -447,7 +456,9 @@ pub(crate) fn scan<V: JsonVisitor>(
                 (true, Some(b'}')) | (false, Some(b']')) => {
                     i += 1;
                     segs.pop();
-                    if let Some(f) = frames.pop() {
+                    if let Some(f) = frames.pop()
+                        && f.keys.capacity() > 0
+                    {
                         pool.push(f.keys);
                     }
                 }
@@ -459,6 +470,7 @@ pub(crate) fn scan<V: JsonVisitor>(
 
 /// Parses `"key" :` at `i` (inside the top object), checks duplicates, visits the key,
 /// pushes its segment, and returns the index of the value.
+#[inline(always)]
 fn member<'a, V: JsonVisitor>(
     b: &[u8],
     input: &'a str,

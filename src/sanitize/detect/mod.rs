@@ -377,11 +377,54 @@ pub(crate) fn classes(b: &[u8]) -> u32 {
     m0 | m1
 }
 
+/// Inputs shorter than this are scanned by a plain loop rather than `memchr` (whose
+/// set-up costs more than scanning a short value).
+const SHORT_SCAN: usize = 32;
+
+/// Position of the first `c` in `hay`.
+#[inline]
+pub(crate) fn find_byte(c: u8, hay: &[u8]) -> Option<usize> {
+    if hay.len() < SHORT_SCAN {
+        hay.iter().position(|&x| x == c)
+    } else {
+        memchr::memchr(c, hay)
+    }
+}
+
+/// The positions of `c` in `hay`, in order.
+#[inline]
+pub(crate) fn byte_positions(c: u8, hay: &[u8]) -> impl Iterator<Item = usize> + '_ {
+    let mut from = 0;
+    std::iter::from_fn(move || {
+        let p = from + find_byte(c, hay.get(from..)?)?;
+        from = p + 1;
+        Some(p)
+    })
+}
+
+/// The positions of the quotes (`'`, `"`, `` ` ``) in `hay`, in order.
+#[inline]
+pub(crate) fn quote_positions(hay: &[u8]) -> impl Iterator<Item = usize> + '_ {
+    let short = hay.len() < SHORT_SCAN;
+    let mut from = 0;
+    std::iter::from_fn(move || {
+        let rest = hay.get(from..)?;
+        let p = from
+            + if short {
+                rest.iter().position(|&x| matches!(x, b'\'' | b'"' | b'`'))
+            } else {
+                memchr::memchr3(b'\'', b'"', b'`', rest)
+            }?;
+        from = p + 1;
+        Some(p)
+    })
+}
+
 /// First occurrence of `pat` in `hay`. Inputs and patterns are short, so a first-byte
 /// `memchr` scan beats building a substring searcher per call.
 pub(crate) fn find_bytes(hay: &[u8], pat: &[u8]) -> Option<usize> {
     let first = *pat.first()?;
-    if hay.len() < 16 {
+    if hay.len() < SHORT_SCAN {
         // too short for `memchr`'s set-up to pay off
         return (0..hay.len()).find(|&i| hay[i] == first && hay[i..].starts_with(pat));
     }

@@ -98,7 +98,7 @@ fn hex_val(b: u8) -> Option<u8> {
 
 /// One percent-decoding pass (`%XX` and `%uXXXX`); `None` when nothing was decoded.
 fn percent_decode_pass(input: &[u8]) -> Option<Vec<u8>> {
-    memchr::memchr(b'%', input)?;
+    super::find_byte(b'%', input)?;
     let mut out = Vec::with_capacity(input.len());
     let mut changed = false;
     let mut i = 0;
@@ -266,7 +266,8 @@ fn entity_decode_pass(s: &str) -> Option<String> {
         return None;
     }
     let b = s.as_bytes();
-    let mut out = String::with_capacity(s.len());
+    // allocated at the first reference decoded
+    let mut out = String::new();
     let mut changed = false;
     let mut last = 0;
     let mut i = 0;
@@ -330,6 +331,9 @@ fn entity_decode_pass(s: &str) -> Option<String> {
             }
         }
         if let Some((c, j)) = decoded {
+            if !changed {
+                out.reserve(s.len());
+            }
             out.push_str(&s[last..i]);
             out.push(c);
             last = j;

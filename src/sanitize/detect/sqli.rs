@@ -317,7 +317,7 @@ fn tokenize(s: &str, quote: Option<u8>, toks: &mut Vec<Tok>, lower: &mut String)
             b'\'' | b'"' | b'`' => {
                 if c == b'`' {
                     // MySQL quoted identifier
-                    match memchr::memchr(b'`', &b[i + 1..]) {
+                    match super::find_byte(b'`', &b[i + 1..]) {
                         Some(p) => {
                             i = i + 1 + p + 1;
                             toks.push(Tok {
@@ -392,7 +392,7 @@ fn tokenize(s: &str, quote: Option<u8>, toks: &mut Vec<Tok>, lower: &mut String)
                 }
             }
             b'-' if i + 1 < n && b[i + 1] == b'-' => {
-                i = memchr::memchr(b'\n', &b[i..]).map(|p| i + p).unwrap_or(n);
+                i = super::find_byte(b'\n', &b[i..]).map(|p| i + p).unwrap_or(n);
                 toks.push(Tok {
                     t: T::Comment,
                     start,
@@ -400,7 +400,7 @@ fn tokenize(s: &str, quote: Option<u8>, toks: &mut Vec<Tok>, lower: &mut String)
                 });
             }
             b'#' => {
-                i = memchr::memchr(b'\n', &b[i..]).map(|p| i + p).unwrap_or(n);
+                i = super::find_byte(b'\n', &b[i..]).map(|p| i + p).unwrap_or(n);
                 toks.push(Tok {
                     t: T::Comment,
                     start,
@@ -719,14 +719,26 @@ static GLUE_PACKED: [Packed; 15] = packed_table(&GLUE);
 #[inline]
 fn may_be_glued(packed: u64, len: usize) -> bool {
     len >= 3
+        && GLUE_FIRST[(packed & 0xff) as usize]
         && GLUE_PACKED
             .iter()
             .any(|&(k, m, kl)| len > kl && packed & m == k)
 }
 
+/// The first bytes of the glue keywords.
+static GLUE_FIRST: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < GLUE.len() {
+        t[GLUE[i].as_bytes()[0] as usize] = true;
+        i += 1;
+    }
+    t
+};
+
 fn find_quote_end(b: &[u8], from: usize, q: u8) -> Option<usize> {
     let mut i = from;
-    while let Some(p) = memchr::memchr(q, b.get(i..)?) {
+    while let Some(p) = super::find_byte(q, b.get(i..)?) {
         let k = i + p;
         // doubled quote is an escaped quote
         if k + 1 < b.len() && b[k + 1] == q {
@@ -838,7 +850,7 @@ fn candidate(s: &str, mask: u32) -> bool {
 /// unterminated `/*` is kept (it truncates the rest of the query).
 fn strip_inline_comments(s: &str) -> std::borrow::Cow<'_, str> {
     let b = s.as_bytes();
-    if memchr::memchr(b'*', b).is_none() {
+    if super::find_byte(b'*', b).is_none() {
         return std::borrow::Cow::Borrowed(s);
     }
     let mut out: Vec<u8> = Vec::with_capacity(b.len());
@@ -947,7 +959,7 @@ fn detect_tokens(
         return None;
     }
     for q in [b'\'', b'"', b'`'] {
-        if memchr::memchr(q, s.as_bytes()).is_some()
+        if super::find_byte(q, s.as_bytes()).is_some()
             && tokenize(s, Some(q), toks, lower)
             && let Some(r) = rules(s, toks, true)
         {

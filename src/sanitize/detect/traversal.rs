@@ -167,7 +167,7 @@ fn candidate(s: &str, mask: u32) -> bool {
     let b = s.as_bytes();
     let blank = |c: u8| matches!(c, b' ' | b'\t' | b'\n' | b'\r');
     if mask & B_ZERO != 0
-        && memchr::memchr_iter(b'0', b).any(|i| {
+        && super::byte_positions(b'0', b).any(|i| {
             b[i + 1..]
                 .iter()
                 .find(|c| !blank(**c))
@@ -177,7 +177,7 @@ fn candidate(s: &str, mask: u32) -> bool {
         return true;
     }
     mask & B_COLON != 0
-        && memchr::memchr_iter(b':', b).any(|i| {
+        && super::byte_positions(b':', b).any(|i| {
             b[..i]
                 .iter()
                 .rev()
@@ -247,7 +247,7 @@ pub(crate) fn detect_in(s: &str, mask: u32) -> Option<&'static str> {
     };
     // hex-literal encoded dots and slashes: 0x2e0x2e0x2f
     let decoded: Vec<u8>;
-    let p: &[u8] = if memchr::memchr_iter(b'0', p).any(|i| {
+    let p: &[u8] = if super::byte_positions(b'0', p).any(|i| {
         let w = &p[i..];
         w.starts_with(b"0x2e") || w.starts_with(b"0x2f") || w.starts_with(b"0x5c")
     }) {
@@ -327,7 +327,7 @@ pub(crate) fn detect_in(s: &str, mask: u32) -> Option<&'static str> {
     // before the colon is one of them)
     let mut before_colon = [false; 256];
     let mut has_colon = false;
-    for c in memchr::memchr_iter(b':', p) {
+    for c in super::byte_positions(b':', p) {
         has_colon = true;
         if c > 0 {
             before_colon[p[c - 1] as usize] = true;
@@ -339,7 +339,7 @@ pub(crate) fn detect_in(s: &str, mask: u32) -> Option<&'static str> {
         if colon_in_w > 0 && !before_colon[w[colon_in_w - 1] as usize] {
             continue;
         }
-        let pos = memchr::memchr_iter(b':', p)
+        let pos = super::byte_positions(b':', p)
             .filter(|&c| c >= colon_in_w)
             .map(|c| c - colon_in_w)
             .find(|&st| p[st..].starts_with(w));
@@ -361,7 +361,7 @@ pub(crate) fn detect_in(s: &str, mask: u32) -> Option<&'static str> {
     let mut seen = 0u64;
     // (nested loops: `continue` goes on with the next pattern at this slash, then the
     // next slash, the order the matches occur in)
-    for sl in memchr::memchr_iter(b'/', p) {
+    for sl in super::byte_positions(b'/', p) {
         for &a in ABS_SYSTEM {
             let off = if a[0] == b'/' { 0 } else { 2 };
             // the byte after the first one decides most patterns without a compare

@@ -180,7 +180,7 @@ fn tags(b: &[u8]) -> Option<&'static str> {
     let n = b.len();
     let mut i = 0;
     let mut budget = 64; // tags examined at most
-    while let Some(p) = memchr::memchr(b'<', &b[i..]) {
+    while let Some(p) = super::find_byte(b'<', &b[i..]) {
         let lt = i + p;
         i = lt + 1;
         if i >= n || !b[i].is_ascii_alphabetic() {
@@ -202,7 +202,7 @@ fn tags(b: &[u8]) -> Option<&'static str> {
         }
         // Handler glued to the tag name or another attribute (`<svgonload=…`,
         // `<img src=xonerror=…>`): look for on<name>= inside the tag text.
-        let tag_text_end = memchr::memchr(b'>', &b[ns..])
+        let tag_text_end = super::find_byte(b'>', &b[ns..])
             .map(|p| ns + p)
             .unwrap_or(n)
             .min(ns + 512);
@@ -256,7 +256,7 @@ fn tags(b: &[u8]) -> Option<&'static str> {
                 if j < n && matches!(b[j], b'"' | b'\'' | b'`') {
                     let q = b[j];
                     let vs = j + 1;
-                    let ve = memchr::memchr(q, &b[vs..]).map(|p| vs + p).unwrap_or(n);
+                    let ve = super::find_byte(q, &b[vs..]).map(|p| vs + p).unwrap_or(n);
                     value = &b[vs..ve];
                     j = (ve + 1).min(n);
                 } else {
@@ -340,7 +340,7 @@ fn style_is_active(v: &[u8]) -> bool {
 fn scheme(b: &[u8], in_attr: bool) -> Option<&'static str> {
     let mut from = 0;
     let mut budget = 32;
-    while let Some(p) = memchr::memchr(b':', &b[from..]) {
+    while let Some(p) = super::find_byte(b':', &b[from..]) {
         let colon = from + p;
         from = colon + 1;
         budget -= 1;
@@ -488,7 +488,7 @@ fn script_breakout(b: &[u8]) -> Option<&'static str> {
     let starts = at_start
         .then_some(usize::MAX)
         .into_iter()
-        .chain(memchr::memchr3_iter(b'\'', b'"', b'`', b));
+        .chain(super::quote_positions(b));
     for qi in starts {
         budget -= 1;
         if budget == 0 {
