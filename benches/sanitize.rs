@@ -85,8 +85,7 @@ fn body_named(name: &str) -> Bytes {
 #[inline(never)]
 fn probe_run<S>(rt: &tokio::runtime::Runtime, svc: &S, body: &Bytes, n: usize)
 where
-    S: Service<Request<Full<Bytes>>, Response = Response<Full<Bytes>>, Error = Infallible>
-        + Clone,
+    S: Service<Request<Full<Bytes>>, Response = Response<Full<Bytes>>, Error = Infallible> + Clone,
 {
     for _ in 0..n {
         rt.block_on(async {
@@ -125,8 +124,7 @@ fn probe(name: &str) {
 #[inline(never)]
 fn probe_run_warm<S>(rt: &tokio::runtime::Runtime, svc: &S, body: &Bytes)
 where
-    S: Service<Request<Full<Bytes>>, Response = Response<Full<Bytes>>, Error = Infallible>
-        + Clone,
+    S: Service<Request<Full<Bytes>>, Response = Response<Full<Bytes>>, Error = Infallible> + Clone,
 {
     for _ in 0..2 {
         rt.block_on(async {

@@ -302,6 +302,18 @@ mod tests {
     }
 
     #[test]
+    fn prefilter_from_classes_agrees() {
+        for s in crate::sanitize::detect::test_samples(5000)
+            .iter()
+            .map(String::as_str)
+            .chain(["v1.2.3", "a..b", "a.b.c", "x", ""])
+        {
+            let m = crate::sanitize::detect::classes(s.as_bytes());
+            assert_eq!(candidate_classified(s, m), candidate(s), "{s:?}");
+        }
+    }
+
+    #[test]
     fn operator_keys() {
         assert!(is_operator_key("$where"));
         assert!(is_operator_key("user[$ne]"));

@@ -868,3 +868,39 @@ fn first_word_is_command(before: &[u8]) -> bool {
     }
     STRONG_SET.contains_lower(&trimmed[..wl])
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packed_command_lists_agree_with_the_lists() {
+        for (set, list) in [
+            (&STRONG_SET, STRONG),
+            (&WINDOWS_SET, WINDOWS),
+            (&WEAK_SET, WEAK),
+            (&PIPELINE_BENIGN_SET, PIPELINE_BENIGN),
+        ] {
+            assert!(
+                list.windows(2).all(|w| w[0] < w[1]),
+                "sorted, no duplicates"
+            );
+            for w in list {
+                assert!(set.contains(w.as_bytes()), "{w}");
+                assert!(set.contains_lower(w.to_ascii_uppercase().as_bytes()), "{w}");
+                let mut nul = w.as_bytes().to_vec();
+                nul.push(0);
+                assert!(!set.contains(&nul), "{w}");
+            }
+            for s in super::super::test_samples(5000) {
+                for w in s.split(' ') {
+                    assert_eq!(
+                        set.contains(w.as_bytes()),
+                        list.binary_search(&w).is_ok(),
+                        "{w:?}"
+                    );
+                }
+            }
+        }
+    }
+}

@@ -446,3 +446,157 @@ type DetectFn = fn(&str, u32) -> Option<&'static str>;
 pub const MAX_INSPECT: usize = 8 * 1024;
 /// Overlap between consecutive windows of a long value.
 const WINDOW_OVERLAP: usize = 1024;
+
+/// Pseudo-random test inputs over the attack alphabet (fragments of every detector's
+/// syntax, encodings, look-alike characters), deterministic.
+#[cfg(test)]
+pub(crate) fn test_samples(n: usize) -> Vec<String> {
+    const PIECES: &[&str] = &[
+        " ",
+        "'",
+        "\"",
+        "`",
+        ";",
+        "|",
+        "&",
+        "$",
+        "(",
+        ")",
+        "{",
+        "}",
+        "<",
+        ">",
+        "=",
+        "/",
+        "\\",
+        ".",
+        "%",
+        "0",
+        "1",
+        "a",
+        "x",
+        "X",
+        "#",
+        "*",
+        "!",
+        "@",
+        ":",
+        ",",
+        "-",
+        "\n",
+        "\r",
+        "\t",
+        "--",
+        "/*",
+        "*/",
+        "..",
+        "../",
+        "0x2f",
+        "0 x5c",
+        "%2e",
+        "%252f",
+        "&lt;",
+        "&#x3c;",
+        "&amp;",
+        "union",
+        "SELECT",
+        " or ",
+        "and",
+        "like",
+        "sleep(",
+        "on",
+        "onerror=",
+        "javascript:",
+        "<script",
+        "<svg",
+        "${",
+        "{{",
+        "é",
+        "\u{ad}",
+        "\u{200b}",
+        "\u{ff0f}",
+        "\u{2215}",
+        "file:",
+        "php://",
+        "data:",
+        "C:",
+        "c :",
+        "cat ",
+        "id",
+        "ls",
+        "/etc/passwd",
+        "\0",
+        "\x7f",
+        "ORDER BY",
+        "procedure",
+        "UNIONSELECT",
+        "where",
+        "xp_cmdshell",
+        "ssh2.exec://",
+        "\\x27",
+        "\\u003c",
+        "O'Brien",
+        "Rock & Roll",
+        "5 < 6",
+        "Mozilla/5.0 (X11; Linux x86_64)",
+        "alert",
+        "document.cookie",
+        "glob",
+        "offset",
+        "having",
+        "into",
+        "$ne",
+        "[$gt]",
+        "\u{3000}",
+        "ｓ",
+        "jar:",
+        "zlib:",
+        "compress.bzip2://",
+    ];
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    (0..n)
+        .map(|_| {
+            let k = 1 + next() % 12;
+            (0..k)
+                .map(|_| PIECES[(next() % PIECES.len() as u64) as usize])
+                .collect()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_scans_agree_with_memchr() {
+        for s in test_samples(3000) {
+            let b = s.as_bytes();
+            for c in [b'/', b':', b'0', b'\'', b'x'] {
+                assert_eq!(find_byte(c, b), memchr::memchr(c, b), "{s:?}");
+                let all: Vec<usize> = byte_positions(c, b).collect();
+                assert_eq!(all, memchr::memchr_iter(c, b).collect::<Vec<_>>(), "{s:?}");
+            }
+            let q: Vec<usize> = quote_positions(b).collect();
+            assert_eq!(
+                q,
+                memchr::memchr3_iter(b'\'', b'"', b'`', b).collect::<Vec<_>>()
+            );
+        }
+    }
+
+    #[test]
+    fn known_classes_give_the_same_findings() {
+        let d = Detectors::default();
+        for s in test_samples(3000) {
+            let m = classes(s.as_bytes());
+            assert_eq!(d.inspect_known(&s, m), d.inspect(&s), "{s:?}");
+        }
+    }
+}

@@ -352,7 +352,61 @@ fn entity_decode_pass(s: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::normalize;
+    use super::*;
+
+    /// Normalization with every step tried (no byte-class hints).
+    fn reference(input: &str) -> Cow<'_, str> {
+        if !needs_work(input) {
+            return Cow::Borrowed(input);
+        }
+        let mut s: Cow<'_, str> = match percent_decode_pass(input.as_bytes()) {
+            None => Cow::Borrowed(input),
+            Some(mut bytes) => {
+                for _ in 1..PERCENT_PASSES {
+                    match percent_decode_pass(&bytes) {
+                        Some(next) => bytes = next,
+                        None => break,
+                    }
+                }
+                Cow::Owned(bytes_to_string(&bytes))
+            }
+        };
+        for _ in 0..ENTITY_PASSES {
+            match entity_decode_pass(&s) {
+                Some(next) => s = Cow::Owned(next),
+                None => break,
+            }
+        }
+        if !s.is_ascii()
+            && unicode_normalization::is_nfkc_quick(s.chars())
+                != unicode_normalization::IsNormalized::Yes
+        {
+            s = Cow::Owned(s.nfkc().collect());
+        }
+        let drop = |c: char| {
+            matches!(c, '\0'..='\x08' | '\x0b' | '\x0c' | '\x0e'..='\x1f' | '\x7f')
+                || matches!(
+                    c,
+                    '\u{200b}'..='\u{200f}' | '\u{2060}'..='\u{2064}' | '\u{feff}' | '\u{ad}'
+                )
+        };
+        if !s.chars().any(drop) {
+            return s;
+        }
+        let mut s = s.into_owned();
+        s.retain(|c| !drop(c));
+        Cow::Owned(s)
+    }
+
+    #[test]
+    fn hinted_steps_agree_with_every_step() {
+        for s in super::super::test_samples(20_000) {
+            let r = reference(&s);
+            let h = normalize_hinted(&s, super::super::classes(s.as_bytes()));
+            assert_eq!(h, r, "{s:?}");
+            assert_eq!(matches!(h, Cow::Borrowed(_)), matches!(r, Cow::Borrowed(_)));
+        }
+    }
 
     #[test]
     fn decodes_layers() {

@@ -670,9 +670,7 @@ fn pack_lower(b: &[u8], len: usize) -> u64 {
     let x = if b.len() >= 8 {
         u64::from_le_bytes(b[..8].try_into().expect("8 bytes"))
     } else {
-        b.iter()
-            .rev()
-            .fold(0u64, |v, &c| v << 8 | c as u64)
+        b.iter().rev().fold(0u64, |v, &c| v << 8 | c as u64)
     } & low_bytes(len);
     // SWAR to_ascii_lowercase: set 0x20 in the bytes 'A'..='Z'
     const LO: u64 = 0x0101_0101_0101_0101;
@@ -782,7 +780,11 @@ static CLAUSE_PACKED: [Packed; 18] = packed_table(&CLAUSE);
 
 /// Byte mask of the first `n` (≤ 8) bytes of a packed word.
 const fn low_bytes(n: usize) -> u64 {
-    if n >= 8 { u64::MAX } else { (1u64 << (8 * n)) - 1 }
+    if n >= 8 {
+        u64::MAX
+    } else {
+        (1u64 << (8 * n)) - 1
+    }
 }
 
 /// Whether a letter run (`len` letters, the first 8 lowercased and packed in `packed`,
@@ -793,7 +795,9 @@ fn clause_word(packed: u64, w: &[u8]) -> bool {
     let len = w.len();
     let procedure = || packed == PROCEDUR && w[8] | 0x20 == b'e';
     if len <= 8 {
-        return CLAUSE_PACKED.iter().any(|&(k, _, kl)| kl == len && packed == k);
+        return CLAUSE_PACKED
+            .iter()
+            .any(|&(k, _, kl)| kl == len && packed == k);
     }
     if len == 9 {
         return procedure();
@@ -1440,7 +1444,63 @@ fn first_after_break_is(toks: &[Tok], _s: &str, i: usize) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::detect;
+    use super::*;
+
+    /// The pre-check as a plain scan (no byte classes, no packed words).
+    fn candidate_reference(s: &str) -> bool {
+        let b = s.as_bytes();
+        b.iter().any(|c| {
+            matches!(
+                c,
+                b'=' | b'<' | b'>' | b'(' | b';' | b'#' | b'@' | b'|' | b'!'
+            )
+        }) || b
+            .windows(2)
+            .any(|w| matches!(w, [b'-', b'-'] | [b'/', b'*'] | [b'&', b'&']))
+            || s.split(|c: char| !c.is_ascii_alphabetic()).any(|w| {
+                let w = w.to_ascii_lowercase();
+                CLAUSE.contains(&w.as_str())
+                    || (w.len() > 9 && CLAUSE.iter().any(|k| w.len() > k.len() && w.starts_with(k)))
+            })
+    }
+
+    #[test]
+    fn packed_lookups_agree_with_strings() {
+        for s in super::super::test_samples(20_000) {
+            let m = super::super::classes(s.as_bytes());
+            assert_eq!(candidate(&s, m), candidate_reference(&s), "{s:?}");
+            for w in s.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                let b = w.as_bytes();
+                let lower = w.to_ascii_lowercase();
+                let packed = pack_lower(b, b.len());
+                assert_eq!(
+                    packed,
+                    pack_bytes(&lower.as_bytes()[..b.len().min(8)]),
+                    "{w:?}"
+                );
+                if w.len() <= 8 {
+                    assert_eq!(keyword_packed(packed), keyword(&lower), "{w:?}");
+                }
+                if split_glued(&lower).is_some() {
+                    assert!(may_be_glued(packed, b.len()), "{w:?}");
+                }
+            }
+        }
+        for w in [
+            "UnionSelect",
+            "ORDER",
+            "procedures",
+            "procedureanalyse",
+            "ab",
+            "SELECTX",
+        ] {
+            let l = w.to_ascii_lowercase();
+            assert_eq!(
+                pack_lower(w.as_bytes(), w.len()),
+                pack_bytes(&l.as_bytes()[..w.len().min(8)])
+            );
+        }
+    }
 
     #[test]
     fn basics() {

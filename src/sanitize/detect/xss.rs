@@ -88,7 +88,11 @@ pub(crate) fn detect(s: &str) -> Option<&'static str> {
 /// starts from is present: tags at `<`, URL schemes at `:`, handler breakouts at `=`,
 /// script breakouts at a quote (or `;`, `)`, `}` opening the value), escapes at `\`.
 pub(crate) fn detect_in(s: &str, mask: u32) -> Option<&'static str> {
-    use super::{B_BSLASH, B_COLON, B_EQ, B_LT, B_QUOTE};
+    use super::{B_BSLASH, B_COLON, B_EQ, B_LPAREN, B_LT, B_QUOTE};
+    // nothing without one of `< : = ' " ` (`
+    if mask & (B_LT | B_COLON | B_EQ | B_QUOTE | B_LPAREN) == 0 {
+        return None;
+    }
     let opens_script = matches!(s.as_bytes().first(), Some(b';' | b')' | b'}'));
     let breakout = mask & B_QUOTE != 0 || opens_script;
     if mask & (B_LT | B_COLON | B_EQ | B_BSLASH) == 0 && !breakout {
@@ -539,7 +543,37 @@ fn script_breakout(b: &[u8]) -> Option<&'static str> {
 
 #[cfg(test)]
 mod tests {
-    use super::detect;
+    use super::*;
+
+    /// Every check, whatever the bytes present (the detector before its per-check gates).
+    fn detect_ungated(s: &str) -> Option<&'static str> {
+        if !s
+            .bytes()
+            .any(|c| matches!(c, b'<' | b':' | b'=' | b'\'' | b'"' | b'`' | b'('))
+        {
+            return None;
+        }
+        let b = s.to_ascii_lowercase().into_bytes();
+        tags(&b)
+            .or_else(|| scheme(&b, false))
+            .or_else(|| attribute_breakout(&b))
+            .or_else(|| script_breakout(&b))
+            .or_else(|| {
+                let d = js_unescape(&b);
+                if d.len() != b.len() {
+                    attribute_breakout(&d).or_else(|| script_breakout(&d))
+                } else {
+                    None
+                }
+            })
+    }
+
+    #[test]
+    fn gated_checks_agree_with_all_checks() {
+        for s in super::super::test_samples(20_000) {
+            assert_eq!(detect(&s), detect_ungated(&s), "{s:?}");
+        }
+    }
 
     #[test]
     fn basics() {
