@@ -201,7 +201,7 @@ fn skip_ws(b: &[u8], mut i: usize) -> usize {
 /// Scans a string token starting after the opening quote at `i`. Returns the end of the
 /// raw content (index of the closing quote), whether it contains escapes, and the byte
 /// classes ([`classes`]) of the raw content (of the value itself when it has no escapes).
-#[inline]
+#[inline(always)]
 fn scan_string(b: &[u8], mut i: usize) -> Result<(usize, bool, u32), JsonError> {
     let mut escaped = false;
     let mut mask = 0u32;
