@@ -4,12 +4,18 @@
 //! on every string).
 //!
 //! `cargo bench --bench sanitize --features sanitize -- --warm-up-time 1 --measurement-time 3`
+//!
+//! Instruction-count probe (no criterion): `SANITIZE_PROBE=1k|16k|64k` (optionally
+//! `SANITIZE_PROBE_N=<iterations>`, `SANITIZE_PROBE_BARE=1` for the bare service) runs
+//! the same request as the bench in a loop inside `probe_run`, e.g.
+//! `valgrind --tool=callgrind --toggle-collect='*probe_run*' target/release/deps/sanitize-…`
+//! and divide the instruction count by the iterations.
 
 use std::convert::Infallible;
 use std::hint::black_box;
 
 use bytes::Bytes;
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
 use http::{Request, Response};
 use http_body_util::Full;
 use serde_json::Value;
@@ -55,6 +61,80 @@ fn naive(body: &[u8]) -> bool {
     walk(&v)
 }
 
+fn request(b: &Bytes) -> Request<Full<Bytes>> {
+    Request::post("/orders")
+        .header("content-type", "application/json")
+        .header(
+            "user-agent",
+            "Mozilla/5.0 (X11; Linux x86_64) Firefox/126.0",
+        )
+        .body(Full::new(b.clone()))
+        .unwrap()
+}
+
+fn body_named(name: &str) -> Bytes {
+    match name {
+        "1k" => Bytes::from(order(1)),
+        "16k" => Bytes::from(body_of(16 * 1024)),
+        "64k" => Bytes::from(body_of(64 * 1024)),
+        other => panic!("unknown probe size {other}"),
+    }
+}
+
+/// The probe loop: `n` requests through the layer (or the bare service).
+#[inline(never)]
+fn probe_run<S>(rt: &tokio::runtime::Runtime, svc: &S, body: &Bytes, n: usize)
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<Full<Bytes>>, Error = Infallible> + Clone,
+{
+    for _ in 0..n {
+        rt.block_on(async {
+            let mut s = svc.clone();
+            let s = s.ready().await.unwrap();
+            let res = s.call(request(body)).await.unwrap();
+            assert_eq!(res.status(), 200);
+            black_box(res)
+        });
+    }
+}
+
+fn probe(name: &str) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let inner = tower::service_fn(|_req: Request<Full<Bytes>>| async {
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+    });
+    let body = body_named(name);
+    let n = std::env::var("SANITIZE_PROBE_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    if std::env::var_os("SANITIZE_PROBE_BARE").is_some() {
+        probe_run(&rt, &inner, &body, n);
+    } else {
+        let svc = SanitizeLayer::builder().build().unwrap().layer(inner);
+        // one warm-up request outside the probe (thread-local buffers, lazy statics)
+        probe_run_warm(&rt, &svc, &body);
+        probe_run(&rt, &svc, &body, n);
+    }
+    println!("probe {name}: {n} requests, {} body bytes", body.len());
+}
+
+#[inline(never)]
+fn probe_run_warm<S>(rt: &tokio::runtime::Runtime, svc: &S, body: &Bytes)
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<Full<Bytes>>, Error = Infallible> + Clone,
+{
+    for _ in 0..2 {
+        rt.block_on(async {
+            let mut s = svc.clone();
+            let s = s.ready().await.unwrap();
+            black_box(s.call(request(body)).await.unwrap())
+        });
+    }
+}
+
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
@@ -73,16 +153,7 @@ fn bench(c: &mut Criterion) {
         ("64k", Bytes::from(body_of(64 * 1024))),
     ] {
         g.throughput(Throughput::Bytes(body.len() as u64));
-        let req = |b: &Bytes| {
-            Request::post("/orders")
-                .header("content-type", "application/json")
-                .header(
-                    "user-agent",
-                    "Mozilla/5.0 (X11; Linux x86_64) Firefox/126.0",
-                )
-                .body(Full::new(b.clone()))
-                .unwrap()
-        };
+        let req = request;
         g.bench_with_input(BenchmarkId::new("bare", name), &body, |bch, b| {
             bch.iter(|| {
                 rt.block_on(async {
@@ -113,4 +184,12 @@ fn bench(c: &mut Criterion) {
 }
 
 criterion_group!(benches, bench);
-criterion_main!(benches);
+
+fn main() {
+    if let Ok(name) = std::env::var("SANITIZE_PROBE") {
+        probe(&name);
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

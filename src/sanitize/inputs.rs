@@ -90,6 +90,13 @@ pub(crate) fn candidate(s: &str) -> bool {
     all == 0 || (dot & 2 != 0 && b.windows(2).any(|w| w == b".."))
 }
 
+/// [`candidate`] of a value whose byte classes are known (`mask`: `classes(s)`).
+#[inline]
+pub(crate) fn candidate_classified(s: &str, mask: u32) -> bool {
+    use super::detect::{B_DOT, B_NONPLAIN};
+    mask & B_NONPLAIN != 0 || (mask & B_DOT != 0 && s.as_bytes().windows(2).any(|w| w == b".."))
+}
+
 /// Renders one location segment: names made of `[A-Za-z0-9_.$~\[\]-]` up to 64 bytes are
 /// kept, anything else becomes `…` (locations end up in denials and logs: request data
 /// other than plain field names is never echoed).
@@ -291,6 +298,18 @@ mod tests {
             "`id`",
         ] {
             assert!(candidate(cand), "{cand}");
+        }
+    }
+
+    #[test]
+    fn prefilter_from_classes_agrees() {
+        for s in crate::sanitize::detect::test_samples(5000)
+            .iter()
+            .map(String::as_str)
+            .chain(["v1.2.3", "a..b", "a.b.c", "x", ""])
+        {
+            let m = crate::sanitize::detect::classes(s.as_bytes());
+            assert_eq!(candidate_classified(s, m), candidate(s), "{s:?}");
         }
     }
 

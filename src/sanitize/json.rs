@@ -7,6 +7,7 @@ use std::borrow::Cow;
 use std::collections::HashSet;
 use std::ops::Range;
 
+use super::detect::{B_STOP, CLASS, classes};
 use super::policy::Limits;
 
 /// One segment of the location of a string.
@@ -126,17 +127,19 @@ pub(crate) struct Edit {
 pub(crate) trait JsonVisitor {
     /// Why the visitor stops the scan.
     type Stop;
-    /// A key (`is_key`, path: the member being defined) or a string value. Returning a new
-    /// value (values only) replaces it in the output.
+    /// A key (`is_key`, path: the member being defined) or a string value, with the byte
+    /// classes of the value (`mask`: [`classes`]`(value)`). Returning a new value (values
+    /// only) replaces it in the output.
     fn visit(
         &mut self,
         path: JsonPath<'_>,
         value: &str,
+        mask: u32,
         is_key: bool,
     ) -> Result<Option<String>, Self::Stop>;
 
     /// Whether `visit` would surely do nothing with this string (then it is not called).
-    fn skip(&self, _value: &str) -> bool {
+    fn skip(&self, _value: &str, _mask: u32) -> bool {
         false
     }
 }
@@ -144,6 +147,9 @@ pub(crate) trait JsonVisitor {
 struct Frame<'a> {
     is_obj: bool,
     count: usize,
+    /// One bit per key hash seen while the keys are compared linearly: a key whose bit is
+    /// not set yet cannot be a duplicate.
+    bloom: u64,
     /// The keys seen (raw content ranges, escaped flag), for duplicate detection: compared
     /// linearly while the object is small, then through a hash set.
     keys: Vec<KeyRef>,
@@ -182,50 +188,46 @@ const LINEAR_KEYS: usize = 16;
 
 #[inline]
 fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    // most tokens are not preceded by whitespace
+    if b.get(i).is_some_and(|c| *c > b' ') {
+        return i;
+    }
     while i < b.len() && matches!(b[i], b' ' | b'\n' | b'\r' | b'\t') {
         i += 1;
     }
     i
 }
 
-/// Bytes that end the fast part of a string: `"`, `\` and control characters.
-static STOP: [bool; 256] = {
-    let mut t = [false; 256];
-    let mut i = 0;
-    while i < 0x20 {
-        t[i] = true;
-        i += 1;
-    }
-    t[b'"' as usize] = true;
-    t[b'\\' as usize] = true;
-    t
-};
-
 /// Scans a string token starting after the opening quote at `i`. Returns the end of the
-/// raw content (index of the closing quote) and whether it contains escapes.
-#[inline]
-fn scan_string(b: &[u8], mut i: usize) -> Result<(usize, bool), JsonError> {
+/// raw content (index of the closing quote), whether it contains escapes, and the byte
+/// classes ([`classes`]) of the raw content (of the value itself when it has no escapes).
+#[inline(always)]
+fn scan_string(b: &[u8], mut i: usize) -> Result<(usize, bool, u32), JsonError> {
     let mut escaped = false;
+    let mut mask = 0u32;
     loop {
-        // 8 bytes at a time while none is `"`, `\` or a control character
-        while i + 8 <= b.len() {
-            let x = u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
-            const LO: u64 = 0x0101_0101_0101_0101;
-            const HI: u64 = 0x8080_8080_8080_8080;
-            let has_zero = |v: u64| v.wrapping_sub(LO) & !v & HI;
-            let special = has_zero(x ^ (LO * b'"' as u64))
-                | has_zero(x ^ (LO * b'\\' as u64))
-                | (x.wrapping_sub(LO * 0x20) & !x & HI);
-            if special != 0 {
+        // 4 bytes at a time while none ends the plain part (`"`, `\`, a control character)
+        while i + 4 <= b.len() {
+            let t = CLASS[b[i] as usize]
+                | CLASS[b[i + 1] as usize]
+                | CLASS[b[i + 2] as usize]
+                | CLASS[b[i + 3] as usize];
+            if t & B_STOP != 0 {
                 break;
             }
-            i += 8;
+            mask |= t;
+            i += 4;
         }
-        while i < b.len() && !STOP[b[i] as usize] {
+        while i < b.len() {
+            let t = CLASS[b[i] as usize];
+            if t & B_STOP != 0 {
+                break;
+            }
+            mask |= t;
             i += 1;
         }
         match b.get(i) {
-            Some(b'"') => return Ok((i, escaped)),
+            Some(b'"') => return Ok((i, escaped, mask)),
             Some(b'\\') => {
                 escaped = true;
                 match b.get(i + 1) {
@@ -350,9 +352,10 @@ pub(crate) fn scan<V: JsonVisitor>(
     if b.len() > u32::MAX as usize {
         return Err(JsonError::StringLen.into());
     }
-    let mut frames: Vec<Frame<'_>> = Vec::new();
-    let mut pool: Vec<Vec<KeyRef>> = Vec::new();
-    let mut segs: Vec<Seg> = Vec::new();
+    // sized for typical documents (a few levels, up to `LINEAR_KEYS` keys per object)
+    let mut frames: Vec<Frame<'_>> = Vec::with_capacity(8);
+    let mut pool: Vec<Vec<KeyRef>> = Vec::with_capacity(8);
+    let mut segs: Vec<Seg> = Vec::with_capacity(8);
     let mut edits = Vec::new();
     let mut scratch = String::new();
     let mut i = skip_ws(b, 0);
@@ -369,11 +372,16 @@ pub(crate) fn scan<V: JsonVisitor>(
                 if b.get(i) == Some(&close) {
                     i += 1;
                 } else {
-                    let mut keys = pool.pop().unwrap_or_default();
+                    let mut keys = match pool.pop() {
+                        Some(k) => k,
+                        None if is_obj => Vec::with_capacity(LINEAR_KEYS + 1),
+                        None => Vec::new(),
+                    };
                     keys.clear();
                     frames.push(Frame {
                         is_obj,
                         count: 1,
+                        bloom: 0,
                         keys,
                         set: None,
                     });
@@ -386,7 +394,7 @@ pub(crate) fn scan<V: JsonVisitor>(
                 }
             }
             Some(b'"') => {
-                let (end, escaped) = scan_string(b, i + 1)?;
+                let (end, escaped, mut mask) = scan_string(b, i + 1)?;
                 if end - (i + 1) > limits.max_string_len {
                     return Err(JsonError::StringLen.into());
                 }
@@ -394,13 +402,16 @@ pub(crate) fn scan<V: JsonVisitor>(
                 let value = if escaped {
                     scratch.clear();
                     unescape(raw, &mut scratch)?;
+                    mask = classes(scratch.as_bytes());
                     scratch.as_str()
                 } else {
                     raw
                 };
                 let path = JsonPath { input, segs: &segs };
-                if !visitor.skip(value)
-                    && let Some(new) = visitor.visit(path, value, false).map_err(ScanError::Stop)?
+                if !visitor.skip(value, mask)
+                    && let Some(new) = visitor
+                        .visit(path, value, mask, false)
+                        .map_err(ScanError::Stop)?
                 {
                     edits.push(Edit {
                         range: i..end + 1,
@@ -445,7 +456,9 @@ pub(crate) fn scan<V: JsonVisitor>(
                 (true, Some(b'}')) | (false, Some(b']')) => {
                     i += 1;
                     segs.pop();
-                    if let Some(f) = frames.pop() {
+                    if let Some(f) = frames.pop()
+                        && f.keys.capacity() > 0
+                    {
                         pool.push(f.keys);
                     }
                 }
@@ -457,6 +470,7 @@ pub(crate) fn scan<V: JsonVisitor>(
 
 /// Parses `"key" :` at `i` (inside the top object), checks duplicates, visits the key,
 /// pushes its segment, and returns the index of the value.
+#[inline(always)]
 fn member<'a, V: JsonVisitor>(
     b: &[u8],
     input: &'a str,
@@ -469,7 +483,7 @@ fn member<'a, V: JsonVisitor>(
     if b.get(i) != Some(&b'"') {
         return Err(JsonError::Syntax.into());
     }
-    let (end, escaped) = scan_string(b, i + 1)?;
+    let (end, escaped, mut mask) = scan_string(b, i + 1)?;
     if end - (i + 1) > limits.max_string_len {
         return Err(JsonError::StringLen.into());
     }
@@ -477,6 +491,7 @@ fn member<'a, V: JsonVisitor>(
     let mut owned = String::new();
     let key = if escaped {
         unescape(raw, &mut owned)?;
+        mask = classes(owned.as_bytes());
         owned.as_str()
     } else {
         raw
@@ -499,12 +514,16 @@ fn member<'a, V: JsonVisitor>(
             }
         } else {
             let h = key_hash(key.as_bytes());
-            for k in &top.keys {
-                // the hash of the decoded key first; the keys themselves on a match
-                if k.hash == h && decoded(k.start, k.end, k.escaped)? == key {
-                    return Err(JsonError::DuplicateKey.into());
+            let bit = 1u64 << (h.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 58);
+            if top.bloom & bit != 0 {
+                for k in &top.keys {
+                    // the hash of the decoded key first; the keys themselves on a match
+                    if k.hash == h && decoded(k.start, k.end, k.escaped)? == key {
+                        return Err(JsonError::DuplicateKey.into());
+                    }
                 }
             }
+            top.bloom |= bit;
             top.keys.push(KeyRef {
                 start: (i + 1) as u32,
                 end: end as u32,
@@ -525,9 +544,11 @@ fn member<'a, V: JsonVisitor>(
         end: end as u32,
         escaped,
     });
-    if !visitor.skip(key) {
+    if !visitor.skip(key, mask) {
         let path = JsonPath { input, segs };
-        visitor.visit(path, key, true).map_err(ScanError::Stop)?;
+        visitor
+            .visit(path, key, mask, true)
+            .map_err(ScanError::Stop)?;
     }
     let j = skip_ws(b, end + 1);
     if b.get(j) != Some(&b':') {
@@ -557,7 +578,14 @@ mod tests {
     struct Collect(Vec<(String, String, bool)>);
     impl JsonVisitor for Collect {
         type Stop = ();
-        fn visit(&mut self, p: JsonPath<'_>, v: &str, k: bool) -> Result<Option<String>, ()> {
+        fn visit(
+            &mut self,
+            p: JsonPath<'_>,
+            v: &str,
+            m: u32,
+            k: bool,
+        ) -> Result<Option<String>, ()> {
+            assert_eq!(m, classes(v.as_bytes()), "{v:?}");
             let mut loc = String::new();
             p.render(&mut loc, |s, o| o.push_str(s));
             self.0.push((loc, v.to_owned(), k));
@@ -685,7 +713,13 @@ mod tests {
         struct Up;
         impl JsonVisitor for Up {
             type Stop = ();
-            fn visit(&mut self, _: JsonPath<'_>, v: &str, k: bool) -> Result<Option<String>, ()> {
+            fn visit(
+                &mut self,
+                _: JsonPath<'_>,
+                v: &str,
+                _: u32,
+                k: bool,
+            ) -> Result<Option<String>, ()> {
                 Ok((!k).then(|| serde_json::to_string(&v.to_uppercase()).unwrap()))
             }
         }

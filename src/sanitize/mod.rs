@@ -118,7 +118,8 @@ pub use policy::{
     Action, ContentPolicy, Field, FieldRule, Limits, RoutePolicy, SanitizeMode, parse_kind,
 };
 
-use inputs::{candidate, push_segment};
+use detect::classes;
+use inputs::{candidate, candidate_classified, push_segment};
 use json::{JsonPath, JsonVisitor};
 use policy::{Exempt, FieldName, Source};
 
@@ -534,6 +535,19 @@ impl<'a> Inspector<'a> {
         is_key: bool,
         can_clean: bool,
     ) -> Result<Option<String>, Deny> {
+        self.check_classified(loc, value, classes(value.as_bytes()), is_key, can_clean)
+    }
+
+    /// [`check`](Self::check) of a value whose byte classes are known (`mask`:
+    /// `classes(value)`, computed by the JSON scan).
+    fn check_classified(
+        &mut self,
+        loc: Loc<'_>,
+        value: &str,
+        mask: u32,
+        is_key: bool,
+        can_clean: bool,
+    ) -> Result<Option<String>, Deny> {
         let d = &self.shared.detectors;
         let operator = is_key
             && match loc {
@@ -546,8 +560,8 @@ impl<'a> Inspector<'a> {
                 kind: Kind::Nosql,
                 rule: "nosql.operator_key",
             })
-        } else if candidate(value) {
-            d.inspect(value)
+        } else if candidate_classified(value, mask) {
+            d.inspect_known(value, mask)
         } else {
             None
         };
@@ -770,16 +784,20 @@ impl JsonVisitor for JsonInspector<'_, '_> {
         &mut self,
         path: JsonPath<'_>,
         value: &str,
+        mask: u32,
         is_key: bool,
     ) -> Result<Option<String>, Deny> {
-        let cleaned = self.ins.check(Loc::Json(path), value, is_key, true)?;
+        let cleaned = self
+            .ins
+            .check_classified(Loc::Json(path), value, mask, is_key, true)?;
         Ok(cleaned.map(|c| serde_json::to_string(&c).unwrap_or_else(|_| "\"\"".into())))
     }
 
     /// Without field rules, a string the pre-filter passes has nothing to check (and a key
     /// starting with `$`, a NoSQL operator, is never plain).
-    fn skip(&self, value: &str) -> bool {
-        !self.ins.has_rules && !candidate(value)
+    #[inline]
+    fn skip(&self, value: &str, mask: u32) -> bool {
+        !self.ins.has_rules && !candidate_classified(value, mask)
     }
 }
 

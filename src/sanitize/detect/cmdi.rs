@@ -312,49 +312,128 @@ const PIPELINE_BENIGN: &[&str] = &[
     "npm", "pip", "sed", "sort", "tail", "tee", "tr", "uniq", "wc", "xargs",
 ];
 
-/// Lookup in one of the sorted command lists.
-fn in_list(list: &[&str], w: &str) -> bool {
-    list.binary_search(&w).is_ok()
+/// One of the sorted command lists, with its words of at most 8 bytes packed into
+/// integers (sorted) so a lookup compares integers.
+struct Commands {
+    words: &'static [&'static str],
+    packed: &'static [u64],
 }
 
-/// `in_list` of the lowercase form of an ASCII word, lowercased on the stack.
-fn in_list_lower(list: &[&str], w: &[u8]) -> bool {
-    let mut buf = [0u8; 32];
-    if w.len() > buf.len() {
-        let l = w.to_ascii_lowercase();
-        return in_list(list, std::str::from_utf8(&l).unwrap_or(""));
+/// Little-endian packing of a word of at most 8 bytes (zero padded).
+const fn pack(w: &[u8]) -> u64 {
+    let mut v = 0u64;
+    let mut i = 0;
+    while i < w.len() {
+        v |= (w[i] as u64) << (8 * i);
+        i += 1;
     }
-    let l = &mut buf[..w.len()];
-    l.copy_from_slice(w);
-    l.make_ascii_lowercase();
-    in_list(list, std::str::from_utf8(l).unwrap_or(""))
+    v
 }
 
-fn candidate(s: &str) -> bool {
-    s.bytes()
-        .any(|c| matches!(c, b';' | b'|' | b'&' | b'`' | b'$' | b'\n' | b'\r' | b'('))
+/// The packed words of a list (at most 8 bytes; the others as `u64::MAX`), sorted.
+const fn packed_sorted<const N: usize>(list: &[&str]) -> [u64; N] {
+    let mut t = [u64::MAX; N];
+    let mut i = 0;
+    while i < N {
+        let w = list[i].as_bytes();
+        if w.len() <= 8 {
+            t[i] = pack(w);
+        }
+        i += 1;
+    }
+    // insertion sort (compile time)
+    let mut i = 1;
+    while i < N {
+        let mut j = i;
+        while j > 0 && t[j - 1] > t[j] {
+            let x = t[j];
+            t[j] = t[j - 1];
+            t[j - 1] = x;
+            j -= 1;
+        }
+        i += 1;
+    }
+    t
 }
 
-pub(crate) fn detect(s: &str) -> Option<&'static str> {
-    if !candidate(s) {
+static STRONG_P: [u64; STRONG.len()] = packed_sorted(STRONG);
+static WINDOWS_P: [u64; WINDOWS.len()] = packed_sorted(WINDOWS);
+static WEAK_P: [u64; WEAK.len()] = packed_sorted(WEAK);
+static PIPELINE_BENIGN_P: [u64; PIPELINE_BENIGN.len()] = packed_sorted(PIPELINE_BENIGN);
+
+const STRONG_SET: Commands = Commands {
+    words: STRONG,
+    packed: &STRONG_P,
+};
+const WINDOWS_SET: Commands = Commands {
+    words: WINDOWS,
+    packed: &WINDOWS_P,
+};
+const WEAK_SET: Commands = Commands {
+    words: WEAK,
+    packed: &WEAK_P,
+};
+const PIPELINE_BENIGN_SET: Commands = Commands {
+    words: PIPELINE_BENIGN,
+    packed: &PIPELINE_BENIGN_P,
+};
+
+impl Commands {
+    /// Whether `w` is in the list.
+    fn contains(&self, w: &[u8]) -> bool {
+        // no listed word has a NUL byte (which would pack like a shorter word)
+        if w.len() <= 8 && !w.contains(&0) {
+            return self.packed.binary_search(&pack(w)).is_ok();
+        }
+        std::str::from_utf8(w).is_ok_and(|w| self.words.binary_search(&w).is_ok())
+    }
+
+    /// `contains` of the lowercase form of an ASCII word, lowercased on the stack.
+    fn contains_lower(&self, w: &[u8]) -> bool {
+        let mut buf = [0u8; 32];
+        if w.len() > buf.len() {
+            return self.contains(&w.to_ascii_lowercase());
+        }
+        let l = &mut buf[..w.len()];
+        l.copy_from_slice(w);
+        l.make_ascii_lowercase();
+        self.contains(l)
+    }
+}
+
+/// Detects command injection in `s`, whose byte classes are `mask`. Needs a shell control
+/// byte (`; | & ` $ ( \n \r`, [`super::B_SHELL`]).
+pub(crate) fn detect_in(s: &str, mask: u32) -> Option<&'static str> {
+    if mask & super::B_SHELL == 0 {
         return None;
     }
     let b = s.as_bytes();
     let n = b.len();
     // Shellshock: `() {` function definition prefix.
-    if let Some(p) = super::find_bytes(b, b"() {") {
+    if mask & super::B_LPAREN != 0
+        && let Some(p) = super::find_bytes(b, b"() {")
+    {
         let body = &b[p + 4..];
         let semi = body.iter().take(6).position(|c| *c == b';');
         if semi.is_some_and(|k| body[k + 1..].iter().take(3).any(|c| *c == b'}')) {
             return Some("cmdi.shellshock");
         }
     }
-    if let Some(r) = glob_path(b) {
+    if mask & super::B_SLASH != 0
+        && let Some(r) = glob_path(b)
+    {
         return Some(r);
     }
     let mut budget = 64;
     let mut i = 0;
     while i < n {
+        // skip the bytes that cannot start an operator
+        while i < n && !OP_START[b[i] as usize] {
+            i += 1;
+        }
+        if i >= n {
+            break;
+        }
         let c = b[i];
         let (kind, after) = match c {
             b';' => (Op::Seq, i + 1),
@@ -400,6 +479,18 @@ pub(crate) fn detect(s: &str) -> Option<&'static str> {
     None
 }
 
+/// Bytes the operator scan stops at (every arm of its `match` but the default).
+static OP_START: [bool; 256] = {
+    let mut t = [false; 256];
+    let ops = b";\n\r|&<`${(";
+    let mut i = 0;
+    while i < ops.len() {
+        t[ops[i] as usize] = true;
+        i += 1;
+    }
+    t
+};
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Op {
     Seq,
@@ -413,8 +504,47 @@ enum Op {
     Group,
 }
 
+/// A shell word after quote removal, on the stack (`shell_word` stops adding at 64 bytes;
+/// one step adds at most 23).
+struct Word {
+    buf: [u8; 96],
+    len: usize,
+}
+
+impl Word {
+    fn new() -> Self {
+        Word {
+            buf: [0; 96],
+            len: 0,
+        }
+    }
+    fn clear(&mut self) {
+        self.len = 0;
+    }
+    fn len(&self) -> usize {
+        self.len
+    }
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    fn push(&mut self, c: u8) {
+        if self.len < self.buf.len() {
+            self.buf[self.len] = c;
+            self.len += 1;
+        }
+    }
+    fn extend_from_slice(&mut self, s: &[u8]) {
+        let k = s.len().min(self.buf.len() - self.len);
+        self.buf[self.len..self.len + k].copy_from_slice(&s[..k]);
+        self.len += k;
+    }
+    fn as_slice(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
 /// Reads one shell word starting at `i` with quote removal; returns (word, end).
-fn shell_word(b: &[u8], mut i: usize, out: &mut Vec<u8>) -> usize {
+fn shell_word(b: &[u8], mut i: usize, out: &mut Word) -> usize {
     let n = b.len();
     out.clear();
     while i < n && out.len() < 64 {
@@ -430,7 +560,7 @@ fn shell_word(b: &[u8], mut i: usize, out: &mut Vec<u8>) -> usize {
             b'\'' | b'"' => {
                 // quote removal only when the quote is inside a word (c'a't) or wraps a word
                 let q = c;
-                match memchr::memchr(q, &b[i + 1..]) {
+                match super::find_byte(q, &b[i + 1..]) {
                     Some(p)
                         if p < 24
                             && !b[i + 1..i + 1 + p]
@@ -506,15 +636,16 @@ fn command_after(b: &[u8], op_at: usize, after: usize, op: Op) -> Option<&'stati
     {
         return Some("cmdi.command_chain"); // $0 -c …
     }
-    let mut word = Vec::new();
-    let end = shell_word(b, start, &mut word);
-    if word.is_empty() {
+    let mut wbuf = Word::new();
+    let end = shell_word(b, start, &mut wbuf);
+    if wbuf.is_empty() {
         return None;
     }
+    let word = wbuf.as_slice();
     // Absolute program path: /usr/bin/id, /bin/sh, c:\windows\system32\cmd.exe
     let base: &[u8] = match word.iter().rposition(|c| *c == b'/') {
         Some(p) if word[0] == b'/' => &word[p + 1..],
-        _ => &word,
+        _ => word,
     };
     let path_prog = word[0] == b'/'
         && word.len() > 1
@@ -523,12 +654,11 @@ fn command_after(b: &[u8], op_at: usize, after: usize, op: Op) -> Option<&'stati
             || word.starts_with(b"/sbin/")
             || word.starts_with(b"/tmp/")
             || word.starts_with(b"/dev/"));
-    let base = std::str::from_utf8(base).unwrap_or("");
     // Unix commands are lowercase; only Windows commands may be written in capitals.
-    if b[start..end].iter().any(|c| c.is_ascii_uppercase()) && !in_list(WINDOWS, base) {
+    if b[start..end].iter().any(|c| c.is_ascii_uppercase()) && !WINDOWS_SET.contains(base) {
         return None;
     }
-    let known = in_list(STRONG, base);
+    let known = STRONG_SET.contains(base);
     if !known && !path_prog {
         return None;
     }
@@ -577,8 +707,8 @@ fn command_after(b: &[u8], op_at: usize, after: usize, op: Op) -> Option<&'stati
             && (starts_with_ci(&b[end..], b"${ifs}") || starts_with_ci(&b[end..], b"$ifs")))
         || (next.map(|c| c.is_ascii_alphabetic()).unwrap_or(false)
             && (rest.starts_with(b"c:") || rest.get(1) == Some(&b':')));
-    let weak = in_list(WEAK, base);
-    let benign_pipeline = in_list(PIPELINE_BENIGN, base);
+    let weak = WEAK_SET.contains(base);
+    let benign_pipeline = PIPELINE_BENIGN_SET.contains(base);
     // What precedes the operator: a value that was "closed" by a quote/paren, or data.
     let before = &b[..op_at];
     let prefix_is_command = first_word_is_command(before);
@@ -696,14 +826,14 @@ fn is_command_entity(b: &[u8]) -> bool {
         .iter()
         .take_while(|c| c.is_ascii_alphanumeric())
         .count();
-    in_list_lower(STRONG, &b[1..1 + k])
+    STRONG_SET.contains_lower(&b[1..1 + k])
 }
 
 /// `/???/??t /???/p??s??`: path segments made only of glob wildcards resolve to programs.
 fn glob_path(b: &[u8]) -> Option<&'static str> {
     let n = b.len();
     let mut i = 0;
-    while let Some(p) = memchr::memchr(b'/', &b[i..]) {
+    while let Some(p) = super::find_byte(b'/', &b[i..]) {
         let s = i + p;
         let mut j = s + 1;
         while j < n && matches!(b[j], b'?' | b'*') {
@@ -736,5 +866,41 @@ fn first_word_is_command(before: &[u8]) -> bool {
     if wl == 0 || wl >= trimmed.len() || trimmed[wl] != b' ' {
         return false;
     }
-    in_list_lower(STRONG, &trimmed[..wl])
+    STRONG_SET.contains_lower(&trimmed[..wl])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packed_command_lists_agree_with_the_lists() {
+        for (set, list) in [
+            (&STRONG_SET, STRONG),
+            (&WINDOWS_SET, WINDOWS),
+            (&WEAK_SET, WEAK),
+            (&PIPELINE_BENIGN_SET, PIPELINE_BENIGN),
+        ] {
+            assert!(
+                list.windows(2).all(|w| w[0] < w[1]),
+                "sorted, no duplicates"
+            );
+            for w in list {
+                assert!(set.contains(w.as_bytes()), "{w}");
+                assert!(set.contains_lower(w.to_ascii_uppercase().as_bytes()), "{w}");
+                let mut nul = w.as_bytes().to_vec();
+                nul.push(0);
+                assert!(!set.contains(&nul), "{w}");
+            }
+            for s in super::super::test_samples(5000) {
+                for w in s.split(' ') {
+                    assert_eq!(
+                        set.contains(w.as_bytes()),
+                        list.binary_search(&w).is_ok(),
+                        "{w:?}"
+                    );
+                }
+            }
+        }
+    }
 }

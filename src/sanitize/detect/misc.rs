@@ -6,9 +6,9 @@ pub(crate) fn is_space(c: u8) -> bool {
 
 /// CR or LF followed by something shaped like a header field (`Name: value`) or a status
 /// line (`HTTP/1.1 200`).
-pub(crate) fn detect_crlf(s: &str) -> Option<&'static str> {
+pub(crate) fn detect_crlf(s: &str, mask: u32) -> Option<&'static str> {
     let b = s.as_bytes();
-    if !b.iter().any(|c| *c == b'\r' || *c == b'\n') {
+    if mask & super::B_CRLF == 0 {
         return None;
     }
     let n = b.len();
@@ -56,9 +56,9 @@ pub(crate) fn detect_crlf(s: &str) -> Option<&'static str> {
 /// compute (`{{7*7}}`, `${7*7}`, `<%= … %>`, `#{…}`, `*{…}`) or reach into objects
 /// (`{{config.__class__}}`, `${T(java.lang.Runtime)}`). Plain placeholders (`{{ name }}`,
 /// `${HOME}`) pass.
-pub(crate) fn detect_template(s: &str) -> Option<&'static str> {
+pub(crate) fn detect_template(s: &str, mask: u32) -> Option<&'static str> {
     let b = s.as_bytes();
-    if !b.iter().any(|c| matches!(c, b'{' | b'%')) {
+    if mask & (super::B_LBRACE | super::B_PCT) == 0 {
         return None;
     }
     // JNDI: collapse lookups and look for "jndi:" inside a ${ … }.
@@ -224,9 +224,11 @@ fn template_body_active(body: &[u8], code_block: bool) -> bool {
 }
 
 /// NoSQL operator injection inside a value: `{"$ne": 1}`, `[$where]=…`, `$gt`.
-pub(crate) fn detect_nosql(s: &str) -> Option<&'static str> {
+pub(crate) fn detect_nosql(s: &str, mask: u32) -> Option<&'static str> {
     let b = s.as_bytes();
-    memchr::memchr(b'$', b)?;
+    if mask & super::B_DOLLAR == 0 {
+        return None;
+    }
     const OPS: &[&[u8]] = &[
         b"ne",
         b"eq",

@@ -12,17 +12,31 @@ const PERCENT_PASSES: usize = 3;
 const ENTITY_PASSES: usize = 2;
 
 /// Whether the value needs any normalization work at all (fast path for plain ASCII text).
+#[cfg(test)]
 fn needs_work(s: &str) -> bool {
     s.bytes()
         .any(|b| b == b'%' || b == b'&' || b >= 0x80 || (b < 0x20 && b != b'\t') || b == 0x7f)
 }
 
 /// Normalizes one value. Returns the input unchanged (borrowed) when nothing applies.
+#[cfg(test)]
 pub(crate) fn normalize(input: &str) -> Cow<'_, str> {
     if !needs_work(input) {
         return Cow::Borrowed(input);
     }
-    let mut s: Cow<'_, str> = match percent_decode_pass(input.as_bytes()) {
+    normalize_hinted(input, super::classes(input.as_bytes()))
+}
+
+/// [`normalize`] of a value whose byte classes (`mask`, [`super::classes`]) are known:
+/// the steps whose trigger byte is absent are skipped (the result is the same).
+pub(crate) fn normalize_hinted(input: &str, mask: u32) -> Cow<'_, str> {
+    use super::{B_AMP, B_CTRL, B_DROPLEAD, B_HIGH, B_PCT};
+    let first = if mask & B_PCT != 0 {
+        percent_decode_pass(input.as_bytes())
+    } else {
+        None
+    };
+    let mut s: Cow<'_, str> = match first {
         None => Cow::Borrowed(input),
         Some(mut bytes) => {
             for _ in 1..PERCENT_PASSES {
@@ -34,20 +48,30 @@ pub(crate) fn normalize(input: &str) -> Cow<'_, str> {
             Cow::Owned(bytes_to_string(&bytes))
         }
     };
-    for _ in 0..ENTITY_PASSES {
-        match entity_decode_pass(&s) {
-            Some(next) => s = Cow::Owned(next),
-            None => break,
+    // once decoding changed the value, the classes of the input say nothing about it
+    let mut changed = matches!(s, Cow::Owned(_));
+    if changed || mask & B_AMP != 0 {
+        for _ in 0..ENTITY_PASSES {
+            match entity_decode_pass(&s) {
+                Some(next) => {
+                    s = Cow::Owned(next);
+                    changed = true;
+                }
+                None => break,
+            }
         }
     }
-    if !s.is_ascii()
+    if (changed || mask & B_HIGH != 0)
+        && !s.is_ascii()
         && unicode_normalization::is_nfkc_quick(s.chars())
             != unicode_normalization::IsNormalized::Yes
     {
         s = Cow::Owned(s.nfkc().collect());
+        changed = true;
     }
     // Drop NUL and invisible control / format characters; keep \t, \n, \r (they matter to
-    // CRLF and command injection detection).
+    // CRLF and command injection detection). Their bytes: an ASCII control or one of the
+    // lead bytes of the invisible characters.
     let drop = |c: char| {
         matches!(c, '\0'..='\x08' | '\x0b' | '\x0c' | '\x0e'..='\x1f' | '\x7f')
             || matches!(
@@ -55,7 +79,7 @@ pub(crate) fn normalize(input: &str) -> Cow<'_, str> {
                 '\u{200b}'..='\u{200f}' | '\u{2060}'..='\u{2064}' | '\u{feff}' | '\u{ad}'
             )
     };
-    if !s.chars().any(drop) {
+    if !(changed || mask & (B_CTRL | B_DROPLEAD) != 0) || !s.chars().any(drop) {
         return s;
     }
     let mut s = s.into_owned();
@@ -74,7 +98,7 @@ fn hex_val(b: u8) -> Option<u8> {
 
 /// One percent-decoding pass (`%XX` and `%uXXXX`); `None` when nothing was decoded.
 fn percent_decode_pass(input: &[u8]) -> Option<Vec<u8>> {
-    memchr::memchr(b'%', input)?;
+    super::find_byte(b'%', input)?;
     let mut out = Vec::with_capacity(input.len());
     let mut changed = false;
     let mut i = 0;
@@ -242,7 +266,8 @@ fn entity_decode_pass(s: &str) -> Option<String> {
         return None;
     }
     let b = s.as_bytes();
-    let mut out = String::with_capacity(s.len());
+    // allocated at the first reference decoded
+    let mut out = String::new();
     let mut changed = false;
     let mut last = 0;
     let mut i = 0;
@@ -306,6 +331,9 @@ fn entity_decode_pass(s: &str) -> Option<String> {
             }
         }
         if let Some((c, j)) = decoded {
+            if !changed {
+                out.reserve(s.len());
+            }
             out.push_str(&s[last..i]);
             out.push(c);
             last = j;
@@ -324,7 +352,61 @@ fn entity_decode_pass(s: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::normalize;
+    use super::*;
+
+    /// Normalization with every step tried (no byte-class hints).
+    fn reference(input: &str) -> Cow<'_, str> {
+        if !needs_work(input) {
+            return Cow::Borrowed(input);
+        }
+        let mut s: Cow<'_, str> = match percent_decode_pass(input.as_bytes()) {
+            None => Cow::Borrowed(input),
+            Some(mut bytes) => {
+                for _ in 1..PERCENT_PASSES {
+                    match percent_decode_pass(&bytes) {
+                        Some(next) => bytes = next,
+                        None => break,
+                    }
+                }
+                Cow::Owned(bytes_to_string(&bytes))
+            }
+        };
+        for _ in 0..ENTITY_PASSES {
+            match entity_decode_pass(&s) {
+                Some(next) => s = Cow::Owned(next),
+                None => break,
+            }
+        }
+        if !s.is_ascii()
+            && unicode_normalization::is_nfkc_quick(s.chars())
+                != unicode_normalization::IsNormalized::Yes
+        {
+            s = Cow::Owned(s.nfkc().collect());
+        }
+        let drop = |c: char| {
+            matches!(c, '\0'..='\x08' | '\x0b' | '\x0c' | '\x0e'..='\x1f' | '\x7f')
+                || matches!(
+                    c,
+                    '\u{200b}'..='\u{200f}' | '\u{2060}'..='\u{2064}' | '\u{feff}' | '\u{ad}'
+                )
+        };
+        if !s.chars().any(drop) {
+            return s;
+        }
+        let mut s = s.into_owned();
+        s.retain(|c| !drop(c));
+        Cow::Owned(s)
+    }
+
+    #[test]
+    fn hinted_steps_agree_with_every_step() {
+        for s in super::super::test_samples(20_000) {
+            let r = reference(&s);
+            let h = normalize_hinted(&s, super::super::classes(s.as_bytes()));
+            assert_eq!(h, r, "{s:?}");
+            assert_eq!(matches!(h, Cow::Borrowed(_)), matches!(r, Cow::Borrowed(_)));
+        }
+    }
 
     #[test]
     fn decodes_layers() {

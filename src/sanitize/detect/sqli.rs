@@ -114,6 +114,17 @@ const fn pack(w: &str) -> u64 {
     v
 }
 
+/// [`pack`] of a byte string of at most 8 bytes.
+const fn pack_bytes(b: &[u8]) -> u64 {
+    let mut v = 0u64;
+    let mut i = 0;
+    while i < b.len() && i < 8 {
+        v |= (b[i] as u64) << (8 * i);
+        i += 1;
+    }
+    v
+}
+
 const KW_SELECT: u64 = pack("select");
 const KW_UNION: u64 = pack("union");
 const KW_ALL: u64 = pack("all");
@@ -181,60 +192,63 @@ const KW_GLOB: u64 = pack("glob");
 fn keyword(w: &str) -> Option<T> {
     // `w` is lowercase ASCII. Words of up to 8 bytes are matched as one integer.
     if w.len() <= 8 {
-        let mut buf = [0u8; 8];
-        buf[..w.len()].copy_from_slice(w.as_bytes());
-        return match u64::from_le_bytes(buf) {
-            KW_SELECT => Some(T::Kw(K::Select)),
-            KW_UNION => Some(T::Kw(K::Union)),
-            KW_ALL | KW_DISTINCT => Some(T::Kw(K::All)),
-            KW_FROM => Some(T::Kw(K::From)),
-            KW_WHERE => Some(T::Kw(K::Where)),
-            KW_INSERT => Some(T::Kw(K::Insert)),
-            KW_INTO => Some(T::Kw(K::Into)),
-            KW_UPDATE => Some(T::Kw(K::Update)),
-            KW_SET => Some(T::Kw(K::Set)),
-            KW_DELETE => Some(T::Kw(K::Delete)),
-            KW_DROP => Some(T::Kw(K::Drop)),
-            KW_TABLE | KW_DATABASE | KW_SCHEMA | KW_USER | KW_VIEW => Some(T::Kw(K::Table)),
-            KW_EXEC | KW_EXECUTE | KW_CALL => Some(T::Kw(K::Exec)),
-            KW_DECLARE => Some(T::Kw(K::Declare)),
-            KW_WAITFOR => Some(T::Kw(K::Waitfor)),
-            KW_DELAY | KW_TIME => Some(T::Kw(K::Delay)),
-            KW_ORDER => Some(T::Kw(K::Order)),
-            KW_GROUP => Some(T::Kw(K::Group)),
-            KW_BY => Some(T::Kw(K::By)),
-            KW_HAVING => Some(T::Kw(K::Having)),
-            KW_LIMIT | KW_OFFSET => Some(T::Kw(K::Limit)),
-            KW_CASE => Some(T::Kw(K::Case)),
-            KW_WHEN => Some(T::Kw(K::When)),
-            KW_THEN => Some(T::Kw(K::Then)),
-            KW_ELSE => Some(T::Kw(K::Else)),
-            KW_END => Some(T::Kw(K::End)),
-            KW_NULL => Some(T::Kw(K::Null)),
-            KW_AS => Some(T::Kw(K::As)),
-            KW_IN => Some(T::Kw(K::In)),
-            KW_IS => Some(T::Kw(K::Is)),
-            KW_BETWEEN => Some(T::Kw(K::Between)),
-            KW_BEGIN => Some(T::Kw(K::Begin)),
-            KW_SHUTDOWN => Some(T::Kw(K::Shutdown)),
-            KW_CREATE => Some(T::Kw(K::Create)),
-            KW_ALTER => Some(T::Kw(K::Alter)),
-            KW_TRUNCATE => Some(T::Kw(K::Truncate)),
-            KW_IF => Some(T::Kw(K::If)),
-            KW_TRUE | KW_FALSE => Some(T::Kw(K::True)),
-            KW_TOP => Some(T::Kw(K::Top)),
-            KW_VALUES => Some(T::Kw(K::Values)),
-            KW_EXISTS => Some(T::Kw(K::Exists)),
-            KW_OUTFILE | KW_DUMPFILE => Some(T::Kw(K::Outfile)),
-            KW_AND | KW_OR | KW_XOR | KW_NOT | KW_DIV => Some(T::Logic),
-            KW_LIKE | KW_RLIKE | KW_REGEXP | KW_SOUNDS | KW_GLOB => Some(T::Cmp),
-            _ => None,
-        };
+        return keyword_packed(pack_bytes(w.as_bytes()));
     }
     match w {
         "procedure_" => Some(T::Kw(K::Table)),
         "xp_cmdshell" | "sp_executesql" => Some(T::Kw(K::Exec)),
         "procedure" => Some(T::Kw(K::Procedure)),
+        _ => None,
+    }
+}
+
+/// [`keyword`] of a word of at most 8 bytes, lowercase and packed ([`pack`]).
+fn keyword_packed(packed: u64) -> Option<T> {
+    match packed {
+        KW_SELECT => Some(T::Kw(K::Select)),
+        KW_UNION => Some(T::Kw(K::Union)),
+        KW_ALL | KW_DISTINCT => Some(T::Kw(K::All)),
+        KW_FROM => Some(T::Kw(K::From)),
+        KW_WHERE => Some(T::Kw(K::Where)),
+        KW_INSERT => Some(T::Kw(K::Insert)),
+        KW_INTO => Some(T::Kw(K::Into)),
+        KW_UPDATE => Some(T::Kw(K::Update)),
+        KW_SET => Some(T::Kw(K::Set)),
+        KW_DELETE => Some(T::Kw(K::Delete)),
+        KW_DROP => Some(T::Kw(K::Drop)),
+        KW_TABLE | KW_DATABASE | KW_SCHEMA | KW_USER | KW_VIEW => Some(T::Kw(K::Table)),
+        KW_EXEC | KW_EXECUTE | KW_CALL => Some(T::Kw(K::Exec)),
+        KW_DECLARE => Some(T::Kw(K::Declare)),
+        KW_WAITFOR => Some(T::Kw(K::Waitfor)),
+        KW_DELAY | KW_TIME => Some(T::Kw(K::Delay)),
+        KW_ORDER => Some(T::Kw(K::Order)),
+        KW_GROUP => Some(T::Kw(K::Group)),
+        KW_BY => Some(T::Kw(K::By)),
+        KW_HAVING => Some(T::Kw(K::Having)),
+        KW_LIMIT | KW_OFFSET => Some(T::Kw(K::Limit)),
+        KW_CASE => Some(T::Kw(K::Case)),
+        KW_WHEN => Some(T::Kw(K::When)),
+        KW_THEN => Some(T::Kw(K::Then)),
+        KW_ELSE => Some(T::Kw(K::Else)),
+        KW_END => Some(T::Kw(K::End)),
+        KW_NULL => Some(T::Kw(K::Null)),
+        KW_AS => Some(T::Kw(K::As)),
+        KW_IN => Some(T::Kw(K::In)),
+        KW_IS => Some(T::Kw(K::Is)),
+        KW_BETWEEN => Some(T::Kw(K::Between)),
+        KW_BEGIN => Some(T::Kw(K::Begin)),
+        KW_SHUTDOWN => Some(T::Kw(K::Shutdown)),
+        KW_CREATE => Some(T::Kw(K::Create)),
+        KW_ALTER => Some(T::Kw(K::Alter)),
+        KW_TRUNCATE => Some(T::Kw(K::Truncate)),
+        KW_IF => Some(T::Kw(K::If)),
+        KW_TRUE | KW_FALSE => Some(T::Kw(K::True)),
+        KW_TOP => Some(T::Kw(K::Top)),
+        KW_VALUES => Some(T::Kw(K::Values)),
+        KW_EXISTS => Some(T::Kw(K::Exists)),
+        KW_OUTFILE | KW_DUMPFILE => Some(T::Kw(K::Outfile)),
+        KW_AND | KW_OR | KW_XOR | KW_NOT | KW_DIV => Some(T::Logic),
+        KW_LIKE | KW_RLIKE | KW_REGEXP | KW_SOUNDS | KW_GLOB => Some(T::Cmp),
         _ => None,
     }
 }
@@ -303,7 +317,7 @@ fn tokenize(s: &str, quote: Option<u8>, toks: &mut Vec<Tok>, lower: &mut String)
             b'\'' | b'"' | b'`' => {
                 if c == b'`' {
                     // MySQL quoted identifier
-                    match memchr::memchr(b'`', &b[i + 1..]) {
+                    match super::find_byte(b'`', &b[i + 1..]) {
                         Some(p) => {
                             i = i + 1 + p + 1;
                             toks.push(Tok {
@@ -378,7 +392,7 @@ fn tokenize(s: &str, quote: Option<u8>, toks: &mut Vec<Tok>, lower: &mut String)
                 }
             }
             b'-' if i + 1 < n && b[i + 1] == b'-' => {
-                i = memchr::memchr(b'\n', &b[i..]).map(|p| i + p).unwrap_or(n);
+                i = super::find_byte(b'\n', &b[i..]).map(|p| i + p).unwrap_or(n);
                 toks.push(Tok {
                     t: T::Comment,
                     start,
@@ -386,7 +400,7 @@ fn tokenize(s: &str, quote: Option<u8>, toks: &mut Vec<Tok>, lower: &mut String)
                 });
             }
             b'#' => {
-                i = memchr::memchr(b'\n', &b[i..]).map(|p| i + p).unwrap_or(n);
+                i = super::find_byte(b'\n', &b[i..]).map(|p| i + p).unwrap_or(n);
                 toks.push(Tok {
                     t: T::Comment,
                     start,
@@ -497,26 +511,44 @@ fn tokenize(s: &str, quote: Option<u8>, toks: &mut Vec<Tok>, lower: &mut String)
                 });
             }
             _ if is_word_byte(c) => {
-                while i < n && (is_word_byte(b[i]) || b[i] == b'.' || b[i] == b'$') {
+                i += 1;
+                while i < n && WORD_CHAR[b[i] as usize] {
                     i += 1;
                 }
                 // trailing dots are punctuation, not part of the word
-                while i > start + 1 && b[i - 1] == b'.' {
+                while b[i - 1] == b'.' {
                     i -= 1;
                 }
-                lower.clear();
-                lower.push_str(&s[start..i]);
-                lower.make_ascii_lowercase();
-                let kw = keyword(lower);
-                if kw.is_none()
-                    && let Some(k) = split_glued(lower)
-                {
-                    // `UNIONSELECT`, `OR4047`: keyword glued to the next token
-                    i = start + k;
-                    lower.truncate(k);
-                    let t = keyword(lower).unwrap_or(T::Word);
-                    toks.push(Tok { t, start, end: i });
-                    continue;
+                let len = i - start;
+                // the first 8 bytes, lowercase, packed
+                let packed = pack_lower(&b[start..], len);
+                // the lowercase word as a string, only when a rule needs its text
+                let mut filled = false;
+                let end = i;
+                let mut fill = |lower: &mut String| {
+                    if !filled {
+                        lower.clear();
+                        lower.push_str(&s[start..end]);
+                        lower.make_ascii_lowercase();
+                        filled = true;
+                    }
+                };
+                let kw = if len <= 8 {
+                    keyword_packed(packed)
+                } else {
+                    fill(lower);
+                    keyword(lower)
+                };
+                if kw.is_none() && may_be_glued(packed, len) {
+                    fill(lower);
+                    if let Some(k) = split_glued(lower) {
+                        // `UNIONSELECT`, `OR4047`: keyword glued to the next token
+                        i = start + k;
+                        lower.truncate(k);
+                        let t = keyword(lower).unwrap_or(T::Word);
+                        toks.push(Tok { t, start, end: i });
+                        continue;
+                    }
                 }
                 // function call? (allow whitespace / comments before the paren)
                 let mut j = i;
@@ -538,7 +570,10 @@ fn tokenize(s: &str, quote: Option<u8>, toks: &mut Vec<Tok>, lower: &mut String)
                         {
                             T::Kw(k)
                         }
-                        _ => T::Func(function_class(lower)),
+                        _ => {
+                            fill(lower);
+                            T::Func(function_class(lower))
+                        }
                     }
                 } else {
                     kw.unwrap_or(T::Word)
@@ -563,7 +598,7 @@ fn tokenize(s: &str, quote: Option<u8>, toks: &mut Vec<Tok>, lower: &mut String)
 }
 
 /// Keywords that sqlmap-style "space removal" glues to what follows.
-const GLUE: &[&str] = &[
+const GLUE: [&str; 15] = [
     "select", "union", "where", "having", "when", "then", "else", "case", "from", "null", "all",
     "like", "and", "xor", "or",
 ];
@@ -611,7 +646,7 @@ fn split_glued(w: &str) -> Option<usize> {
         return None;
     }
     let first = w.as_bytes()[0];
-    for k in GLUE {
+    for k in &GLUE {
         if w.len() > k.len() && k.as_bytes()[0] == first && w.starts_with(k) {
             let rest = &w[k.len()..];
             if rest.as_bytes()[0].is_ascii_digit() && rest.bytes().all(|c| c.is_ascii_digit()) {
@@ -629,18 +664,86 @@ fn is_word_byte(c: u8) -> bool {
     c.is_ascii_alphanumeric() || c == b'_' || c >= 0x80
 }
 
+/// The first `len.min(8)` bytes of `b`, ASCII-lowercased and packed like [`pack`].
+#[inline]
+fn pack_lower(b: &[u8], len: usize) -> u64 {
+    let x = if b.len() >= 8 {
+        u64::from_le_bytes(b[..8].try_into().expect("8 bytes"))
+    } else {
+        b.iter().rev().fold(0u64, |v, &c| v << 8 | c as u64)
+    } & low_bytes(len);
+    // SWAR to_ascii_lowercase: set 0x20 in the bytes 'A'..='Z'
+    const LO: u64 = 0x0101_0101_0101_0101;
+    let h = x & (0x7f * LO);
+    let ge_a = h + (0x80 - b'A' as u64) * LO;
+    let gt_z = h + (0x80 - b'Z' as u64 - 1) * LO;
+    let upper = ge_a & !gt_z & !x & (0x80 * LO);
+    x | (upper >> 2)
+}
+
+/// Bytes inside a word: word bytes, `.` and `$`.
+static WORD_CHAR: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let c = i as u8;
+        t[i] = c.is_ascii_alphanumeric() || c == b'_' || c >= 0x80 || c == b'.' || c == b'$';
+        i += 1;
+    }
+    t
+};
+
+/// A keyword of at most 8 bytes as (packed, byte mask, length), for prefix tests on
+/// packed words.
+type Packed = (u64, u64, usize);
+
+const fn packed_table<const N: usize>(words: &[&str; N]) -> [Packed; N] {
+    let mut t = [(0u64, 0u64, 0usize); N];
+    let mut i = 0;
+    while i < N {
+        let w = words[i].as_bytes();
+        let n = if w.len() > 8 { 8 } else { w.len() };
+        t[i] = (pack_bytes(w), low_bytes(n), w.len());
+        i += 1;
+    }
+    t
+}
+
+/// [`GLUE`], packed.
+static GLUE_PACKED: [Packed; 15] = packed_table(&GLUE);
+
+/// Whether [`split_glued`] can split a word (`len` bytes, first 8 lowercase in `packed`):
+/// some glue keyword is a proper prefix of it.
+#[inline]
+fn may_be_glued(packed: u64, len: usize) -> bool {
+    len >= 3
+        && GLUE_FIRST[(packed & 0xff) as usize]
+        && GLUE_PACKED
+            .iter()
+            .any(|&(k, m, kl)| len > kl && packed & m == k)
+}
+
+/// The first bytes of the glue keywords.
+static GLUE_FIRST: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < GLUE.len() {
+        t[GLUE[i].as_bytes()[0] as usize] = true;
+        i += 1;
+    }
+    t
+};
+
 fn find_quote_end(b: &[u8], from: usize, q: u8) -> Option<usize> {
     let mut i = from;
-    while i < b.len() {
-        if b[i] == q {
-            // doubled quote is an escaped quote
-            if i + 1 < b.len() && b[i + 1] == q {
-                i += 2;
-                continue;
-            }
-            return Some(i);
+    while let Some(p) = super::find_byte(q, b.get(i..)?) {
+        let k = i + p;
+        // doubled quote is an escaped quote
+        if k + 1 < b.len() && b[k + 1] == q {
+            i = k + 2;
+            continue;
         }
-        i += 1;
+        return Some(k);
     }
     None
 }
@@ -649,83 +752,98 @@ fn find_sub(h: &[u8], needle: &[u8]) -> Option<usize> {
     super::find_bytes(h, needle)
 }
 
-/// Cheap pre-check: can this value possibly be SQL injection?
+/// Clause keywords, one of which a value without SQL punctuation must contain (as a
+/// letter run, or as the start of a longer one: glued forms like `UNIONSELECT`).
+const CLAUSE: [&str; 18] = [
+    "union",
+    "select",
+    "order",
+    "group",
+    "having",
+    "limit",
+    "procedure",
+    "into",
+    "exec",
+    "execute",
+    "call",
+    "waitfor",
+    "declare",
+    "like",
+    "rlike",
+    "regexp",
+    "where",
+    "case",
+];
+
+/// [`CLAUSE`], packed (its first 8 bytes for `procedure`).
+static CLAUSE_PACKED: [Packed; 18] = packed_table(&CLAUSE);
+
+/// Byte mask of the first `n` (≤ 8) bytes of a packed word.
+const fn low_bytes(n: usize) -> u64 {
+    if n >= 8 {
+        u64::MAX
+    } else {
+        (1u64 << (8 * n)) - 1
+    }
+}
+
+/// Whether a letter run (`len` letters, the first 8 lowercased and packed in `packed`,
+/// the run itself in `w`) is a clause keyword or starts with one followed by more letters
+/// (longer than 9).
+fn clause_word(packed: u64, w: &[u8]) -> bool {
+    const PROCEDUR: u64 = pack("procedur");
+    let len = w.len();
+    let procedure = || packed == PROCEDUR && w[8] | 0x20 == b'e';
+    if len <= 8 {
+        return CLAUSE_PACKED
+            .iter()
+            .any(|&(k, _, kl)| kl == len && packed == k);
+    }
+    if len == 9 {
+        return procedure();
+    }
+    // glued keyword forms (UNIONSELECT, OR4047) start with a clause word too
+    procedure()
+        || CLAUSE_PACKED
+            .iter()
+            .any(|&(k, m, kl)| kl <= 8 && packed & m == k)
+}
+
+/// Cheap pre-check: can this value possibly be SQL injection? `mask`: its byte classes.
 /// Every rule needs a comparison, a call, a comment, a statement separator, a variable,
-/// a logic operator in symbols, or one of the clause keywords below.
-fn candidate(s: &str) -> bool {
-    let b = s.as_bytes();
-    if b.iter().any(|c| {
-        matches!(
-            c,
-            b'=' | b'<' | b'>' | b'(' | b';' | b'#' | b'@' | b'|' | b'!'
-        )
-    }) {
+/// a logic operator in symbols, or one of the clause keywords.
+fn candidate(s: &str, mask: u32) -> bool {
+    use super::{B_ALPHA, B_AMP, B_DASH, B_SLASH, B_SQLP, B_STAR};
+    if mask & B_SQLP != 0 {
         return true;
     }
-    if b.windows(2)
-        .any(|w| matches!(w, [b'-', b'-'] | [b'/', b'*'] | [b'&', b'&']))
+    let b = s.as_bytes();
+    if (mask & (B_DASH | B_AMP) != 0 || mask & (B_SLASH | B_STAR) == B_SLASH | B_STAR)
+        && b.windows(2)
+            .any(|w| matches!(w, [b'-', b'-'] | [b'/', b'*'] | [b'&', b'&']))
     {
         return true;
     }
-    const CLAUSE: &[&[u8]] = &[
-        b"union",
-        b"select",
-        b"order",
-        b"group",
-        b"having",
-        b"limit",
-        b"procedure",
-        b"into",
-        b"exec",
-        b"execute",
-        b"call",
-        b"waitfor",
-        b"declare",
-        b"like",
-        b"rlike",
-        b"regexp",
-        b"where",
-        b"case",
-    ];
+    if mask & B_ALPHA == 0 {
+        return false;
+    }
+    let n = b.len();
     let mut i = 0;
-    while i < b.len() {
-        if b[i].is_ascii_alphabetic() {
-            let st = i;
-            while i < b.len() && b[i].is_ascii_alphabetic() {
-                i += 1;
-            }
-            let w = &b[st..i];
-            // every clause keyword starts with one of these letters
-            if !matches!(
-                w[0] | 0x20,
-                b'c' | b'd'
-                    | b'e'
-                    | b'g'
-                    | b'h'
-                    | b'i'
-                    | b'l'
-                    | b'o'
-                    | b'p'
-                    | b'r'
-                    | b's'
-                    | b'u'
-                    | b'w'
-            ) {
-                continue;
-            }
-            if (4..=9).contains(&w.len()) && CLAUSE.iter().any(|k| k.eq_ignore_ascii_case(w)) {
-                return true;
-            }
-            // glued keyword forms (UNIONSELECT, OR4047) start with a clause word too
-            if w.len() > 9
-                && CLAUSE
-                    .iter()
-                    .any(|k| w.len() > k.len() && w[..k.len()].eq_ignore_ascii_case(k))
-            {
-                return true;
-            }
-        } else {
+    while i < n {
+        if !b[i].is_ascii_alphabetic() {
             i += 1;
+            continue;
+        }
+        let st = i;
+        let mut packed = 0u64;
+        while i < n && b[i].is_ascii_alphabetic() {
+            if i - st < 8 {
+                packed |= ((b[i] | 0x20) as u64) << (8 * (i - st));
+            }
+            i += 1;
+        }
+        if i - st >= 4 && clause_word(packed, &b[st..i]) {
+            return true;
         }
     }
     false
@@ -736,7 +854,7 @@ fn candidate(s: &str) -> bool {
 /// unterminated `/*` is kept (it truncates the rest of the query).
 fn strip_inline_comments(s: &str) -> std::borrow::Cow<'_, str> {
     let b = s.as_bytes();
-    if memchr::memchr(b'*', b).is_none() {
+    if super::find_byte(b'*', b).is_none() {
         return std::borrow::Cow::Borrowed(s);
     }
     let mut out: Vec<u8> = Vec::with_capacity(b.len());
@@ -794,19 +912,34 @@ fn strip_inline_comments(s: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(String::from_utf8_lossy(&out).into_owned())
 }
 
-/// Returns the rule id of the first matching rule.
+#[cfg(test)]
 pub(crate) fn detect(s: &str) -> Option<&'static str> {
-    if !candidate(s) {
+    detect_in(s, super::classes(s.as_bytes()))
+}
+
+/// Returns the rule id of the first matching rule. `mask`: the byte classes of `s`.
+pub(crate) fn detect_in(s: &str, mask: u32) -> Option<&'static str> {
+    if !candidate(s, mask) {
         return None;
     }
-    let stripped = strip_inline_comments(s);
+    let stripped = if mask & super::B_STAR != 0 {
+        strip_inline_comments(s)
+    } else {
+        std::borrow::Cow::Borrowed(s)
+    };
+    let quotes = mask & super::B_QUOTE != 0;
     // the token and word buffers are reused between calls on the same thread
     SCRATCH.with(|cell| match cell.try_borrow_mut() {
         Ok(mut sc) => {
             let (toks, lower) = &mut *sc;
-            detect_tokens(&stripped, toks, lower)
+            detect_tokens(&stripped, quotes, toks, lower)
         }
-        Err(_) => detect_tokens(&stripped, &mut Vec::with_capacity(32), &mut String::new()),
+        Err(_) => detect_tokens(
+            &stripped,
+            quotes,
+            &mut Vec::with_capacity(32),
+            &mut String::new(),
+        ),
     })
 }
 
@@ -815,13 +948,22 @@ thread_local! {
         std::cell::RefCell::new((Vec::with_capacity(32), String::new()));
 }
 
-fn detect_tokens(s: &str, toks: &mut Vec<Tok>, lower: &mut String) -> Option<&'static str> {
+/// `quotes`: whether `s` may contain a quote (else the string-break contexts are skipped).
+fn detect_tokens(
+    s: &str,
+    quotes: bool,
+    toks: &mut Vec<Tok>,
+    lower: &mut String,
+) -> Option<&'static str> {
     tokenize(s, None, toks, lower);
     if let Some(r) = rules(s, toks, false) {
         return Some(r);
     }
+    if !quotes {
+        return None;
+    }
     for q in [b'\'', b'"', b'`'] {
-        if memchr::memchr(q, s.as_bytes()).is_some()
+        if super::find_byte(q, s.as_bytes()).is_some()
             && tokenize(s, Some(q), toks, lower)
             && let Some(r) = rules(s, toks, true)
         {
@@ -1302,7 +1444,63 @@ fn first_after_break_is(toks: &[Tok], _s: &str, i: usize) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::detect;
+    use super::*;
+
+    /// The pre-check as a plain scan (no byte classes, no packed words).
+    fn candidate_reference(s: &str) -> bool {
+        let b = s.as_bytes();
+        b.iter().any(|c| {
+            matches!(
+                c,
+                b'=' | b'<' | b'>' | b'(' | b';' | b'#' | b'@' | b'|' | b'!'
+            )
+        }) || b
+            .windows(2)
+            .any(|w| matches!(w, [b'-', b'-'] | [b'/', b'*'] | [b'&', b'&']))
+            || s.split(|c: char| !c.is_ascii_alphabetic()).any(|w| {
+                let w = w.to_ascii_lowercase();
+                CLAUSE.contains(&w.as_str())
+                    || (w.len() > 9 && CLAUSE.iter().any(|k| w.len() > k.len() && w.starts_with(k)))
+            })
+    }
+
+    #[test]
+    fn packed_lookups_agree_with_strings() {
+        for s in super::super::test_samples(20_000) {
+            let m = super::super::classes(s.as_bytes());
+            assert_eq!(candidate(&s, m), candidate_reference(&s), "{s:?}");
+            for w in s.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                let b = w.as_bytes();
+                let lower = w.to_ascii_lowercase();
+                let packed = pack_lower(b, b.len());
+                assert_eq!(
+                    packed,
+                    pack_bytes(&lower.as_bytes()[..b.len().min(8)]),
+                    "{w:?}"
+                );
+                if w.len() <= 8 {
+                    assert_eq!(keyword_packed(packed), keyword(&lower), "{w:?}");
+                }
+                if split_glued(&lower).is_some() {
+                    assert!(may_be_glued(packed, b.len()), "{w:?}");
+                }
+            }
+        }
+        for w in [
+            "UnionSelect",
+            "ORDER",
+            "procedures",
+            "procedureanalyse",
+            "ab",
+            "SELECTX",
+        ] {
+            let l = w.to_ascii_lowercase();
+            assert_eq!(
+                pack_lower(w.as_bytes(), w.len()),
+                pack_bytes(&l.as_bytes()[..w.len().min(8)])
+            );
+        }
+    }
 
     #[test]
     fn basics() {

@@ -79,13 +79,23 @@ const SINKS: &[&str] = &[
     "this",
 ];
 
-fn candidate(s: &str) -> bool {
-    s.bytes()
-        .any(|c| matches!(c, b'<' | b':' | b'=' | b'\'' | b'"' | b'`' | b'('))
+#[cfg(test)]
+pub(crate) fn detect(s: &str) -> Option<&'static str> {
+    detect_in(s, super::classes(s.as_bytes()))
 }
 
-pub(crate) fn detect(s: &str) -> Option<&'static str> {
-    if !candidate(s) {
+/// Detects XSS in `s`, whose byte classes are `mask`. Each check runs only when the byte it
+/// starts from is present: tags at `<`, URL schemes at `:`, handler breakouts at `=`,
+/// script breakouts at a quote (or `;`, `)`, `}` opening the value), escapes at `\`.
+pub(crate) fn detect_in(s: &str, mask: u32) -> Option<&'static str> {
+    use super::{B_BSLASH, B_COLON, B_EQ, B_LPAREN, B_LT, B_QUOTE};
+    // nothing without one of `< : = ' " ` (`
+    if mask & (B_LT | B_COLON | B_EQ | B_QUOTE | B_LPAREN) == 0 {
+        return None;
+    }
+    let opens_script = matches!(s.as_bytes().first(), Some(b';' | b')' | b'}'));
+    let breakout = mask & B_QUOTE != 0 || opens_script;
+    if mask & (B_LT | B_COLON | B_EQ | B_BSLASH) == 0 && !breakout {
         return None;
     }
     // lowercase copy: on the stack for short values
@@ -100,19 +110,25 @@ pub(crate) fn detect(s: &str) -> Option<&'static str> {
         heap = s.to_ascii_lowercase();
         heap.as_bytes()
     };
-    if let Some(r) = tags(b) {
+    if mask & B_LT != 0
+        && let Some(r) = tags(b)
+    {
         return Some(r);
     }
-    if let Some(r) = scheme(b, false) {
+    if mask & B_COLON != 0
+        && let Some(r) = scheme(b, false)
+    {
         return Some(r);
     }
-    if let Some(r) = attribute_breakout(b) {
+    if mask & B_EQ != 0
+        && let Some(r) = attribute_breakout(b)
+    {
         return Some(r);
     }
-    if let Some(r) = script_breakout(b) {
+    if breakout && let Some(r) = script_breakout(b) {
         return Some(r);
     }
-    if memchr::memchr(b'\\', b).is_some() {
+    if mask & B_BSLASH != 0 {
         let d = js_unescape(b);
         if d.len() != b.len()
             && let Some(r) = attribute_breakout(&d).or_else(|| script_breakout(&d))
@@ -168,7 +184,7 @@ fn tags(b: &[u8]) -> Option<&'static str> {
     let n = b.len();
     let mut i = 0;
     let mut budget = 64; // tags examined at most
-    while let Some(p) = memchr::memchr(b'<', &b[i..]) {
+    while let Some(p) = super::find_byte(b'<', &b[i..]) {
         let lt = i + p;
         i = lt + 1;
         if i >= n || !b[i].is_ascii_alphabetic() {
@@ -190,7 +206,7 @@ fn tags(b: &[u8]) -> Option<&'static str> {
         }
         // Handler glued to the tag name or another attribute (`<svgonload=…`,
         // `<img src=xonerror=…>`): look for on<name>= inside the tag text.
-        let tag_text_end = memchr::memchr(b'>', &b[ns..])
+        let tag_text_end = super::find_byte(b'>', &b[ns..])
             .map(|p| ns + p)
             .unwrap_or(n)
             .min(ns + 512);
@@ -244,7 +260,7 @@ fn tags(b: &[u8]) -> Option<&'static str> {
                 if j < n && matches!(b[j], b'"' | b'\'' | b'`') {
                     let q = b[j];
                     let vs = j + 1;
-                    let ve = memchr::memchr(q, &b[vs..]).map(|p| vs + p).unwrap_or(n);
+                    let ve = super::find_byte(q, &b[vs..]).map(|p| vs + p).unwrap_or(n);
                     value = &b[vs..ve];
                     j = (ve + 1).min(n);
                 } else {
@@ -328,7 +344,7 @@ fn style_is_active(v: &[u8]) -> bool {
 fn scheme(b: &[u8], in_attr: bool) -> Option<&'static str> {
     let mut from = 0;
     let mut budget = 32;
-    while let Some(p) = memchr::memchr(b':', &b[from..]) {
+    while let Some(p) = super::find_byte(b':', &b[from..]) {
         let colon = from + p;
         from = colon + 1;
         budget -= 1;
@@ -471,13 +487,13 @@ fn attribute_breakout(b: &[u8]) -> Option<&'static str> {
 fn script_breakout(b: &[u8]) -> Option<&'static str> {
     let n = b.len();
     let mut budget = 16;
-    for (qi, &c) in b.iter().enumerate() {
-        // a quote closing a JS string, or the very start of the value (`;alert(1);`)
-        let at_start = qi == 0 && matches!(c, b';' | b')' | b'}');
-        if !matches!(c, b'\'' | b'"' | b'`') && !at_start {
-            continue;
-        }
-        let qi = if at_start { usize::MAX } else { qi };
+    // a quote closing a JS string, or the very start of the value (`;alert(1);`), in order
+    let at_start = matches!(b.first(), Some(b';' | b')' | b'}'));
+    let starts = at_start
+        .then_some(usize::MAX)
+        .into_iter()
+        .chain(super::quote_positions(b));
+    for qi in starts {
         budget -= 1;
         if budget == 0 {
             break;
@@ -527,7 +543,37 @@ fn script_breakout(b: &[u8]) -> Option<&'static str> {
 
 #[cfg(test)]
 mod tests {
-    use super::detect;
+    use super::*;
+
+    /// Every check, whatever the bytes present (the detector before its per-check gates).
+    fn detect_ungated(s: &str) -> Option<&'static str> {
+        if !s
+            .bytes()
+            .any(|c| matches!(c, b'<' | b':' | b'=' | b'\'' | b'"' | b'`' | b'('))
+        {
+            return None;
+        }
+        let b = s.to_ascii_lowercase().into_bytes();
+        tags(&b)
+            .or_else(|| scheme(&b, false))
+            .or_else(|| attribute_breakout(&b))
+            .or_else(|| script_breakout(&b))
+            .or_else(|| {
+                let d = js_unescape(&b);
+                if d.len() != b.len() {
+                    attribute_breakout(&d).or_else(|| script_breakout(&d))
+                } else {
+                    None
+                }
+            })
+    }
+
+    #[test]
+    fn gated_checks_agree_with_all_checks() {
+        for s in super::super::test_samples(20_000) {
+            assert_eq!(detect(&s), detect_ungated(&s), "{s:?}");
+        }
+    }
 
     #[test]
     fn basics() {
