@@ -940,6 +940,10 @@ impl<St: CounterStore + Clone> QuotaLayer<St> {
         cost: u64,
         now: SystemTime,
     ) -> Result<List<Outcome>, StoreError> {
+        #[cfg(feature = "redis")]
+        if let Some(r) = redis_store(store) {
+            return self.decide_redis(r, caller, limits, cost, now).await;
+        }
         let mut outcomes: List<Outcome> = List::default();
         let mut refused = false;
         for (i, q) in limits.iter().enumerate() {
@@ -1062,6 +1066,81 @@ impl<St: CounterStore + Clone> QuotaLayer<St> {
         Ok(outcomes)
     }
 
+    /// [`decide`](Self::decide) with Redis: one atomic script over every window key of the
+    /// request (and the earlier buckets of rolling windows), all or nothing — nothing to
+    /// roll back when a quota refuses.
+    #[cfg(feature = "redis")]
+    async fn decide_redis(
+        &self,
+        store: &super::redis::RedisCounterStore,
+        caller: &str,
+        limits: &[Quota],
+        cost: u64,
+        now: SystemTime,
+    ) -> Result<List<Outcome>, StoreError> {
+        struct Part {
+            key: StoreKey,
+            earlier: Vec<Vec<u8>>,
+            span: super::window::Span,
+            rolling: Option<(Duration, u32)>,
+        }
+        let parts: Vec<Part> = limits
+            .iter()
+            .map(|q| {
+                let span = q.span(now);
+                let key = self.store_key(caller, q, &span.label);
+                let rolling = q.window.rolling_parts();
+                let earlier = match rolling {
+                    Some((_, n)) => {
+                        let idx: i128 = span.label[1..].parse().unwrap_or(0);
+                        (1..i128::from(n))
+                            .rev()
+                            .map(|back| {
+                                let label = format!("r{}", idx - back);
+                                self.store_key(caller, q, &label).as_slice().to_vec()
+                            })
+                            .collect()
+                    }
+                    None => Vec::new(),
+                };
+                Part {
+                    key,
+                    earlier,
+                    span,
+                    rolling,
+                }
+            })
+            .collect();
+        let specs: Vec<super::redis::ChargeSpec<'_>> = parts
+            .iter()
+            .zip(limits)
+            .map(|(p, q)| super::redis::ChargeSpec {
+                key: p.key.as_slice(),
+                limit: q.limit,
+                window_end: p.span.end,
+                earlier: p.earlier.clone(),
+            })
+            .collect();
+        let (counted, charged) = store.charge(&specs, cost).await?;
+        let mut outcomes = List::default();
+        for (i, ((p, q), c)) in parts.iter().zip(limits).zip(charged).enumerate() {
+            let reset_at = match p.rolling {
+                Some((bucket, n)) if c.oldest_back > 0 => {
+                    p.span.start - bucket * c.oldest_back + bucket * n
+                }
+                _ => p.span.end,
+            };
+            outcomes.push(Outcome {
+                quota_idx: i,
+                used: c.used,
+                exceeded: !counted && c.used.saturating_add(cost) > q.limit,
+                counted,
+                reset_at,
+            });
+        }
+        Ok(outcomes)
+    }
+
     /// Gives `cost` back to the counted outcomes (their keys are rebuilt from the caller,
     /// the quota and the decision's time).
     async fn refund_all<T: CounterStore>(
@@ -1073,6 +1152,23 @@ impl<St: CounterStore + Clone> QuotaLayer<St> {
         cost: u64,
         now: SystemTime,
     ) {
+        #[cfg(feature = "redis")]
+        if let Some(r) = redis_store(store) {
+            // one call for every counter
+            let keys: Vec<StoreKey> = outcomes
+                .iter()
+                .filter(|o| o.counted)
+                .map(|o| {
+                    let q = &limits[o.quota_idx];
+                    self.store_key(caller, q, &q.span(now).label)
+                })
+                .collect();
+            let refs: Vec<&[u8]> = keys.iter().map(|k| k.as_slice()).collect();
+            if let Err(e) = r.refund_all(&refs, cost).await {
+                tracing::warn!(error = %e, "quota refund failed");
+            }
+            return;
+        }
         let mut key = key_head(&self.shared, caller.as_bytes());
         let head = key.len();
         for o in outcomes.iter().filter(|o| o.counted) {
@@ -1482,6 +1578,17 @@ fn fallback_ip<B>(req: &mut Request<B>, shared: &Shared<impl Sized>) -> Option<s
         return None;
     }
     client_ip_of(req, &shared.resolver).map(|ip| ip.prefix_key(64))
+}
+
+/// The Redis store behind a store type, if it is one.
+#[cfg(feature = "redis")]
+#[inline]
+fn redis_store<St: 'static>(store: &St) -> Option<&super::redis::RedisCounterStore> {
+    let any = store as &dyn std::any::Any;
+    if let Some(QuotaStore::Redis(r)) = any.downcast_ref::<QuotaStore>() {
+        return Some(r);
+    }
+    any.downcast_ref::<super::redis::RedisCounterStore>()
 }
 
 /// The built-in in-process table behind a store, if it is one of this module's stores.

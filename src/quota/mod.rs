@@ -79,6 +79,6 @@ pub use layer::{
     QuotaLayer, QuotaLayerBuilder, QuotaService, QuotaUsage, ResponseFuture, UnknownPlan,
 };
 #[cfg(feature = "redis")]
-pub use redis::RedisCounterStore;
+pub use redis::{ChargeSpec, Charged, RedisCounterStore};
 pub use store::{DurableCounterStore, DurableOptions, MemoryCounterStore, QuotaStore};
 pub use window::{Period, Span, Window, Zone};
