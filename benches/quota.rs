@@ -130,7 +130,10 @@ fn cases(dir: &tempfile::TempDir) -> Vec<(String, Boxed)> {
             format!("memory_one_quota_no_headers{sfx}"),
             Box::new(move || q.call(req(&f)).now_or_never().unwrap().unwrap()),
         ));
-        let dur = layer(QuotaStore::Durable(durable(dir, &format!("bench{sfx}.redb"))));
+        let dur = layer(QuotaStore::Durable(durable(
+            dir,
+            &format!("bench{sfx}.redb"),
+        )));
         let (mut a, mut b) = (dur.layer(inner(ct)), dur.layer(inner(ct)));
         let (f, p) = (free.clone(), pro.clone());
         out.push((

@@ -362,7 +362,11 @@ async fn rolling_and_calendar_quotas_in_one_script() {
         &redis.url(),
         "roll",
         vec![
-            Quota::new("hourly", 2, Window::rolling(Duration::from_secs(3600), 60).unwrap()),
+            Quota::new(
+                "hourly",
+                2,
+                Window::rolling(Duration::from_secs(3600), 60).unwrap(),
+            ),
             Quota::new("daily", 100, Window::day()),
         ],
         FailureMode::Reject,

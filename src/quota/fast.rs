@@ -274,6 +274,35 @@ mod tests {
         }
         assert_eq!(l.iter().copied().collect::<Vec<_>>(), [0, 2, 4, 6, 8]);
     }
+
+    #[test]
+    fn buf_copies_its_head_and_span_cache_answers_inside_its_window_only() {
+        let mut b = Buf::<8>::default();
+        b.extend_from_slice(b"abc");
+        b.extend_from_within(..2);
+        assert_eq!(b.as_slice(), b"abcab");
+        b.extend_from_within(..5); // spills
+        assert_eq!(b.as_slice(), b"abcababcab");
+
+        let c = SpanCache::default();
+        let t = |s: u64| UNIX_EPOCH + Duration::from_secs(s);
+        assert!(c.get(nanos(t(150)).unwrap()).is_none());
+        c.put(t(100), t(200), b"2026-11");
+        let got = c.get(nanos(t(100)).unwrap()).unwrap();
+        assert_eq!(got.label().as_slice(), b"2026-11");
+        assert_eq!((got.start(), got.end()), (t(100), t(200)));
+        assert!(c.get(nanos(t(199)).unwrap()).is_some());
+        assert!(c.get(nanos(t(200)).unwrap()).is_none());
+        assert!(c.get(nanos(t(99)).unwrap()).is_none());
+        // a label too long is not cached
+        c.put(t(200), t(300), &[b'x'; 40]);
+        assert!(c.get(nanos(t(250)).unwrap()).is_none());
+        c.put(t(200), t(300), b"2026-12-01T00:00:00+05:30-long");
+        assert_eq!(
+            c.get(nanos(t(250)).unwrap()).unwrap().label().as_slice(),
+            b"2026-12-01T00:00:00+05:30-long"
+        );
+    }
 }
 
 /// The current calendar window of a quota, read without a lock or a read-modify-write

@@ -242,17 +242,27 @@ impl PlanEntry {
 #[derive(Debug, Clone)]
 struct PlanEntries {
     plans: HashMap<String, PlanEntry, Seeds>,
+    /// The same plans in a list when there are few: compared by length and bytes, cheaper
+    /// than hashing the name.
+    few: Option<Vec<(Box<str>, PlanEntry)>>,
     unknown: Option<PlanEntry>,
 }
 
 impl PlanEntries {
     fn new(table: &PlanTable, unknown: &UnknownPlan) -> Self {
+        let plans: HashMap<String, PlanEntry, Seeds> = table
+            .plans
+            .iter()
+            .map(|(k, v)| (k.clone(), PlanEntry::new(v)))
+            .collect();
         Self {
-            plans: table
-                .plans
-                .iter()
-                .map(|(k, v)| (k.clone(), PlanEntry::new(v)))
-                .collect(),
+            few: (plans.len() <= 8).then(|| {
+                plans
+                    .iter()
+                    .map(|(k, v)| (k.as_str().into(), v.clone()))
+                    .collect()
+            }),
+            plans,
             unknown: match unknown {
                 UnknownPlan::Deny => None,
                 UnknownPlan::Default(l) => Some(PlanEntry::new(l)),
@@ -262,8 +272,15 @@ impl PlanEntries {
 
     #[inline]
     fn entry(&self, plan: Option<&str>) -> Option<&PlanEntry> {
-        plan.and_then(|p| self.plans.get(p))
-            .or(self.unknown.as_ref())
+        let found = match (&self.few, plan) {
+            (_, None) => None,
+            (Some(few), Some(p)) => few
+                .iter()
+                .find(|(name, _)| name.len() == p.len() && **name == *p)
+                .map(|(_, e)| e),
+            (None, Some(p)) => self.plans.get(p),
+        };
+        found.or(self.unknown.as_ref())
     }
 }
 
@@ -1621,6 +1638,7 @@ const BLANK: Charge = Charge {
 /// into one buffer, hashed once each, and charged all or nothing under one shard lock.
 /// `None` when a quota cannot take this path (a rolling window, an uncacheable label).
 #[inline]
+#[allow(clippy::too_many_arguments)]
 fn decide_local<St>(
     shared: &Shared<St>,
     table: &Table,
@@ -1825,124 +1843,122 @@ where
 }
 
 /// Any store but the built-in in-process table (or a rolling window): an immediate
-    /// store decides here, a remote store (or a failed decision) in a boxed future.
-    #[inline(never)]
-    #[allow(clippy::too_many_arguments)]
-    fn call_slow<S, St, ReqB, ResB>(
-        layer: &QuotaLayer<St>,
-        mut inner: S,
-        req: Request<ReqB>,
-        source: KeySource,
-        limits: Limits,
-        cost: u64,
-        now: SystemTime,
-        failed: bool,
-    ) -> ResponseFuture<S::Future, St, ResB, S::Error>
-    where
-        S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
-        S::Future: Send + 'static,
-        S::Error: Send + 'static,
-        St: CounterStore + Clone,
-        ReqB: Send + 'static,
-        ResB: BodyFromBytes + Send + 'static,
-    {
-        let shared = &*layer.shared;
-        let mut key = CallerKey::default();
-        source.as_ref().write(&mut key);
-        if !failed
-            && shared.store.is_immediate()
-            && let Ok(outcomes) = if local_table(&shared.store).is_some()
-                || limits.iter().any(|q| q.window.is_rolling())
-            {
-                layer
-                    .decide(&shared.store, key.as_str(), &limits, cost, now)
-                    .now_or_never()
-                    .unwrap_or_else(|| Err(StoreError::Unavailable(String::new())))
-            } else {
-                layer.decide_now(&shared.store, key.as_slice(), &limits, cost, now)
-            }
+/// store decides here, a remote store (or a failed decision) in a boxed future.
+#[inline(never)]
+#[allow(clippy::too_many_arguments)]
+fn call_slow<S, St, ReqB, ResB>(
+    layer: &QuotaLayer<St>,
+    mut inner: S,
+    req: Request<ReqB>,
+    source: KeySource,
+    limits: Limits,
+    cost: u64,
+    now: SystemTime,
+    failed: bool,
+) -> ResponseFuture<S::Future, St, ResB, S::Error>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    St: CounterStore + Clone,
+    ReqB: Send + 'static,
+    ResB: BodyFromBytes + Send + 'static,
+{
+    let shared = &*layer.shared;
+    let mut key = CallerKey::default();
+    source.as_ref().write(&mut key);
+    if !failed
+        && shared.store.is_immediate()
+        && let Ok(outcomes) = if local_table(&shared.store).is_some()
+            || limits.iter().any(|q| q.window.is_rolling())
         {
-            if let Some(d) = QuotaLayer::<St>::denial(&limits, &outcomes, now) {
-                return deny_counted(layer, Some(d), req, inner);
-            }
-            let fields = shared.headers_on_success.then(|| {
-                (
-                    policy_value(&limits),
-                    ratelimit_value(&limits, &outcomes, now),
-                )
-            });
-            let after = (fields.is_some() || shared.policy != CountPolicy::EveryCall).then(|| {
-                After {
-                    shared: layer.shared.clone(),
-                    refund: Refund::Keys(Box::new((limits, source, now))),
-                    cost,
-                    fields,
-                }
-            });
-            return ResponseFuture::Inner {
-                fut: inner.call(req),
-                after,
-            };
+            layer
+                .decide(&shared.store, key.as_str(), &limits, cost, now)
+                .now_or_never()
+                .unwrap_or_else(|| Err(StoreError::Unavailable(String::new())))
+        } else {
+            layer.decide_now(&shared.store, key.as_slice(), &limits, cost, now)
         }
+    {
+        if let Some(d) = QuotaLayer::<St>::denial(&limits, &outcomes, now) {
+            return deny_counted(layer, Some(d), req, inner);
+        }
+        let fields = shared.headers_on_success.then(|| {
+            (
+                policy_value(&limits),
+                ratelimit_value(&limits, &outcomes, now),
+            )
+        });
+        let after = (fields.is_some() || shared.policy != CountPolicy::EveryCall).then(|| After {
+            shared: layer.shared.clone(),
+            refund: Refund::Keys(Box::new((limits, source, now))),
+            cost,
+            fields,
+        });
+        return ResponseFuture::Inner {
+            fut: inner.call(req),
+            after,
+        };
+    }
 
-        // A remote store (or a failed in-process decision, which counted nothing): decide
-        // asynchronously and handle store failures by the failure mode.
-        let layer = layer.clone();
-        let key = key.as_str().to_owned();
-        ResponseFuture::Waiting {
-            fut: Box::pin(async move {
-                let shared = &*layer.shared;
-                let mut used_fallback = false;
-                let outcomes = match layer.decide(&shared.store, &key, &limits, cost, now).await {
-                    Ok(o) => o,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "quota store failed");
-                        match (shared.failure_mode, &shared.fallback_store) {
-                            (FailureMode::Allow, _) => return inner.call(req).await,
-                            (FailureMode::LocalFallback, Some(fb)) => {
-                                used_fallback = true;
-                                match layer.decide(fb, &key, &limits, cost, now).await {
-                                    Ok(o) => o,
-                                    Err(_) => return Ok(store_down(&layer, &req)),
-                                }
+    // A remote store (or a failed in-process decision, which counted nothing): decide
+    // asynchronously and handle store failures by the failure mode.
+    let layer = layer.clone();
+    let key = key.as_str().to_owned();
+    ResponseFuture::Waiting {
+        fut: Box::pin(async move {
+            let shared = &*layer.shared;
+            let mut used_fallback = false;
+            let outcomes = match layer.decide(&shared.store, &key, &limits, cost, now).await {
+                Ok(o) => o,
+                Err(e) => {
+                    tracing::warn!(error = %e, "quota store failed");
+                    match (shared.failure_mode, &shared.fallback_store) {
+                        (FailureMode::Allow, _) => return inner.call(req).await,
+                        (FailureMode::LocalFallback, Some(fb)) => {
+                            used_fallback = true;
+                            match layer.decide(fb, &key, &limits, cost, now).await {
+                                Ok(o) => o,
+                                Err(_) => return Ok(store_down(&layer, &req)),
                             }
-                            _ => return Ok(store_down(&layer, &req)),
                         }
+                        _ => return Ok(store_down(&layer, &req)),
                     }
-                };
-                if let Some(d) = QuotaLayer::<St>::denial(&limits, &outcomes, now) {
-                    if shared.shadow {
-                        tracing::info!("quota would deny (shadow mode)");
-                        crate::facts::record_shadow_denial(req.extensions(), d);
-                        return inner.call(req).await;
-                    }
-                    tracing::debug!("quota denied request");
-                    return Ok(layer.renderer.respond(d, &req));
                 }
-                let result = inner.call(req).await;
-                let status = result.as_ref().ok().map(|r| r.status());
-                if shared.policy.refunds(status) {
-                    if used_fallback {
-                        if let Some(fb) = &shared.fallback_store {
-                            layer
-                                .refund_all(fb, &key, &limits, &outcomes, cost, now)
-                                .await;
-                        }
-                    } else {
+            };
+            if let Some(d) = QuotaLayer::<St>::denial(&limits, &outcomes, now) {
+                if shared.shadow {
+                    tracing::info!("quota would deny (shadow mode)");
+                    crate::facts::record_shadow_denial(req.extensions(), d);
+                    return inner.call(req).await;
+                }
+                tracing::debug!("quota denied request");
+                return Ok(layer.renderer.respond(d, &req));
+            }
+            let result = inner.call(req).await;
+            let status = result.as_ref().ok().map(|r| r.status());
+            if shared.policy.refunds(status) {
+                if used_fallback {
+                    if let Some(fb) = &shared.fallback_store {
                         layer
-                            .refund_all(&shared.store, &key, &limits, &outcomes, cost, now)
+                            .refund_all(fb, &key, &limits, &outcomes, cost, now)
                             .await;
                     }
+                } else {
+                    layer
+                        .refund_all(&shared.store, &key, &limits, &outcomes, cost, now)
+                        .await;
                 }
-                let mut res = result?;
-                if shared.headers_on_success {
-                    let rl = ratelimit_value(&limits, &outcomes, now);
-                    append_fields(res.headers_mut(), policy_value(&limits), rl);
-                }
-                Ok(res)
-            }),
-        }
+            }
+            let mut res = result?;
+            if shared.headers_on_success {
+                let rl = ratelimit_value(&limits, &outcomes, now);
+                append_fields(res.headers_mut(), policy_value(&limits), rl);
+            }
+            Ok(res)
+        }),
     }
+}
 
 #[inline(always)]
 fn inner_call<S: Service<R>, R>(mut inner: S, req: R) -> S::Future {

@@ -159,7 +159,14 @@ impl Shard {
     }
 
     /// Inserts a counter that is not in the shard; returns its id.
-    fn insert(&mut self, hash: u64, key: &[u8], used: u64, expires: SystemTime, dirty: bool) -> u64 {
+    fn insert(
+        &mut self,
+        hash: u64,
+        key: &[u8],
+        used: u64,
+        expires: SystemTime,
+        dirty: bool,
+    ) -> u64 {
         self.next_id += 1;
         let id = self.next_id;
         let e = Entry {
@@ -346,7 +353,12 @@ impl Table {
     }
 
     /// Gives `cost` back to the counters `(hash, id)` of one shard (floored at zero).
-    pub(crate) fn refund_ids(&self, shard: usize, ids: impl Iterator<Item = (u64, u64)>, cost: u64) {
+    pub(crate) fn refund_ids(
+        &self,
+        shard: usize,
+        ids: impl Iterator<Item = (u64, u64)>,
+        cost: u64,
+    ) {
         let mut guard = lock(&self.shards[shard]);
         let shard = &mut *guard;
         for (hash, id) in ids {
@@ -619,7 +631,6 @@ fn flush_table(table: &Table, db: &redb::Database, lock: &Mutex<()>) -> Result<u
     }
     Ok(n)
 }
-
 
 /// Durable single-node counters: decisions in memory, changes written behind to a redb file
 /// by a background thread. See the [module docs](self) for the loss window. Clones share
