@@ -2,15 +2,27 @@
 //! flusher runs off the request path), against a bare `service_fn`.
 //!
 //! `cargo bench --bench quota --features quota -- --warm-up-time 1 --measurement-time 3`
+//!
+//! Two inner services: one answering a response without headers (the first `RateLimit`
+//! field then pays for the header map's first allocation), and one whose responses carry a
+//! `content-type` header, as real responses do (`*_ct` cases, with their own bare baseline).
+//!
+//! Instruction counts (load-independent): `QUOTA_PROBE=<case> QUOTA_PROBE_N=<n>` runs `n`
+//! requests of one case and exits without criterion, e.g.
+//! `QUOTA_PROBE=memory_one_quota QUOTA_PROBE_N=20000 valgrind --tool=callgrind <bench binary>`;
+//! run it with two values of `n` and divide the difference of the totals by the difference
+//! of `n`. Cases: `bare`, `memory_one_quota`, `memory_two_quotas`,
+//! `memory_one_quota_no_headers`, `durable_one_quota`, `durable_two_quotas`, and the same
+//! with `_ct` appended.
 
 use std::convert::Infallible;
 use std::hint::black_box;
 use std::time::Duration;
 
 use bytes::Bytes;
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{Criterion, criterion_group};
 use futures_util::FutureExt;
-use http::{Request, Response};
+use http::{HeaderValue, Request, Response, header};
 use http_body_util::Full;
 use tower::{Layer, Service};
 use tower_shield::clock::system_clock;
@@ -19,14 +31,24 @@ use tower_shield::quota::{
 };
 use tower_shield::{CredentialKind, Principal};
 
-fn inner()
--> impl Service<Request<()>, Response = Response<Full<Bytes>>, Error = Infallible, Future: Send>
-+ Clone
-+ Send
-+ 'static {
-    tower::service_fn(|_req: Request<()>| async {
-        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
-    })
+type Inner = tower::util::ServiceFn<fn(Request<()>) -> Ready>;
+type Ready = std::future::Ready<Result<Response<Full<Bytes>>, Infallible>>;
+
+fn plain(_req: Request<()>) -> Ready {
+    std::future::ready(Ok(Response::new(Full::new(Bytes::from_static(b"ok")))))
+}
+
+fn with_content_type(_req: Request<()>) -> Ready {
+    let mut res = Response::new(Full::new(Bytes::from_static(b"{\"ok\":true}")));
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    std::future::ready(Ok(res))
+}
+
+fn inner(ct: bool) -> Inner {
+    tower::service_fn(if ct { with_content_type } else { plain })
 }
 
 fn layer(store: QuotaStore) -> QuotaLayer {
@@ -47,30 +69,8 @@ fn layer(store: QuotaStore) -> QuotaLayer {
         .unwrap()
 }
 
-fn bench(c: &mut Criterion) {
-    let free = Principal::new("client-42", CredentialKind::ApiKey).with_plan("free");
-    let pro = Principal::new("client-43", CredentialKind::ApiKey).with_plan("pro");
-    let req = |p: &Principal| {
-        let mut r = Request::get("/products").body(()).unwrap();
-        r.extensions_mut().insert(p.clone());
-        r
-    };
-    let mut g = c.benchmark_group("quota");
-
-    let mut bare = inner();
-    g.bench_function("bare_service_fn", |b| {
-        b.iter(|| black_box(bare.call(req(&free)).now_or_never().unwrap().unwrap()))
-    });
-
-    let mut mem = layer(QuotaStore::Memory(MemoryCounterStore::new(system_clock()))).layer(inner());
-    g.bench_function("memory_one_quota", |b| {
-        b.iter(|| black_box(mem.call(req(&free)).now_or_never().unwrap().unwrap()))
-    });
-    g.bench_function("memory_two_quotas", |b| {
-        b.iter(|| black_box(mem.call(req(&pro)).now_or_never().unwrap().unwrap()))
-    });
-
-    let mut quiet = QuotaLayer::builder()
+fn quiet_layer() -> QuotaLayer {
+    QuotaLayer::builder()
         .store(QuotaStore::Memory(MemoryCounterStore::new(system_clock())))
         .plan(
             "free",
@@ -79,29 +79,116 @@ fn bench(c: &mut Criterion) {
         .headers_on_success(false)
         .build()
         .unwrap()
-        .layer(inner());
-    g.bench_function("memory_one_quota_no_headers", |b| {
-        b.iter(|| black_box(quiet.call(req(&free)).now_or_never().unwrap().unwrap()))
-    });
+}
 
-    let dir = tempfile::tempdir().unwrap();
-    let store = DurableCounterStore::open(
-        dir.path().join("bench.redb"),
+fn durable(dir: &tempfile::TempDir, name: &str) -> DurableCounterStore {
+    DurableCounterStore::open(
+        dir.path().join(name),
         DurableOptions {
             flush_interval: Duration::from_millis(250),
             ..Default::default()
         },
     )
-    .unwrap();
-    let mut dur = layer(QuotaStore::Durable(store)).layer(inner());
-    g.bench_function("durable_one_quota", |b| {
-        b.iter(|| black_box(dur.call(req(&free)).now_or_never().unwrap().unwrap()))
-    });
-    g.bench_function("durable_two_quotas", |b| {
-        b.iter(|| black_box(dur.call(req(&pro)).now_or_never().unwrap().unwrap()))
-    });
+    .unwrap()
+}
+
+fn req(p: &Principal) -> Request<()> {
+    let mut r = Request::get("/products").body(()).unwrap();
+    r.extensions_mut().insert(p.clone());
+    r
+}
+
+type Boxed = Box<dyn FnMut() -> Response<Full<Bytes>>>;
+
+/// The cases by name: (name, one request through it).
+fn cases(dir: &tempfile::TempDir) -> Vec<(String, Boxed)> {
+    let free = Principal::new("client-42", CredentialKind::ApiKey).with_plan("free");
+    let pro = Principal::new("client-43", CredentialKind::ApiKey).with_plan("pro");
+    let mut out: Vec<(String, Boxed)> = Vec::new();
+    for ct in [false, true] {
+        let sfx = if ct { "_ct" } else { "" };
+        let mut bare = inner(ct);
+        let f = free.clone();
+        out.push((
+            format!("bare_service_fn{sfx}"),
+            Box::new(move || bare.call(req(&f)).now_or_never().unwrap().unwrap()),
+        ));
+        let mem = layer(QuotaStore::Memory(MemoryCounterStore::new(system_clock())));
+        let (mut a, mut b) = (mem.layer(inner(ct)), mem.layer(inner(ct)));
+        let (f, p) = (free.clone(), pro.clone());
+        out.push((
+            format!("memory_one_quota{sfx}"),
+            Box::new(move || a.call(req(&f)).now_or_never().unwrap().unwrap()),
+        ));
+        out.push((
+            format!("memory_two_quotas{sfx}"),
+            Box::new(move || b.call(req(&p)).now_or_never().unwrap().unwrap()),
+        ));
+        let mut q = quiet_layer().layer(inner(ct));
+        let f = free.clone();
+        out.push((
+            format!("memory_one_quota_no_headers{sfx}"),
+            Box::new(move || q.call(req(&f)).now_or_never().unwrap().unwrap()),
+        ));
+        let dur = layer(QuotaStore::Durable(durable(
+            dir,
+            &format!("bench{sfx}.redb"),
+        )));
+        let (mut a, mut b) = (dur.layer(inner(ct)), dur.layer(inner(ct)));
+        let (f, p) = (free.clone(), pro.clone());
+        out.push((
+            format!("durable_one_quota{sfx}"),
+            Box::new(move || a.call(req(&f)).now_or_never().unwrap().unwrap()),
+        ));
+        out.push((
+            format!("durable_two_quotas{sfx}"),
+            Box::new(move || b.call(req(&p)).now_or_never().unwrap().unwrap()),
+        ));
+    }
+    out
+}
+
+fn bench(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut g = c.benchmark_group("quota");
+    for (name, mut f) in cases(&dir) {
+        g.bench_function(name, |b| b.iter(|| black_box(f())));
+    }
     g.finish();
 }
 
+fn probe() -> bool {
+    let Ok(case) = std::env::var("QUOTA_PROBE") else {
+        return false;
+    };
+    let n: u64 = std::env::var("QUOTA_PROBE_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    let dir = tempfile::tempdir().unwrap();
+    let case = if case == "bare" {
+        "bare_service_fn".to_owned()
+    } else if case == "bare_ct" {
+        "bare_service_fn_ct".to_owned()
+    } else {
+        case
+    };
+    let (_, mut f) = cases(&dir)
+        .into_iter()
+        .find(|(name, _)| *name == case)
+        .expect("unknown QUOTA_PROBE case");
+    for _ in 0..n {
+        black_box(f());
+    }
+    true
+}
+
 criterion_group!(benches, bench);
-criterion_main!(benches);
+
+fn main() {
+    if probe() {
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -4,6 +4,11 @@
 //! (`EVALSHA` of the store's own script text) on the same server. The competitor's figure is
 //! its own reported requests per second, turned into time per request for criterion.
 //!
+//! Two scripts: the single-counter `add_within` script of the `CounterStore` API, and the
+//! all-or-nothing `charge` script the layer runs per decision (one calendar quota here).
+//! Before criterion runs, each is also measured side by side (redis-benchmark, then our
+//! 64 tasks, back to back) and the ratio printed, so both figures see the same load.
+//!
 //! `cargo bench --bench quota_redis --features quota,redis -- --warm-up-time 1 --measurement-time 3`
 
 use std::convert::Infallible;
@@ -15,7 +20,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use http::{Request, Response};
 use http_body_util::Full;
 use tower::{Service, ServiceExt};
-use tower_shield::quota::{Quota, QuotaLayer, QuotaStore, RedisCounterStore, Window};
+use tower_shield::quota::{ChargeSpec, Quota, QuotaLayer, QuotaStore, RedisCounterStore, Window};
 use tower_shield::store::CounterStore;
 use tower_shield::store::redis::RedisConn;
 use tower_shield::{CredentialKind, Principal};
@@ -74,21 +79,121 @@ fn bench(c: &mut Criterion) {
             .unwrap();
         RedisCounterStore::new(conn)
     });
-    let sha = String::from_utf8(
-        Command::new("redis-cli")
+    let load = |script: &str| {
+        let out = Command::new("redis-cli")
             .args(["-p", &redis.port.to_string(), "SCRIPT", "LOAD"])
-            .arg(RedisCounterStore::add_within_script())
+            .arg(script)
             .output()
             .unwrap()
-            .stdout,
-    )
-    .unwrap();
-    let sha = sha.trim().to_owned();
+            .stdout;
+        String::from_utf8(out).unwrap().trim().to_owned()
+    };
+    let sha = load(RedisCounterStore::add_within_script());
+    let charge_sha = load(RedisCounterStore::charge_script());
+    let add_args: Vec<String> = [
+        "1",
+        "bench:q:{rb}:m:x",
+        "1",
+        &LIMIT.to_string(),
+        "4102444800",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let charge_args: Vec<String> = [
+        "1",
+        "bench:q:{rb}:m:x",
+        "1",
+        "1",
+        &LIMIT.to_string(),
+        "4102444800",
+        "0",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let port = redis.port;
+    let competitor = move |n: u64, sha: &str, args: &[String]| -> f64 {
+        let out = Command::new("redis-benchmark")
+            .args(["-p", &port.to_string(), "-n", &n.to_string()])
+            .args(["-c", "64", "-P", "16", "--csv", "EVALSHA", sha])
+            .args(args)
+            .output()
+            .expect("redis-benchmark must be installed");
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.lines()
+            .filter_map(|l| l.split(',').nth(1))
+            .filter_map(|v| v.trim_matches('"').parse().ok())
+            .next_back()
+            .expect("redis-benchmark --csv prints requests per second")
+    };
     eprintln!(
         "compare: redis-benchmark -p {} -n 200000 -c 64 -P 16 EVALSHA {sha} 1 'bench:q:{{rb}}:m:x' 1 {LIMIT} 4102444800",
         redis.port,
     );
     let end = SystemTime::now() + Duration::from_secs(86_400);
+    let spec_key = |i: u64| format!("{{c{}}}:m:x", i % 8);
+
+    // side by side, back to back: the server's rate for the script, then ours
+    let ours_add = |per: u64| {
+        rt.block_on(async {
+            let t0 = Instant::now();
+            let tasks: Vec<_> = (0..TASKS)
+                .map(|i| {
+                    let s = store.clone();
+                    let key = spec_key(i);
+                    tokio::spawn(async move {
+                        for _ in 0..per {
+                            s.add_within(key.as_bytes(), 1, LIMIT, end).await.unwrap();
+                        }
+                    })
+                })
+                .collect();
+            for t in tasks {
+                t.await.unwrap();
+            }
+            (per * TASKS) as f64 / t0.elapsed().as_secs_f64()
+        })
+    };
+    let ours_charge = |per: u64| {
+        rt.block_on(async {
+            let t0 = Instant::now();
+            let tasks: Vec<_> = (0..TASKS)
+                .map(|i| {
+                    let s = store.clone();
+                    let key = spec_key(i);
+                    tokio::spawn(async move {
+                        for _ in 0..per {
+                            let spec = ChargeSpec {
+                                key: key.as_bytes(),
+                                limit: LIMIT,
+                                window_end: end,
+                                earlier: Vec::new(),
+                            };
+                            let (counted, _) = s.charge(&[spec], 1).await.unwrap();
+                            assert!(counted);
+                        }
+                    })
+                })
+                .collect();
+            for t in tasks {
+                t.await.unwrap();
+            }
+            (per * TASKS) as f64 / t0.elapsed().as_secs_f64()
+        })
+    };
+    for _ in 0..2 {
+        let rb = competitor(200_000, &sha, &add_args);
+        let ours = ours_add(3000);
+        eprintln!(
+            "add_within script: redis-benchmark -c 64 -P 16 {rb:.0}/s, store from 64 tasks {ours:.0}/s ({:.2}x)",
+            ours / rb
+        );
+        let rb = competitor(200_000, &charge_sha, &charge_args);
+        let ours = ours_charge(3000);
+        eprintln!(
+            "charge script: redis-benchmark -c 64 -P 16 {rb:.0}/s, store from 64 tasks {ours:.0}/s ({:.2}x)",
+            ours / rb
+        );
+    }
 
     let mut g = c.benchmark_group("quota_redis");
     g.throughput(Throughput::Elements(1));
@@ -113,6 +218,14 @@ fn bench(c: &mut Criterion) {
                 }
                 t0.elapsed().mul_f64(iters as f64 / (per * TASKS) as f64)
             })
+        })
+    });
+
+    g.bench_function("store_charge_64_tasks", |b| {
+        b.iter_custom(|iters| {
+            let per = iters.div_ceil(TASKS);
+            let rate = ours_charge(per);
+            Duration::from_secs_f64(iters as f64 / rate)
         })
     });
 
@@ -161,20 +274,13 @@ fn bench(c: &mut Criterion) {
     g.sample_size(10);
     g.bench_function("redis_benchmark_P16_c64", |b| {
         b.iter_custom(|iters| {
-            let n = iters.max(20_000);
-            let out = Command::new("redis-benchmark")
-                .args(["-p", &redis.port.to_string(), "-n", &n.to_string()])
-                .args(["-c", "64", "-P", "16", "--csv", "EVALSHA", &sha, "1"])
-                .args(["bench:q:{rb}:m:x", "1", &LIMIT.to_string(), "4102444800"])
-                .output()
-                .expect("redis-benchmark must be installed");
-            let text = String::from_utf8_lossy(&out.stdout);
-            let rps: f64 = text
-                .lines()
-                .filter_map(|l| l.split(',').nth(1))
-                .filter_map(|v| v.trim_matches('"').parse().ok())
-                .next_back()
-                .expect("redis-benchmark --csv prints requests per second");
+            let rps = competitor(iters.max(20_000), &sha, &add_args);
+            Duration::from_secs_f64(iters as f64 / rps)
+        })
+    });
+    g.bench_function("redis_benchmark_P16_c64_charge", |b| {
+        b.iter_custom(|iters| {
+            let rps = competitor(iters.max(20_000), &charge_sha, &charge_args);
             Duration::from_secs_f64(iters as f64 / rps)
         })
     });

@@ -716,3 +716,166 @@ async fn refunds_reach_the_counters_of_ip_header_and_escaped_principal_callers()
         }
     }
 }
+
+type ReadyOk = std::future::Ready<Result<Response<Full<Bytes>>, Infallible>>;
+fn ok_plain(_req: Request<()>) -> ReadyOk {
+    std::future::ready(Ok(Response::new(Full::new(Bytes::from("ok")))))
+}
+
+/// The in-process fast path counts under the documented store keys (the same keys the
+/// `CounterStore` API, the durable file and Redis use), for principals, escaped ids, IPv6
+/// callers and a key prefix with braces of its own.
+#[tokio::test]
+async fn fast_path_counts_under_the_documented_store_keys() {
+    use tower_shield::store::CounterStore;
+    let c = clock();
+    for (prefix, caller, key) in [
+        ("quota:", "alice", &b"quota:{p%3Aalice}:monthly:2026-11"[..]),
+        (
+            "quota:",
+            "a:b{c}",
+            b"quota:{p%3Aa%3Ab%7Bc%7D}:monthly:2026-11",
+        ),
+        ("{app}q:", "alice", b"{app}q:{p%3Aalice}:monthly:2026-11"),
+    ] {
+        let store = MemoryCounterStore::new(Arc::new(c.clone()));
+        let layer = QuotaLayer::builder()
+            .store(QuotaStore::Memory(store.clone()))
+            .key_prefix(prefix)
+            .plan("free", [Quota::new("monthly", 10, Window::month())])
+            .clock(Arc::new(c.clone()))
+            .build()
+            .unwrap();
+        let svc = ServiceBuilder::new()
+            .layer(layer.clone())
+            .service_fn(ok_plain as fn(Request<()>) -> ReadyOk);
+        for _ in 0..2 {
+            let mut req = Request::get("/x").body(()).unwrap();
+            req.extensions_mut()
+                .insert(Principal::new(caller, CredentialKind::ApiKey).with_plan("free"));
+            let res = svc.clone().oneshot(req).await.unwrap();
+            assert_eq!(res.status(), 200);
+        }
+        assert_eq!(store.get(key).await.unwrap(), 2, "{prefix} {caller}");
+        // the slow path (CounterStore API) sees and continues the same counter
+        let p = Principal::new(caller, CredentialKind::ApiKey).with_plan("free");
+        assert_eq!(layer.usage_of(&p).await.unwrap()[0].used, 2);
+    }
+    // IPv6 callers are keyed by /64 with the colons escaped
+    let store = MemoryCounterStore::new(Arc::new(c.clone()));
+    let layer = QuotaLayer::builder()
+        .store(QuotaStore::Memory(store.clone()))
+        .plan("free", [Quota::new("monthly", 10, Window::month())])
+        .default_plan("free")
+        .clock(Arc::new(c.clone()))
+        .build()
+        .unwrap();
+    let svc = ServiceBuilder::new()
+        .layer(layer)
+        .service_fn(ok_plain as fn(Request<()>) -> ReadyOk);
+    let mut req = Request::get("/x").body(()).unwrap();
+    req.extensions_mut()
+        .insert(axum::extract::ConnectInfo(SocketAddr::from((
+            [0x2001, 0xdb8, 0, 1, 2, 3, 4, 5],
+            4000,
+        ))));
+    assert_eq!(svc.oneshot(req).await.unwrap().status(), 200);
+    assert_eq!(
+        store
+            .get(b"quota:{ip%3A2001%3Adb8%3A0%3A1%3A%3A}:monthly:2026-11")
+            .await
+            .unwrap(),
+        1
+    );
+}
+
+/// Two quotas in memory are decided under one lock: concurrent requests against 3
+/// remaining daily units admit exactly 3, and the monthly counter holds exactly their
+/// units — a refused request never counted anything, not even briefly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn several_quotas_in_memory_are_all_or_nothing_under_concurrency() {
+    use tower_shield::store::CounterStore;
+    let c = clock();
+    let store = MemoryCounterStore::new(Arc::new(c.clone()));
+    let layer = QuotaLayer::builder()
+        .store(QuotaStore::Memory(store.clone()))
+        .plan(
+            "pro",
+            [
+                Quota::new("monthly", 1000, Window::month()),
+                Quota::new("daily", 3, Window::day()),
+            ],
+        )
+        .clock(Arc::new(c.clone()))
+        .build()
+        .unwrap();
+    let monthly = b"quota:{p%3Ab}:monthly:2026-11";
+    let seen_over = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let tasks: Vec<_> = (0..200)
+        .map(|_| {
+            let (layer, store, seen_over) = (layer.clone(), store.clone(), seen_over.clone());
+            tokio::spawn(async move {
+                let svc = ServiceBuilder::new()
+                    .layer(layer)
+                    .service_fn(ok_plain as fn(Request<()>) -> ReadyOk);
+                let mut req = Request::get("/x").body(()).unwrap();
+                req.extensions_mut()
+                    .insert(Principal::new("b", CredentialKind::ApiKey).with_plan("pro"));
+                let status = svc.oneshot(req).await.unwrap().status();
+                // the monthly counter never shows more than the admitted units
+                if store.get(monthly).await.unwrap() > 3 {
+                    seen_over.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                status
+            })
+        })
+        .collect();
+    let mut admitted = 0;
+    for t in tasks {
+        if t.await.unwrap() == StatusCode::OK {
+            admitted += 1;
+        }
+    }
+    assert_eq!(admitted, 3);
+    assert_eq!(store.get(monthly).await.unwrap(), 3);
+    assert_eq!(
+        store.get(b"quota:{p%3Ab}:daily:2026-11-18").await.unwrap(),
+        3
+    );
+    assert!(!seen_over.load(std::sync::atomic::Ordering::Relaxed));
+}
+
+/// The window cache follows the clock across a reset: the next period gets a new key.
+#[tokio::test]
+async fn cached_window_moves_to_the_next_period() {
+    use tower_shield::store::CounterStore;
+    let c = clock();
+    let store = MemoryCounterStore::new(Arc::new(c.clone()));
+    let layer = QuotaLayer::builder()
+        .store(QuotaStore::Memory(store.clone()))
+        .plan("free", [Quota::new("monthly", 1, Window::month())])
+        .clock(Arc::new(c.clone()))
+        .build()
+        .unwrap();
+    let call = || {
+        let svc = ServiceBuilder::new()
+            .layer(layer.clone())
+            .service_fn(ok_plain as fn(Request<()>) -> ReadyOk);
+        let mut req = Request::get("/x").body(()).unwrap();
+        req.extensions_mut()
+            .insert(Principal::new("m", CredentialKind::ApiKey).with_plan("free"));
+        svc.oneshot(req)
+    };
+    assert_eq!(call().await.unwrap().status(), 200);
+    assert_eq!(call().await.unwrap().status(), 429);
+    c.advance(Duration::from_secs(TO_DEC_1 - 1));
+    assert_eq!(call().await.unwrap().status(), 429);
+    c.advance(Duration::from_secs(1));
+    let res = call().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["ratelimit"], r#""monthly";r=0;t=2678400"#);
+    assert_eq!(
+        store.get(b"quota:{p%3Am}:monthly:2026-12").await.unwrap(),
+        1
+    );
+}

@@ -273,3 +273,110 @@ async fn scripts_are_loaded_again_after_script_flush() {
     );
     assert_eq!(redis.cli(&["GET", "flush:{c}:m:x"]), "5");
 }
+
+/// Several quotas are decided by one script over all their keys: a request refused by one
+/// quota increments none, so nothing has to be rolled back and no concurrent request ever
+/// sees units that are later given back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_quotas_are_charged_all_or_nothing_in_one_script() {
+    let redis = RedisServer::start();
+    let l = layer(
+        &redis.url(),
+        "aon",
+        vec![
+            Quota::new("daily", 100, Window::day()),
+            Quota::new("monthly", 3, Window::month()),
+        ],
+        FailureMode::Reject,
+    );
+    for _ in 0..3 {
+        assert_eq!(status(&l).await, 200);
+    }
+    // the monthly quota refuses: the daily counter is not touched, and the decision was
+    // one script call (not one per quota plus a rollback)
+    redis.cli(&["CONFIG", "RESETSTAT"]);
+    assert_eq!(status(&l).await, 429);
+    let stats = redis.cli(&["INFO", "commandstats"]);
+    let calls = |cmd: &str| {
+        stats
+            .lines()
+            .find(|l| l.starts_with(&format!("cmdstat_{cmd}:")))
+            .and_then(|l| l.split("calls=").nth(1))
+            .and_then(|v| v.split(',').next())
+            .map_or(0, |v| v.parse::<u32>().unwrap())
+    };
+    assert_eq!(calls("evalsha") + calls("eval"), 1, "{stats}");
+    assert_eq!(status(&l).await, 429);
+    let usage = l
+        .usage_of(&Principal::new("alice", CredentialKind::ApiKey).with_plan("free"))
+        .await
+        .unwrap();
+    assert_eq!((usage[0].name.as_str(), usage[0].used), ("daily", 3));
+    assert_eq!((usage[1].name.as_str(), usage[1].used), ("monthly", 3));
+    let keys = redis.cli(&["KEYS", "aon:*"]);
+    let daily = keys
+        .lines()
+        .find(|k| k.contains(":daily:"))
+        .expect("daily key")
+        .to_owned();
+    assert_eq!(redis.cli(&["GET", &daily]), "3");
+
+    // concurrent requests against 2 remaining monthly units (daily has room): exactly 2
+    // are admitted, and the daily counter holds exactly their units (no rolled-back ones)
+    let l = layer(
+        &redis.url(),
+        "aon2",
+        vec![
+            Quota::new("daily", 1000, Window::day()),
+            Quota::new("monthly", 2, Window::month()),
+        ],
+        FailureMode::Reject,
+    );
+    let tasks: Vec<_> = (0..60)
+        .map(|_| {
+            let l = l.clone();
+            tokio::spawn(async move { status(&l).await })
+        })
+        .collect();
+    let mut admitted = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            200 => admitted += 1,
+            429 => {}
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert_eq!(admitted, 2);
+    let keys = redis.cli(&["KEYS", "aon2:*"]);
+    for k in keys.lines() {
+        assert_eq!(redis.cli(&["GET", k]), "2", "{k}");
+    }
+    assert_eq!(keys.lines().count(), 2);
+}
+
+/// The script charges rolling windows too: the earlier buckets count against the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_and_calendar_quotas_in_one_script() {
+    let redis = RedisServer::start();
+    let l = layer(
+        &redis.url(),
+        "roll",
+        vec![
+            Quota::new(
+                "hourly",
+                2,
+                Window::rolling(Duration::from_secs(3600), 60).unwrap(),
+            ),
+            Quota::new("daily", 100, Window::day()),
+        ],
+        FailureMode::Reject,
+    );
+    assert_eq!(status(&l).await, 200);
+    assert_eq!(status(&l).await, 200);
+    assert_eq!(status(&l).await, 429);
+    let usage = l
+        .usage_of(&Principal::new("alice", CredentialKind::ApiKey).with_plan("free"))
+        .await
+        .unwrap();
+    assert_eq!((usage[0].used, usage[1].used), (2, 2));
+}

@@ -2,6 +2,9 @@
 //! allocation for the common request), and integer formatting into them.
 
 use std::fmt;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering, fence};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Bytes kept inline up to `N`, spilling to the heap beyond.
 #[derive(Clone)]
@@ -47,6 +50,20 @@ impl<const N: usize> Buf<N> {
             return;
         }
         self.extend_spilled(bytes);
+    }
+
+    /// Appends a copy of `range` of the contents.
+    #[inline]
+    pub(crate) fn extend_from_within(&mut self, range: std::ops::RangeTo<usize>) {
+        let len = self.len as usize;
+        let end = range.end;
+        if self.heap.is_empty() && len + end <= N {
+            self.inline.copy_within(..end, len);
+            self.len = (len + end) as u32;
+            return;
+        }
+        let copy = self.as_slice()[range].to_vec();
+        self.extend_spilled(&copy);
     }
 
     #[cold]
@@ -95,45 +112,66 @@ impl<const N: usize> Buf<N> {
         }
     }
 
-    /// Appends `n` in decimal (two digits per step, as itoa does).
+    /// Appends `n` in decimal (four digits per step, as itoa does). The digits are
+    /// copied as one fixed-size block, without a `memcpy` call.
     #[inline]
-    pub(crate) fn push_u64(&mut self, mut n: u64) {
-        const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
-            2021222324252627282930313233343536373839\
-            4041424344454647484950515253545556575859\
-            6061626364656667686970717273747576777879\
-            8081828384858687888990919293949596979899";
-        let mut digits = [0u8; 20];
-        let mut i = digits.len();
-        while n >= 10_000 {
-            let rem = (n % 10_000) as usize;
-            n /= 10_000;
-            let (hi, lo) = ((rem / 100) * 2, (rem % 100) * 2);
-            i -= 4;
-            digits[i..i + 2].copy_from_slice(&PAIRS[hi..hi + 2]);
-            digits[i + 2..i + 4].copy_from_slice(&PAIRS[lo..lo + 2]);
-        }
-        while n >= 100 {
-            let p = (n % 100) as usize * 2;
-            n /= 100;
-            i -= 2;
-            digits[i..i + 2].copy_from_slice(&PAIRS[p..p + 2]);
-        }
-        if n >= 10 {
-            let p = n as usize * 2;
-            i -= 2;
-            digits[i..i + 2].copy_from_slice(&PAIRS[p..p + 2]);
+    pub(crate) fn push_u64(&mut self, n: u64) {
+        // digits end at index 20; bytes 20..40 are padding for the fixed-size copy
+        let mut buf = [0u8; 40];
+        let start = write_digits(&mut buf, n);
+        let digits = 20 - start;
+        let len = self.len as usize;
+        if self.heap.is_empty() && len + 20 <= N {
+            self.inline[len..len + 20].copy_from_slice(&buf[start..start + 20]);
+            self.len = (len + digits) as u32;
         } else {
-            i -= 1;
-            digits[i] = b'0' + n as u8;
+            self.extend_from_slice(&buf[start..20]);
         }
-        self.extend_from_slice(&digits[i..]);
     }
 
     /// The contents as text (they are built from `&str` pieces only).
     pub(crate) fn as_str(&self) -> &str {
         std::str::from_utf8(self.as_slice()).unwrap_or_default()
     }
+}
+
+const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
+    2021222324252627282930313233343536373839\
+    4041424344454647484950515253545556575859\
+    6061626364656667686970717273747576777879\
+    8081828384858687888990919293949596979899";
+
+#[inline(always)]
+fn pair(v: u32) -> [u8; 2] {
+    let p = v as usize * 2;
+    [PAIRS[p], PAIRS[p + 1]]
+}
+
+/// Writes `n` in decimal ending at `buf[20]`; returns where the digits start.
+#[inline(always)]
+fn write_digits(buf: &mut [u8; 40], mut n: u64) -> usize {
+    let mut i = 20;
+    while n >= 10_000 {
+        let rem = (n % 10_000) as u32;
+        n /= 10_000;
+        i -= 4;
+        buf[i..i + 2].copy_from_slice(&pair(rem / 100));
+        buf[i + 2..i + 4].copy_from_slice(&pair(rem % 100));
+    }
+    let mut m = n as u32;
+    if m >= 100 {
+        i -= 2;
+        buf[i..i + 2].copy_from_slice(&pair(m % 100));
+        m /= 100;
+    }
+    if m >= 10 {
+        i -= 2;
+        buf[i..i + 2].copy_from_slice(&pair(m));
+    } else {
+        i -= 1;
+        buf[i] = b'0' + m as u8;
+    }
+    i
 }
 
 impl<const N: usize> Extend<u8> for Buf<N> {
@@ -235,5 +273,190 @@ mod tests {
             *v *= 2;
         }
         assert_eq!(l.iter().copied().collect::<Vec<_>>(), [0, 2, 4, 6, 8]);
+    }
+
+    #[test]
+    fn buf_copies_its_head_and_span_cache_answers_inside_its_window_only() {
+        let mut b = Buf::<8>::default();
+        b.extend_from_slice(b"abc");
+        b.extend_from_within(..2);
+        assert_eq!(b.as_slice(), b"abcab");
+        b.extend_from_within(..5); // spills
+        assert_eq!(b.as_slice(), b"abcababcab");
+
+        let c = SpanCache::default();
+        let t = |s: u64| UNIX_EPOCH + Duration::from_secs(s);
+        assert!(c.get(nanos(t(150)).unwrap()).is_none());
+        c.put(t(100), t(200), b"2026-11");
+        let got = c.get(nanos(t(100)).unwrap()).unwrap();
+        assert_eq!(got.label().as_slice(), b"2026-11");
+        assert_eq!((got.start(), got.end()), (t(100), t(200)));
+        assert!(c.get(nanos(t(199)).unwrap()).is_some());
+        assert!(c.get(nanos(t(200)).unwrap()).is_none());
+        assert!(c.get(nanos(t(99)).unwrap()).is_none());
+        // a label too long is not cached
+        c.put(t(200), t(300), &[b'x'; 40]);
+        assert!(c.get(nanos(t(250)).unwrap()).is_none());
+        c.put(t(200), t(300), b"2026-12-01T00:00:00+05:30-long");
+        assert_eq!(
+            c.get(nanos(t(250)).unwrap()).unwrap().label().as_slice(),
+            b"2026-12-01T00:00:00+05:30-long"
+        );
+    }
+}
+
+/// The current calendar window of a quota, read without a lock or a read-modify-write
+/// (a sequence lock over atomics): every request reads it, and a lock word or reference
+/// count written by every core would bounce between their caches. It is written once per
+/// window. Labels longer than [`SpanCache::LABEL_MAX`] bytes are not cached.
+#[derive(Debug, Default)]
+pub(crate) struct SpanCache {
+    /// Even: stable; odd: being written.
+    seq: AtomicU64,
+    /// Start and end in nanoseconds since the Unix epoch; `end == 0`: empty.
+    start: AtomicU64,
+    end: AtomicU64,
+    label_len: AtomicU64,
+    label: [AtomicU64; 4],
+    write: Mutex<()>,
+}
+
+/// A window read from a [`SpanCache`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CachedSpan {
+    /// Start and end in nanoseconds since the Unix epoch.
+    start: u64,
+    end: u64,
+    label: [u64; 4],
+    len: usize,
+}
+
+impl CachedSpan {
+    /// A span that did not fit the cache (its label is cut to [`SpanCache::LABEL_MAX`];
+    /// callers use it only for labels that fit).
+    /// The start of the window.
+    pub(crate) fn start(&self) -> SystemTime {
+        at_nanos(self.start)
+    }
+
+    /// The end of the window (its reset).
+    pub(crate) fn end(&self) -> SystemTime {
+        at_nanos(self.end)
+    }
+
+    /// Nanoseconds from `now` to the end of the window.
+    #[inline]
+    pub(crate) fn end_nanos(&self) -> u64 {
+        self.end
+    }
+
+    pub(crate) fn new(s: &super::window::Span) -> Option<Self> {
+        let mut padded = [0u8; SpanCache::LABEL_MAX];
+        let len = s.label.len().min(SpanCache::LABEL_MAX);
+        padded[..len].copy_from_slice(&s.label.as_bytes()[..len]);
+        let mut label = [0u64; 4];
+        for (i, w) in label.iter_mut().enumerate() {
+            *w = u64::from_le_bytes(padded[i * 8..i * 8 + 8].try_into().unwrap_or_default());
+        }
+        Some(Self {
+            start: nanos(s.start)?,
+            end: nanos(s.end)?,
+            label,
+            len,
+        })
+    }
+
+    /// The window's label bytes.
+    pub(crate) fn label(&self) -> LabelBytes {
+        let mut b = [0u8; SpanCache::LABEL_MAX];
+        for (i, w) in self.label.iter().enumerate() {
+            b[i * 8..i * 8 + 8].copy_from_slice(&w.to_le_bytes());
+        }
+        LabelBytes { b, len: self.len }
+    }
+}
+
+#[inline]
+fn at_nanos(n: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::new(n / 1_000_000_000, (n % 1_000_000_000) as u32)
+}
+
+/// Label bytes on the stack.
+pub(crate) struct LabelBytes {
+    b: [u8; SpanCache::LABEL_MAX],
+    len: usize,
+}
+
+impl LabelBytes {
+    pub(crate) fn as_slice(&self) -> &[u8] {
+        &self.b[..self.len]
+    }
+}
+
+/// Nanoseconds since the Unix epoch (`None` before it or after 2554).
+#[inline]
+pub(crate) fn nanos(t: SystemTime) -> Option<u64> {
+    let d = t.duration_since(UNIX_EPOCH).ok()?;
+    d.as_secs()
+        .checked_mul(1_000_000_000)?
+        .checked_add(u64::from(d.subsec_nanos()))
+}
+
+impl SpanCache {
+    pub(crate) const LABEL_MAX: usize = 32;
+
+    /// The cached window when it contains `now` (nanoseconds since the epoch).
+    #[inline]
+    pub(crate) fn get(&self, now: u64) -> Option<CachedSpan> {
+        let s1 = self.seq.load(Ordering::Acquire);
+        if s1 & 1 == 1 {
+            return None;
+        }
+        let start = self.start.load(Ordering::Relaxed);
+        let end = self.end.load(Ordering::Relaxed);
+        let len = self.label_len.load(Ordering::Relaxed) as usize;
+        let label = [
+            self.label[0].load(Ordering::Relaxed),
+            self.label[1].load(Ordering::Relaxed),
+            self.label[2].load(Ordering::Relaxed),
+            self.label[3].load(Ordering::Relaxed),
+        ];
+        fence(Ordering::Acquire);
+        if self.seq.load(Ordering::Relaxed) != s1 || !(start <= now && now < end) {
+            return None;
+        }
+        Some(CachedSpan {
+            start,
+            end,
+            label,
+            len: len.min(Self::LABEL_MAX),
+        })
+    }
+
+    /// Caches a window (when it fits).
+    pub(crate) fn put(&self, start: SystemTime, end: SystemTime, label: &[u8]) {
+        let (Some(start), Some(end)) = (nanos(start), nanos(end)) else {
+            return;
+        };
+        if label.len() > Self::LABEL_MAX || end == 0 {
+            return;
+        }
+        let mut words = [0u64; 4];
+        let mut padded = [0u8; Self::LABEL_MAX];
+        padded[..label.len()].copy_from_slice(label);
+        for (i, w) in words.iter_mut().enumerate() {
+            *w = u64::from_le_bytes(padded[i * 8..i * 8 + 8].try_into().unwrap_or_default());
+        }
+        let _g = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        let s = self.seq.load(Ordering::Relaxed);
+        self.seq.store(s.wrapping_add(1), Ordering::Relaxed);
+        fence(Ordering::Release);
+        self.start.store(start, Ordering::Relaxed);
+        self.end.store(end, Ordering::Relaxed);
+        self.label_len.store(label.len() as u64, Ordering::Relaxed);
+        for (a, w) in self.label.iter().zip(words) {
+            a.store(w, Ordering::Relaxed);
+        }
+        self.seq.store(s.wrapping_add(2), Ordering::Release);
     }
 }

@@ -14,8 +14,8 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::fast::{Buf, List};
-use super::store::{MemoryCounterStore, QuotaStore};
+use super::fast::{Buf, CachedSpan, List, SpanCache, nanos};
+use super::store::{Charge, MemoryCounterStore, QuotaStore, Table};
 use super::window::Window;
 use crate::body::BodyFromBytes;
 use crate::client_ip::{ClientIpResolver, client_ip_of};
@@ -47,8 +47,8 @@ pub struct Quota {
 /// (calendar arithmetic and label formatting), not per request.
 #[derive(Debug)]
 struct QuotaCache {
-    /// The current calendar window and the end of its store keys (`:<name>:<label>`).
-    span: std::sync::RwLock<Option<(super::window::Span, Box<[u8]>)>>,
+    /// The current calendar window (read without a lock).
+    span: SpanCache,
     /// The name as used in store keys.
     key_name: Box<[u8]>,
     /// This quota's `RateLimit-Policy` item (`"monthly";q=6000;w=2592000`).
@@ -88,7 +88,7 @@ impl Quota {
             limit,
             window,
             cache: Arc::new(QuotaCache {
-                span: std::sync::RwLock::new(None),
+                span: SpanCache::default(),
                 key_name: key_name.as_slice().into(),
                 policy,
                 r_prefix: r_prefix.into(),
@@ -101,31 +101,57 @@ impl Quota {
         self.with_span(now, |s, _| s.clone())
     }
 
-    /// Runs `f` on the window containing `now` and the end of its store keys
-    /// (`:<name>:<label>`). A calendar window is computed once per window and read from the
-    /// cache under a read lock, without copying it.
-    fn with_span<R>(&self, now: SystemTime, f: impl FnOnce(&super::window::Span, &[u8]) -> R) -> R {
-        let rolling = self.window.is_rolling();
-        if !rolling
-            && let Ok(g) = self.cache.span.read()
-            && let Some((s, suffix)) = &*g
-            && s.start <= now
-            && now < s.end
-        {
-            return f(s, suffix);
+    /// The calendar window containing `now` (nanoseconds since the epoch): its end and
+    /// label, from the cache (computed once per window). `None` for a rolling window (or a
+    /// label too long for the cache).
+    #[inline]
+    fn calendar_span(&self, now: u64) -> Option<CachedSpan> {
+        if let Some(c) = self.cache.span.get(now) {
+            return Some(c);
         }
-        let s = self.window.span(now);
-        let mut suffix = Vec::with_capacity(self.cache.key_name.len() + s.label.len() + 2);
-        suffix.push(b':');
-        suffix.extend_from_slice(&self.cache.key_name);
-        suffix.push(b':');
-        suffix.extend_from_slice(s.label.as_bytes());
-        let r = f(&s, &suffix);
-        if !rolling && let Ok(mut g) = self.cache.span.write() {
-            *g = Some((s, suffix.into()));
-        }
-        r
+        self.calendar_span_slow(now)
     }
+
+    #[cold]
+    #[inline(never)]
+    fn calendar_span_slow(&self, now: u64) -> Option<CachedSpan> {
+        if self.window.is_rolling() {
+            return None;
+        }
+        let at = UNIX_EPOCH + Duration::from_nanos(now);
+        let s = self.window.span(at);
+        if s.label.len() > SpanCache::LABEL_MAX {
+            return None;
+        }
+        self.cache.span.put(s.start, s.end, s.label.as_bytes());
+        self.cache.span.get(now).or_else(|| CachedSpan::new(&s))
+    }
+
+    /// Runs `f` on the window containing `now` and the end of its store keys
+    /// (`:<name>:<label>`).
+    fn with_span<R>(&self, now: SystemTime, f: impl FnOnce(&super::window::Span, &[u8]) -> R) -> R {
+        let s = match nanos(now).and_then(|n| self.calendar_span(n)) {
+            Some(c) => super::window::Span {
+                start: c.start(),
+                end: c.end(),
+                label: String::from_utf8_lossy(c.label().as_slice()).into_owned(),
+            },
+            None => self.window.span(now),
+        };
+        let mut suffix = Buf::<64>::default();
+        self.push_suffix(&mut suffix, s.label.as_bytes());
+        f(&s, suffix.as_slice())
+    }
+
+    /// Appends `:<name>:<label>`, the end of this quota's store keys.
+    #[inline]
+    fn push_suffix<const N: usize>(&self, out: &mut Buf<N>, label: &[u8]) {
+        out.push(b':');
+        out.extend_from_slice(&self.cache.key_name);
+        out.push(b':');
+        out.extend_from_slice(label);
+    }
+
     /// Policy name.
     pub fn name(&self) -> &str {
         &self.name
@@ -192,6 +218,69 @@ impl PlanTable {
 impl LimitProvider for PlanTable {
     fn limits(&self, caller: &Caller<'_>) -> Option<Limits> {
         caller.plan.and_then(|p| self.plans.get(p)).cloned()
+    }
+}
+
+/// A plan's quotas and their `RateLimit-Policy` value, rendered once.
+#[derive(Debug, Clone)]
+struct PlanEntry {
+    limits: Limits,
+    policy: Option<HeaderValue>,
+}
+
+impl PlanEntry {
+    fn new(limits: &Limits) -> Self {
+        Self {
+            limits: limits.clone(),
+            policy: policy_value(limits),
+        }
+    }
+}
+
+/// The plan table as the layer looks it up: plan name → entry, and the entry for callers
+/// with an unknown or no plan.
+#[derive(Debug, Clone)]
+struct PlanEntries {
+    plans: HashMap<String, PlanEntry, Seeds>,
+    /// The same plans in a list when there are few: compared by length and bytes, cheaper
+    /// than hashing the name.
+    few: Option<Vec<(Box<str>, PlanEntry)>>,
+    unknown: Option<PlanEntry>,
+}
+
+impl PlanEntries {
+    fn new(table: &PlanTable, unknown: &UnknownPlan) -> Self {
+        let plans: HashMap<String, PlanEntry, Seeds> = table
+            .plans
+            .iter()
+            .map(|(k, v)| (k.clone(), PlanEntry::new(v)))
+            .collect();
+        Self {
+            few: (plans.len() <= 8).then(|| {
+                plans
+                    .iter()
+                    .map(|(k, v)| (k.as_str().into(), v.clone()))
+                    .collect()
+            }),
+            plans,
+            unknown: match unknown {
+                UnknownPlan::Deny => None,
+                UnknownPlan::Default(l) => Some(PlanEntry::new(l)),
+            },
+        }
+    }
+
+    #[inline]
+    fn entry(&self, plan: Option<&str>) -> Option<&PlanEntry> {
+        let found = match (&self.few, plan) {
+            (_, None) => None,
+            (Some(few), Some(p)) => few
+                .iter()
+                .find(|(name, _)| name.len() == p.len() && **name == *p)
+                .map(|(_, e)| e),
+            (None, Some(p)) => self.plans.get(p),
+        };
+        found.or(self.unknown.as_ref())
     }
 }
 
@@ -294,8 +383,8 @@ struct Shared<St> {
     fallback_store: Option<MemoryCounterStore>,
     provider: Arc<dyn LimitProvider>,
     /// The built-in plan table, when no custom provider is set (looked up directly: the
-    /// caller key is then not needed as text).
-    plans: Option<PlanTable>,
+    /// caller key is then not needed as text), with each plan's `RateLimit-Policy` value.
+    plans: Option<PlanEntries>,
     unknown_plan: UnknownPlan,
     key_fallback: KeyFallback,
     resolver: ClientIpResolver,
@@ -308,6 +397,9 @@ struct Shared<St> {
     prefix: String,
     /// `<prefix>{`
     key_head: String,
+    /// Where the hash tag starts in a store key (`key_head.len()`), when the prefix has no
+    /// braces of its own.
+    tag_at: Option<usize>,
     clock: SharedClock,
 }
 
@@ -522,7 +614,10 @@ impl<St: CounterStore + Clone> QuotaLayerBuilder<St> {
         };
         let fallback_store = (self.failure_mode == FailureMode::LocalFallback)
             .then(|| MemoryCounterStore::new(clock.clone()));
-        let plans = self.provider.is_none().then(|| self.plans.clone());
+        let plans = self
+            .provider
+            .is_none()
+            .then(|| PlanEntries::new(&self.plans, &unknown_plan));
         let provider = self
             .provider
             .unwrap_or_else(|| Arc::new(self.plans.clone()) as Arc<dyn LimitProvider>);
@@ -542,6 +637,7 @@ impl<St: CounterStore + Clone> QuotaLayerBuilder<St> {
                 shadow: self.shadow,
                 headers_on_success: self.headers_on_success,
                 key_head: format!("{}{{", self.prefix),
+                tag_at: (!self.prefix.contains(['{', '}'])).then_some(self.prefix.len() + 1),
                 prefix: self.prefix,
                 clock,
             }),
@@ -625,7 +721,18 @@ const ESCAPED: [bool; 256] = {
     t
 };
 
+#[inline]
 fn push_escaped<const N: usize>(out: &mut Buf<N>, bytes: &[u8]) {
+    // most keys need no escaping: one scan, one copy
+    if !bytes.iter().any(|&b| ESCAPED[usize::from(b)]) {
+        out.extend_from_slice(bytes);
+        return;
+    }
+    push_escaped_slow(out, bytes);
+}
+
+#[inline(never)]
+fn push_escaped_slow<const N: usize>(out: &mut Buf<N>, bytes: &[u8]) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
     let mut run = 0;
     for (i, &b) in bytes.iter().enumerate() {
@@ -850,6 +957,10 @@ impl<St: CounterStore + Clone> QuotaLayer<St> {
         cost: u64,
         now: SystemTime,
     ) -> Result<List<Outcome>, StoreError> {
+        #[cfg(feature = "redis")]
+        if let Some(r) = redis_store(store) {
+            return self.decide_redis(r, caller, limits, cost, now).await;
+        }
         let mut outcomes: List<Outcome> = List::default();
         let mut refused = false;
         for (i, q) in limits.iter().enumerate() {
@@ -972,6 +1083,81 @@ impl<St: CounterStore + Clone> QuotaLayer<St> {
         Ok(outcomes)
     }
 
+    /// [`decide`](Self::decide) with Redis: one atomic script over every window key of the
+    /// request (and the earlier buckets of rolling windows), all or nothing — nothing to
+    /// roll back when a quota refuses.
+    #[cfg(feature = "redis")]
+    async fn decide_redis(
+        &self,
+        store: &super::redis::RedisCounterStore,
+        caller: &str,
+        limits: &[Quota],
+        cost: u64,
+        now: SystemTime,
+    ) -> Result<List<Outcome>, StoreError> {
+        struct Part {
+            key: StoreKey,
+            earlier: Vec<Vec<u8>>,
+            span: super::window::Span,
+            rolling: Option<(Duration, u32)>,
+        }
+        let parts: Vec<Part> = limits
+            .iter()
+            .map(|q| {
+                let span = q.span(now);
+                let key = self.store_key(caller, q, &span.label);
+                let rolling = q.window.rolling_parts();
+                let earlier = match rolling {
+                    Some((_, n)) => {
+                        let idx: i128 = span.label[1..].parse().unwrap_or(0);
+                        (1..i128::from(n))
+                            .rev()
+                            .map(|back| {
+                                let label = format!("r{}", idx - back);
+                                self.store_key(caller, q, &label).as_slice().to_vec()
+                            })
+                            .collect()
+                    }
+                    None => Vec::new(),
+                };
+                Part {
+                    key,
+                    earlier,
+                    span,
+                    rolling,
+                }
+            })
+            .collect();
+        let specs: Vec<super::redis::ChargeSpec<'_>> = parts
+            .iter()
+            .zip(limits)
+            .map(|(p, q)| super::redis::ChargeSpec {
+                key: p.key.as_slice(),
+                limit: q.limit,
+                window_end: p.span.end,
+                earlier: p.earlier.clone(),
+            })
+            .collect();
+        let (counted, charged) = store.charge(&specs, cost).await?;
+        let mut outcomes = List::default();
+        for (i, ((p, q), c)) in parts.iter().zip(limits).zip(charged).enumerate() {
+            let reset_at = match p.rolling {
+                Some((bucket, n)) if c.oldest_back > 0 => {
+                    p.span.start - bucket * c.oldest_back + bucket * n
+                }
+                _ => p.span.end,
+            };
+            outcomes.push(Outcome {
+                quota_idx: i,
+                used: c.used,
+                exceeded: !counted && c.used.saturating_add(cost) > q.limit,
+                counted,
+                reset_at,
+            });
+        }
+        Ok(outcomes)
+    }
+
     /// Gives `cost` back to the counted outcomes (their keys are rebuilt from the caller,
     /// the quota and the decision's time).
     async fn refund_all<T: CounterStore>(
@@ -983,6 +1169,23 @@ impl<St: CounterStore + Clone> QuotaLayer<St> {
         cost: u64,
         now: SystemTime,
     ) {
+        #[cfg(feature = "redis")]
+        if let Some(r) = redis_store(store) {
+            // one call for every counter
+            let keys: Vec<StoreKey> = outcomes
+                .iter()
+                .filter(|o| o.counted)
+                .map(|o| {
+                    let q = &limits[o.quota_idx];
+                    self.store_key(caller, q, &q.span(now).label)
+                })
+                .collect();
+            let refs: Vec<&[u8]> = keys.iter().map(|k| k.as_slice()).collect();
+            if let Err(e) = r.refund_all(&refs, cost).await {
+                tracing::warn!(error = %e, "quota refund failed");
+            }
+            return;
+        }
         let mut key = key_head(&self.shared, caller.as_bytes());
         let head = key.len();
         for o in outcomes.iter().filter(|o| o.counted) {
@@ -1087,17 +1290,26 @@ fn policy_value(limits: &[Quota]) -> Option<HeaderValue> {
 }
 
 /// Appends `RateLimit-Policy` and `RateLimit`, unless an inner layer already set
-/// `RateLimit`.
-fn append_fields(headers: &mut http::HeaderMap, limits: &[Quota], ratelimit: Option<HeaderValue>) {
-    if headers.contains_key(&ratelimit::RATELIMIT) {
-        return;
-    }
+/// `RateLimit` (one lookup of `RateLimit`: its entry is where the value goes).
+fn append_fields(
+    headers: &mut http::HeaderMap,
+    policy: Option<HeaderValue>,
+    ratelimit: Option<HeaderValue>,
+) {
     // names built at compile time: no clone through `Bytes`' vtable per request
-    if let Some(p) = policy_value(limits) {
-        headers.append(const { HeaderName::from_static("ratelimit-policy") }, p);
+    let http::header::Entry::Vacant(slot) =
+        headers.entry(const { HeaderName::from_static("ratelimit") })
+    else {
+        return;
+    };
+    match ratelimit {
+        Some(v) => {
+            slot.insert(v);
+        }
+        None => drop(slot),
     }
-    if let Some(v) = ratelimit {
-        headers.append(const { HeaderName::from_static("ratelimit") }, v);
+    if let Some(p) = policy {
+        headers.append(const { HeaderName::from_static("ratelimit-policy") }, p);
     }
 }
 
@@ -1136,49 +1348,67 @@ impl<S: fmt::Debug, St> fmt::Debug for QuotaService<S, St> {
 
 type BoxFut<R, E> = Pin<Box<dyn Future<Output = Result<R, E>> + Send + 'static>>;
 
+/// How an admitted request's units are given back.
+enum Refund {
+    /// Counters of the built-in in-process table: one shard, `(key hash, id)` per quota.
+    Local { shard: u32, ids: List<(u64, u64)> },
+    /// Another immediate store: the keys are rebuilt from the caller and the time.
+    Keys(Box<(Limits, KeySource, SystemTime)>),
+}
+
 /// What is left to do when the inner service answers an admitted request (in-process
-/// stores only; their calls complete at once): refunds and the `RateLimit` fields. Every
-/// quota of `limits` was counted; a refund rebuilds their keys from `source` and `now`.
+/// stores only; their calls complete at once): refunds and the `RateLimit` fields.
 struct After<St> {
     shared: Arc<Shared<St>>,
-    limits: Limits,
-    source: KeySource,
-    now: SystemTime,
+    refund: Refund,
     cost: u64,
-    /// The `RateLimit` value, when admitted responses carry the fields.
-    ratelimit: Option<HeaderValue>,
+    /// `RateLimit-Policy` and `RateLimit`, when admitted responses carry the fields.
+    fields: Option<(Option<HeaderValue>, Option<HeaderValue>)>,
 }
 
 impl<St: CounterStore> After<St> {
-    fn finish<B, E>(self, result: Result<Response<B>, E>) -> Result<Response<B>, E> {
-        let shared = &*self.shared;
-        if shared
+    #[inline]
+    fn finish<B, E>(&mut self, result: &mut Result<Response<B>, E>) {
+        if self
+            .shared
             .policy
             .refunds(result.as_ref().ok().map(|r| r.status()))
         {
             self.refund();
         }
-        let mut res = result?;
-        if shared.headers_on_success {
-            append_fields(res.headers_mut(), &self.limits, self.ratelimit);
+        if let Ok(res) = result
+            && let Some((policy, ratelimit)) = &mut self.fields
+        {
+            append_fields(res.headers_mut(), policy.take(), ratelimit.take());
         }
-        Ok(res)
     }
 
     #[cold]
+    #[inline(never)]
     fn refund(&self) {
-        let mut caller = CallerKey::default();
-        self.source.write(&mut caller);
-        let mut key = key_head(&self.shared, caller.as_slice());
-        let head = key.len();
-        refund_now(
-            &self.shared.store,
-            &mut key,
-            head,
-            self.limits.iter(),
-            self.cost,
-            self.now,
-        );
+        let shared = &*self.shared;
+        match &self.refund {
+            Refund::Local { shard, ids } => {
+                if let Some(t) = local_table(&shared.store) {
+                    t.refund_ids(*shard as usize, ids.iter().copied(), self.cost);
+                }
+            }
+            Refund::Keys(keys) => {
+                let (limits, source, now) = &**keys;
+                let mut caller = CallerKey::default();
+                source.as_ref().write(&mut caller);
+                let mut key = key_head(shared, caller.as_slice());
+                let head = key.len();
+                refund_now(
+                    &shared.store,
+                    &mut key,
+                    head,
+                    limits.iter(),
+                    self.cost,
+                    *now,
+                );
+            }
+        }
     }
 }
 
@@ -1210,11 +1440,14 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
             RfProj::Inner { fut, after } => {
-                let out = std::task::ready!(fut.poll(cx));
-                Poll::Ready(match after.take() {
-                    Some(a) => a.finish(out),
-                    None => out,
-                })
+                let mut out = std::task::ready!(fut.poll(cx));
+                // finished in place: the response is not moved through the refund and the
+                // fields
+                if let Some(a) = after {
+                    a.finish(&mut out);
+                    *after = None;
+                }
+                Poll::Ready(out)
             }
             RfProj::Denied { res } => Poll::Ready(Ok(*res
                 .take()
@@ -1227,14 +1460,12 @@ where
 impl<St> fmt::Debug for After<St> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("After")
-            .field("quotas", &self.limits.len())
             .field("cost", &self.cost)
             .finish_non_exhaustive()
     }
 }
 
-/// Who is counted: kept by the response future to rebuild the store keys for a refund
-/// (a reference count or a copy, not the keys themselves).
+/// Who is counted (owned: kept by futures that outlive the request's borrow).
 enum KeySource {
     Principal(Principal),
     Ip(std::net::IpAddr),
@@ -1242,28 +1473,74 @@ enum KeySource {
 }
 
 impl KeySource {
+    fn as_ref(&self) -> KeyRef<'_> {
+        match self {
+            Self::Principal(p) => KeyRef::Principal(p),
+            Self::Ip(ip) => KeyRef::Ip(*ip),
+            Self::Header(v) => KeyRef::Header(v),
+        }
+    }
+}
+
+/// Who is counted, borrowed from the request.
+#[derive(Clone, Copy)]
+enum KeyRef<'a> {
+    Principal(&'a Principal),
+    Ip(std::net::IpAddr),
+    Header(&'a HeaderValue),
+}
+
+impl<'a> KeyRef<'a> {
     /// The caller of a request: its principal, or the fallback. `None` when the caller
     /// cannot be identified.
-    fn of<B>(req: &mut Request<B>, shared: &Shared<impl Sized>) -> Option<Self> {
+    /// `ip` is the client address when the fallback needs it ([`fallback_ip`]).
+    #[inline]
+    fn of<B>(
+        req: &'a Request<B>,
+        shared: &Shared<impl Sized>,
+        ip: Option<std::net::IpAddr>,
+    ) -> Option<Self> {
         if let Some(p) = req.extensions().get::<Principal>() {
-            return Some(Self::Principal(p.clone()));
+            return Some(Self::Principal(p));
         }
+        Self::fallback(req, shared, ip)
+    }
+
+    fn fallback<B>(
+        req: &'a Request<B>,
+        shared: &Shared<impl Sized>,
+        ip: Option<std::net::IpAddr>,
+    ) -> Option<Self> {
         match &shared.key_fallback {
-            KeyFallback::ClientIp => {
-                client_ip_of(req, &shared.resolver).map(|ip| Self::Ip(ip.prefix_key(64)))
-            }
+            KeyFallback::ClientIp => ip.map(Self::Ip),
             KeyFallback::Header(name) => {
                 let v = req.headers().get(name)?;
                 let s = v.to_str().ok()?;
-                (!s.is_empty() && s.len() <= 128).then(|| Self::Header(v.clone()))
+                (!s.is_empty() && s.len() <= 128).then_some(Self::Header(v))
             }
             KeyFallback::None => None,
         }
     }
 
+    #[allow(clippy::wrong_self_convention)]
+    fn to_owned(self) -> KeySource {
+        match self {
+            Self::Principal(p) => KeySource::Principal(p.clone()),
+            Self::Ip(ip) => KeySource::Ip(ip),
+            Self::Header(v) => KeySource::Header(v.clone()),
+        }
+    }
+
+    fn principal(self) -> Option<&'a Principal> {
+        match self {
+            Self::Principal(p) => Some(p),
+            _ => None,
+        }
+    }
+
     /// Writes the counting key into `out`: `p:<principal id>`, `ip:<address>` or
     /// `h:<header value>`.
-    fn write(&self, out: &mut CallerKey) {
+    fn write(self, out: &mut CallerKey) {
         use std::fmt::Write as _;
         match self {
             Self::Principal(p) => {
@@ -1279,6 +1556,26 @@ impl KeySource {
             }
         }
     }
+
+    /// Writes the counting key %-escaped (as in store keys), without building it first.
+    #[inline]
+    fn write_escaped<const N: usize>(self, out: &mut Buf<N>) {
+        match self {
+            Self::Principal(p) => {
+                out.extend_from_slice(b"p%3A");
+                push_escaped(out, p.id().as_bytes());
+            }
+            Self::Ip(_) => {
+                let mut k = CallerKey::default();
+                self.write(&mut k);
+                push_escaped_caller(out, k.as_slice());
+            }
+            Self::Header(v) => {
+                out.extend_from_slice(b"h%3A");
+                push_escaped(out, v.as_bytes());
+            }
+        }
+    }
 }
 
 fn cost_of(shared: &Shared<impl Sized>, method: &Method, path: &str, query: Option<&str>) -> u64 {
@@ -1286,6 +1583,138 @@ fn cost_of(shared: &Shared<impl Sized>, method: &Method, path: &str, query: Opti
         Some(m) => m.value.for_query(query, shared.default_cost),
         None => shared.default_cost,
     }
+}
+
+/// The client address (IPv6 by /64) when the request has no principal and callers are
+/// keyed by address (resolving it may record it in the request's extensions).
+#[inline]
+fn fallback_ip<B>(req: &mut Request<B>, shared: &Shared<impl Sized>) -> Option<std::net::IpAddr> {
+    if !matches!(shared.key_fallback, KeyFallback::ClientIp)
+        || req.extensions().get::<Principal>().is_some()
+    {
+        return None;
+    }
+    client_ip_of(req, &shared.resolver).map(|ip| ip.prefix_key(64))
+}
+
+/// The Redis store behind a store type, if it is one.
+#[cfg(feature = "redis")]
+#[inline]
+fn redis_store<St: 'static>(store: &St) -> Option<&super::redis::RedisCounterStore> {
+    let any = store as &dyn std::any::Any;
+    if let Some(QuotaStore::Redis(r)) = any.downcast_ref::<QuotaStore>() {
+        return Some(r);
+    }
+    any.downcast_ref::<super::redis::RedisCounterStore>()
+}
+
+/// The built-in in-process table behind a store, if it is one of this module's stores.
+#[inline]
+fn local_table<St: 'static>(store: &St) -> Option<&Table> {
+    let any = store as &dyn std::any::Any;
+    if let Some(q) = any.downcast_ref::<QuotaStore>() {
+        return q.table();
+    }
+    if let Some(m) = any.downcast_ref::<MemoryCounterStore>() {
+        return Some(m.table());
+    }
+    any.downcast_ref::<super::store::DurableCounterStore>()
+        .map(|d| d.table())
+}
+
+/// An empty charge (filled in by [`decide_local`]).
+const BLANK: Charge = Charge {
+    at: (0, 0),
+    hash: 0,
+    limit: 0,
+    end: UNIX_EPOCH,
+    end_ns: 0,
+    used: 0,
+    exceeded: false,
+    id: 0,
+};
+
+/// Decides calendar quotas with the in-process table: the keys of all quotas are written
+/// into one buffer, hashed once each, and charged all or nothing under one shard lock.
+/// `None` when a quota cannot take this path (a rolling window, an uncacheable label).
+#[inline]
+#[allow(clippy::too_many_arguments)]
+fn decide_local<St>(
+    shared: &Shared<St>,
+    table: &Table,
+    caller: KeyRef<'_>,
+    limits: &[Quota],
+    charges: &mut [Charge],
+    cost: u64,
+    now: SystemTime,
+    now_ns: u64,
+) -> Option<Result<(bool, usize), StoreError>> {
+    let mut keys = Buf::<160>::default();
+    keys.extend_from_slice(shared.key_head.as_bytes());
+    caller.write_escaped(&mut keys);
+    keys.push(b'}');
+    let head = keys.len();
+    // the hash tag is the escaped caller, unless the prefix has braces of its own
+    let tag = match shared.tag_at {
+        Some(at) => &keys.as_slice()[at..head - 1],
+        None => super::store::tag(keys.as_slice()),
+    };
+    let shard = table.shard_of_tag(tag);
+    for (q, c) in limits.iter().zip(charges.iter_mut()) {
+        let span = q.calendar_span(now_ns)?;
+        // the first key starts with the head; the next ones copy it
+        let start = if keys.len() == head {
+            0
+        } else {
+            let start = keys.len();
+            keys.extend_from_within(..head);
+            start
+        };
+        q.push_suffix(&mut keys, span.label().as_slice());
+        let end = keys.len();
+        c.at = (start as u32, end as u32);
+        c.hash = table.hash_key(&keys.as_slice()[start..end]);
+        c.limit = q.limit;
+        c.end = span.end();
+        c.end_ns = span.end_nanos();
+    }
+    Some(
+        table
+            .charge(shard, keys.as_slice(), charges, cost, now)
+            .map(|counted| (counted, shard)),
+    )
+}
+
+/// The `RateLimit` value of a local decision.
+#[inline]
+fn local_ratelimit(limits: &[Quota], charges: &[Charge], now_ns: u64) -> Option<HeaderValue> {
+    let mut rl = Buf::<128>::default();
+    for (i, (q, c)) in limits.iter().zip(charges).enumerate() {
+        if i > 0 {
+            rl.extend_from_slice(b", ");
+        }
+        rl.extend_from_slice(&q.cache.r_prefix);
+        rl.push_u64(q.limit.saturating_sub(c.used));
+        rl.extend_from_slice(b";t=");
+        rl.push_u64(c.end_ns.saturating_sub(now_ns).div_ceil(1_000_000_000));
+    }
+    HeaderValue::from_bytes(rl.as_slice()).ok()
+}
+
+/// The outcomes of a refused local decision, for the denial.
+#[cold]
+fn local_outcomes(charges: &[Charge]) -> List<Outcome> {
+    let mut out = List::default();
+    for (i, c) in charges.iter().enumerate() {
+        out.push(Outcome {
+            quota_idx: i,
+            used: c.used,
+            exceeded: c.exceeded,
+            counted: false,
+            reset_at: c.end,
+        });
+    }
+    out
 }
 
 impl<S, St, ReqB, ResB> Service<Request<ReqB>> for QuotaService<S, St>
@@ -1307,147 +1736,283 @@ where
 
     fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
         let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let inner = std::mem::replace(&mut self.inner, clone);
         let layer = &self.layer;
         let shared = &*layer.shared;
 
-        let Some(source) = KeySource::of(&mut req, shared) else {
+        let ip = fallback_ip(&mut req, shared);
+        let Some(caller) = KeyRef::of(&req, shared, ip) else {
             let d = Denial::new(StatusCode::FORBIDDEN, "quota", "quota_key_missing")
                 .with_detail("The caller could not be identified for quota accounting.");
             return deny_or_shadow(layer, d, req, inner);
         };
-        let mut key = CallerKey::default();
-        source.write(&mut key);
-        let principal = match &source {
-            KeySource::Principal(p) => Some(p),
-            _ => None,
-        };
+        let principal = caller.principal();
         let plan = principal.and_then(|p| p.plan());
-        let limits = match &shared.plans {
-            Some(table) => plan
-                .and_then(|p| table.get(p).cloned())
-                .or_else(|| shared.unknown_plan_limits()),
-            None => layer.limits_for(&Caller {
-                principal,
-                plan,
-                key: key.as_str(),
-            }),
-        };
-        let Some(limits) = limits else {
-            let d = Denial::new(StatusCode::FORBIDDEN, "quota", "unknown_plan")
-                .with_detail("No quota is configured for the caller's plan.");
-            return deny_or_shadow(layer, d, req, inner);
+        // the plan table's entries carry their `RateLimit-Policy` value; a provider's
+        // limits get theirs built per request
+        let owned;
+        let (limits, policy): (&Limits, Option<&HeaderValue>) = match &shared.plans {
+            Some(table) => match table.entry(plan) {
+                Some(e) => (&e.limits, e.policy.as_ref()),
+                None => return unknown_plan(layer, req, inner),
+            },
+            None => {
+                let mut key = CallerKey::default();
+                caller.write(&mut key);
+                owned = layer.limits_for(&Caller {
+                    principal,
+                    plan,
+                    key: key.as_str(),
+                });
+                match &owned {
+                    Some(l) => (l, None),
+                    None => return unknown_plan(layer, req, inner),
+                }
+            }
         };
         let cost = cost_of(shared, req.method(), req.uri().path(), req.uri().query());
         if cost == 0 || limits.is_empty() {
             return ResponseFuture::Inner {
-                fut: inner.call(req),
+                fut: inner_call(inner, req),
                 after: None,
             };
         }
         let now = shared.clock.wall();
 
-        // In-process stores answer at once: decide here, without boxing a future.
-        if shared.store.is_immediate()
-            && let Ok(outcomes) = if limits.iter().any(|q| q.window.is_rolling()) {
-                layer
-                    .decide(&shared.store, key.as_str(), &limits, cost, now)
-                    .now_or_never()
-                    .unwrap_or_else(|| Err(StoreError::Unavailable(String::new())))
-            } else {
-                layer.decide_now(&shared.store, key.as_slice(), &limits, cost, now)
-            }
+        // The built-in in-process stores: decide here under one lock, without boxing.
+        let mut failed = false;
+        let mut inline = [BLANK; 2];
+        let mut heap = Vec::new();
+        let charges: &mut [Charge] = if limits.len() <= inline.len() {
+            &mut inline[..limits.len()]
+        } else {
+            heap.resize(limits.len(), BLANK);
+            &mut heap
+        };
+        if let Some(table) = local_table(&shared.store)
+            && let Some(now_ns) = nanos(now)
+            && let Some(decided) =
+                decide_local(shared, table, caller, limits, charges, cost, now, now_ns)
         {
+            let (counted, shard) = match decided {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::warn!(error = %e, "quota store failed");
+                    failed = true;
+                    let source = caller.to_owned();
+                    return call_slow(layer, inner, req, source, limits.clone(), cost, now, failed);
+                }
+            };
+            let charges = &*charges;
+            if !counted {
+                let outcomes = local_outcomes(charges);
+                let d = QuotaLayer::<St>::denial_of(limits, &outcomes, now);
+                return deny_counted(layer, d, req, inner);
+            }
+            let fields = shared.headers_on_success.then(|| {
+                let policy = match policy {
+                    Some(p) => Some(p.clone()),
+                    None => policy_value(limits),
+                };
+                (policy, local_ratelimit(limits, charges, now_ns))
+            });
+            let after = (fields.is_some() || shared.policy != CountPolicy::EveryCall).then(|| {
+                let mut ids = List::default();
+                for c in charges {
+                    ids.push((c.hash, c.id));
+                }
+                After {
+                    shared: layer.shared.clone(),
+                    refund: Refund::Local {
+                        shard: shard as u32,
+                        ids,
+                    },
+                    cost,
+                    fields,
+                }
+            });
+            return ResponseFuture::Inner {
+                fut: inner_call(inner, req),
+                after,
+            };
+        }
+        let limits = limits.clone();
+        let source = caller.to_owned();
+        call_slow(layer, inner, req, source, limits, cost, now, failed)
+    }
+}
+
+/// Any store but the built-in in-process table (or a rolling window): an immediate
+/// store decides here, a remote store (or a failed decision) in a boxed future.
+#[inline(never)]
+#[allow(clippy::too_many_arguments)]
+fn call_slow<S, St, ReqB, ResB>(
+    layer: &QuotaLayer<St>,
+    mut inner: S,
+    req: Request<ReqB>,
+    source: KeySource,
+    limits: Limits,
+    cost: u64,
+    now: SystemTime,
+    failed: bool,
+) -> ResponseFuture<S::Future, St, ResB, S::Error>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    St: CounterStore + Clone,
+    ReqB: Send + 'static,
+    ResB: BodyFromBytes + Send + 'static,
+{
+    let shared = &*layer.shared;
+    let mut key = CallerKey::default();
+    source.as_ref().write(&mut key);
+    if !failed
+        && shared.store.is_immediate()
+        && let Ok(outcomes) = if local_table(&shared.store).is_some()
+            || limits.iter().any(|q| q.window.is_rolling())
+        {
+            layer
+                .decide(&shared.store, key.as_str(), &limits, cost, now)
+                .now_or_never()
+                .unwrap_or_else(|| Err(StoreError::Unavailable(String::new())))
+        } else {
+            layer.decide_now(&shared.store, key.as_slice(), &limits, cost, now)
+        }
+    {
+        if let Some(d) = QuotaLayer::<St>::denial(&limits, &outcomes, now) {
+            return deny_counted(layer, Some(d), req, inner);
+        }
+        let fields = shared.headers_on_success.then(|| {
+            (
+                policy_value(&limits),
+                ratelimit_value(&limits, &outcomes, now),
+            )
+        });
+        let after = (fields.is_some() || shared.policy != CountPolicy::EveryCall).then(|| After {
+            shared: layer.shared.clone(),
+            refund: Refund::Keys(Box::new((limits, source, now))),
+            cost,
+            fields,
+        });
+        return ResponseFuture::Inner {
+            fut: inner.call(req),
+            after,
+        };
+    }
+
+    // A remote store (or a failed in-process decision, which counted nothing): decide
+    // asynchronously and handle store failures by the failure mode.
+    let layer = layer.clone();
+    let key = key.as_str().to_owned();
+    ResponseFuture::Waiting {
+        fut: Box::pin(async move {
+            let shared = &*layer.shared;
+            let mut used_fallback = false;
+            let outcomes = match layer.decide(&shared.store, &key, &limits, cost, now).await {
+                Ok(o) => o,
+                Err(e) => {
+                    tracing::warn!(error = %e, "quota store failed");
+                    match (shared.failure_mode, &shared.fallback_store) {
+                        (FailureMode::Allow, _) => return inner.call(req).await,
+                        (FailureMode::LocalFallback, Some(fb)) => {
+                            used_fallback = true;
+                            match layer.decide(fb, &key, &limits, cost, now).await {
+                                Ok(o) => o,
+                                Err(_) => return Ok(store_down(&layer, &req)),
+                            }
+                        }
+                        _ => return Ok(store_down(&layer, &req)),
+                    }
+                }
+            };
             if let Some(d) = QuotaLayer::<St>::denial(&limits, &outcomes, now) {
                 if shared.shadow {
                     tracing::info!("quota would deny (shadow mode)");
                     crate::facts::record_shadow_denial(req.extensions(), d);
-                    return ResponseFuture::Inner {
-                        fut: inner.call(req),
-                        after: None,
-                    };
+                    return inner.call(req).await;
                 }
                 tracing::debug!("quota denied request");
-                return ResponseFuture::Denied {
-                    res: Some(Box::new(layer.renderer.respond(d, &req))),
-                };
+                return Ok(layer.renderer.respond(d, &req));
             }
-            let after = (shared.headers_on_success || shared.policy != CountPolicy::EveryCall)
-                .then(|| After {
-                    shared: layer.shared.clone(),
-                    ratelimit: shared
-                        .headers_on_success
-                        .then(|| ratelimit_value(&limits, &outcomes, now))
-                        .flatten(),
-                    limits,
-                    source,
-                    now,
-                    cost,
-                });
-            return ResponseFuture::Inner {
-                fut: inner.call(req),
-                after,
-            };
-        }
-
-        // A remote store (or a failed in-process decision, which counted nothing): decide
-        // asynchronously and handle store failures by the failure mode.
-        let layer = layer.clone();
-        let key = key.as_str().to_owned();
-        ResponseFuture::Waiting {
-            fut: Box::pin(async move {
-                let shared = &*layer.shared;
-                let mut used_fallback = false;
-                let outcomes = match layer.decide(&shared.store, &key, &limits, cost, now).await {
-                    Ok(o) => o,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "quota store failed");
-                        match (shared.failure_mode, &shared.fallback_store) {
-                            (FailureMode::Allow, _) => return inner.call(req).await,
-                            (FailureMode::LocalFallback, Some(fb)) => {
-                                used_fallback = true;
-                                match layer.decide(fb, &key, &limits, cost, now).await {
-                                    Ok(o) => o,
-                                    Err(_) => return Ok(store_down(&layer, &req)),
-                                }
-                            }
-                            _ => return Ok(store_down(&layer, &req)),
-                        }
-                    }
-                };
-                if let Some(d) = QuotaLayer::<St>::denial(&limits, &outcomes, now) {
-                    if shared.shadow {
-                        tracing::info!("quota would deny (shadow mode)");
-                        crate::facts::record_shadow_denial(req.extensions(), d);
-                        return inner.call(req).await;
-                    }
-                    tracing::debug!("quota denied request");
-                    return Ok(layer.renderer.respond(d, &req));
-                }
-                let result = inner.call(req).await;
-                let status = result.as_ref().ok().map(|r| r.status());
-                if shared.policy.refunds(status) {
-                    if used_fallback {
-                        if let Some(fb) = &shared.fallback_store {
-                            layer
-                                .refund_all(fb, &key, &limits, &outcomes, cost, now)
-                                .await;
-                        }
-                    } else {
+            let result = inner.call(req).await;
+            let status = result.as_ref().ok().map(|r| r.status());
+            if shared.policy.refunds(status) {
+                if used_fallback {
+                    if let Some(fb) = &shared.fallback_store {
                         layer
-                            .refund_all(&shared.store, &key, &limits, &outcomes, cost, now)
+                            .refund_all(fb, &key, &limits, &outcomes, cost, now)
                             .await;
                     }
+                } else {
+                    layer
+                        .refund_all(&shared.store, &key, &limits, &outcomes, cost, now)
+                        .await;
                 }
-                let mut res = result?;
-                if shared.headers_on_success {
-                    let rl = ratelimit_value(&limits, &outcomes, now);
-                    append_fields(res.headers_mut(), &limits, rl);
-                }
-                Ok(res)
-            }),
-        }
+            }
+            let mut res = result?;
+            if shared.headers_on_success {
+                let rl = ratelimit_value(&limits, &outcomes, now);
+                append_fields(res.headers_mut(), policy_value(&limits), rl);
+            }
+            Ok(res)
+        }),
     }
+}
+
+#[inline(always)]
+fn inner_call<S: Service<R>, R>(mut inner: S, req: R) -> S::Future {
+    inner.call(req)
+}
+
+/// A request over its quota: refused with the denial, or let through uncounted in shadow
+/// mode.
+#[cold]
+#[inline(never)]
+fn deny_counted<S, St, ReqB, ResB>(
+    layer: &QuotaLayer<St>,
+    d: Option<Denial>,
+    req: Request<ReqB>,
+    mut inner: S,
+) -> ResponseFuture<S::Future, St, ResB, S::Error>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>>,
+    ResB: BodyFromBytes,
+{
+    let Some(d) = d else {
+        return ResponseFuture::Inner {
+            fut: inner.call(req),
+            after: None,
+        };
+    };
+    if layer.shared.shadow {
+        tracing::info!("quota would deny (shadow mode)");
+        crate::facts::record_shadow_denial(req.extensions(), d);
+        return ResponseFuture::Inner {
+            fut: inner.call(req),
+            after: None,
+        };
+    }
+    tracing::debug!("quota denied request");
+    ResponseFuture::Denied {
+        res: Some(Box::new(layer.renderer.respond(d, &req))),
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn unknown_plan<S, St, ReqB, ResB>(
+    layer: &QuotaLayer<St>,
+    req: Request<ReqB>,
+    inner: S,
+) -> ResponseFuture<S::Future, St, ResB, S::Error>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>>,
+    ResB: BodyFromBytes,
+{
+    let d = Denial::new(StatusCode::FORBIDDEN, "quota", "unknown_plan")
+        .with_detail("No quota is configured for the caller's plan.");
+    deny_or_shadow(layer, d, req, inner)
 }
 
 fn store_down<St, ReqB, ResB: BodyFromBytes>(

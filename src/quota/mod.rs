@@ -61,9 +61,10 @@
 //! # Deployment caveats
 //! - Several instances need the shared Redis store to enforce one quota; the memory and
 //!   durable stores count per process.
-//! - Multiple quotas are counted one after the other and rolled back when a later one
-//!   refuses; a concurrent request may briefly see the rolled-back units and be refused
-//!   (never over-admitted).
+//! - Multiple calendar quotas are decided in one step, all or nothing (one shard lock in
+//!   memory, one script in Redis). Rolling windows in memory are counted one after the
+//!   other and rolled back when a later one refuses; a concurrent request may briefly see
+//!   the rolled-back units and be refused (never over-admitted).
 //! - Header and IP fallback keys are only as trustworthy as the proxy in front.
 
 pub mod config;
@@ -79,6 +80,6 @@ pub use layer::{
     QuotaLayer, QuotaLayerBuilder, QuotaService, QuotaUsage, ResponseFuture, UnknownPlan,
 };
 #[cfg(feature = "redis")]
-pub use redis::RedisCounterStore;
+pub use redis::{ChargeSpec, Charged, RedisCounterStore};
 pub use store::{DurableCounterStore, DurableOptions, MemoryCounterStore, QuotaStore};
 pub use window::{Period, Span, Window, Zone};

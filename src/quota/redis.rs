@@ -51,11 +51,108 @@ return redis.call('DECRBY', KEYS[1], ARGV[1])
 
     /// KEYS[1] counter. Returns its value or 0.
     pub const GET: &str = r#"return tonumber(redis.call('GET', KEYS[1]) or '0')"#;
+
+    /// Every quota of a request in one decision, all or nothing.
+    ///
+    /// ARGV[1] cost, ARGV[2] number of quotas n; then per quota: limit, expire-at (Unix
+    /// seconds), number of earlier buckets p (0 for a calendar window). KEYS per quota: its
+    /// counter, then its p earlier bucket counters, oldest first.
+    ///
+    /// When any quota's used units (earlier buckets + counter) plus the cost would exceed
+    /// its limit, nothing is counted. Otherwise every counter is increased by the cost and
+    /// expires at its window's end. Returns {counted (1|0), used_1, oldest_1, ...}: used
+    /// after counting (or before, when refused) and, for a rolling window, how many buckets
+    /// back the oldest non-empty earlier bucket is (0: none). A counter named twice sees
+    /// its own earlier charge.
+    pub const CHARGE: &str = r#"
+local cost = tonumber(ARGV[1])
+local n = tonumber(ARGV[2])
+local out = {1}
+local keys = {}
+local pend = {}
+local k = 1
+local a = 3
+for i = 1, n do
+  local key = KEYS[k]
+  local limit = tonumber(ARGV[a])
+  local nprev = tonumber(ARGV[a + 2])
+  local prev = 0
+  local oldest = 0
+  for j = 1, nprev do
+    local v = tonumber(redis.call('GET', KEYS[k + j]) or '0')
+    if v > 0 then
+      prev = prev + v
+      if oldest == 0 then oldest = nprev - j + 1 end
+    end
+  end
+  local used = prev + tonumber(redis.call('GET', key) or '0') + (pend[key] or 0)
+  pend[key] = (pend[key] or 0) + cost
+  keys[i] = key
+  if used + cost > limit then out[1] = 0 end
+  out[2 * i] = used
+  out[2 * i + 1] = oldest
+  k = k + 1 + nprev
+  a = a + 3
+end
+if out[1] == 1 then
+  a = 4
+  for i = 1, n do
+    redis.call('INCRBY', keys[i], cost)
+    redis.call('EXPIREAT', keys[i], ARGV[a])
+    out[2 * i] = out[2 * i] + cost
+    a = a + 3
+  end
+end
+return out
+"#;
+
+    /// KEYS counters; ARGV cost. [`REFUND`] for each counter, in one call.
+    pub const REFUND_ALL: &str = r#"
+local cost = tonumber(ARGV[1])
+for i = 1, #KEYS do
+  local cur = tonumber(redis.call('GET', KEYS[i]) or '0')
+  if cur > 0 then
+    if cur - cost <= 0 then
+      redis.call('SET', KEYS[i], 0, 'KEEPTTL')
+    else
+      redis.call('DECRBY', KEYS[i], cost)
+    end
+  end
+end
+return 0
+"#;
 }
 
 static ADD_WITHIN: LazyLock<Script> = LazyLock::new(|| Script::new(scripts::ADD_WITHIN));
 static REFUND: LazyLock<Script> = LazyLock::new(|| Script::new(scripts::REFUND));
 static GET: LazyLock<Script> = LazyLock::new(|| Script::new(scripts::GET));
+static CHARGE: LazyLock<Script> = LazyLock::new(|| Script::new(scripts::CHARGE));
+static REFUND_ALL: LazyLock<Script> = LazyLock::new(|| Script::new(scripts::REFUND_ALL));
+
+/// One quota of a [`RedisCounterStore::charge`]: its counter key (as the layer names it),
+/// its limit, its window's end and, for a rolling window, the earlier buckets' keys
+/// (oldest first).
+#[derive(Debug, Clone)]
+pub struct ChargeSpec<'a> {
+    /// The counter's key (the store's prefix is added).
+    pub key: &'a [u8],
+    /// Units per window.
+    pub limit: u64,
+    /// When the counter expires (the window's, or the bucket's, end).
+    pub window_end: SystemTime,
+    /// Keys of the earlier buckets still inside a rolling window, oldest first.
+    pub earlier: Vec<Vec<u8>>,
+}
+
+/// What [`RedisCounterStore::charge`] found for one quota.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Charged {
+    /// Units used after the decision (counted) or before it (refused).
+    pub used: u64,
+    /// For a rolling window: how many buckets back the oldest non-empty earlier bucket
+    /// is (0: none).
+    pub oldest_back: u32,
+}
 
 /// Quota counters in Redis, shared by every instance using the same server and key prefix.
 /// Cheap to clone.
@@ -104,6 +201,62 @@ impl RedisCounterStore {
     /// The add-within script's source, e.g. for `SCRIPT LOAD` in `redis-benchmark`.
     pub fn add_within_script() -> &'static str {
         scripts::ADD_WITHIN
+    }
+
+    /// The all-or-nothing charge script's source (what the layer runs per decision), e.g.
+    /// for `SCRIPT LOAD` in `redis-benchmark`. For one calendar quota its arguments are
+    /// `1 <key> <cost> 1 <limit> <expire-at> 0`.
+    pub fn charge_script() -> &'static str {
+        scripts::CHARGE
+    }
+
+    /// Charges `cost` to every quota of `specs` in one atomic script, all or nothing: when
+    /// one would exceed its limit, none is counted. Returns whether the units were counted
+    /// and, per quota, what the script found. All keys must share one hash tag (the
+    /// layer's keys carry the caller's) for Redis Cluster.
+    pub async fn charge(
+        &self,
+        specs: &[ChargeSpec<'_>],
+        cost: u64,
+    ) -> Result<(bool, Vec<Charged>), StoreError> {
+        let mut keys: Vec<Vec<u8>> = Vec::with_capacity(specs.len());
+        let mut args: Vec<u64> = Vec::with_capacity(2 + 3 * specs.len());
+        args.push(cost);
+        args.push(specs.len() as u64);
+        for s in specs {
+            keys.push(self.redis_key(s.key));
+            keys.extend(s.earlier.iter().map(|k| self.redis_key(k)));
+            args.extend([s.limit, expire_at(s.window_end), s.earlier.len() as u64]);
+        }
+        let key_refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+        let arg_refs: Vec<&dyn crate::store::redis::ToRedisArgsDyn> = args
+            .iter()
+            .map(|a| a as &dyn crate::store::redis::ToRedisArgsDyn)
+            .collect();
+        let out: Vec<i64> = self.conn.eval(&CHARGE, &key_refs, &arg_refs).await?;
+        if out.len() != 1 + 2 * specs.len() {
+            return Err(StoreError::Protocol("unexpected quota script reply".into()));
+        }
+        let charged = out[1..]
+            .chunks_exact(2)
+            .map(|c| Charged {
+                used: u64::try_from(c[0]).unwrap_or(0),
+                oldest_back: u32::try_from(c[1]).unwrap_or(0),
+            })
+            .collect();
+        Ok((out[0] == 1, charged))
+    }
+
+    /// Gives `cost` back to each counter of `keys` (floored at 0, keeping the expiry) in
+    /// one call.
+    pub async fn refund_all(&self, keys: &[&[u8]], cost: u64) -> Result<(), StoreError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<Vec<u8>> = keys.iter().map(|k| self.redis_key(k)).collect();
+        let refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+        let _: i64 = self.conn.eval(&REFUND_ALL, &refs, &[&cost]).await?;
+        Ok(())
     }
 }
 

@@ -34,22 +34,193 @@ use crate::store::{CounterDecision, CounterStore, StoreError};
 const SHARDS: usize = 64;
 const TABLE: TableDefinition<&[u8], (u64, u64)> = TableDefinition::new("quota_counters");
 
-#[derive(Debug, Clone, Copy)]
-struct Slot {
+/// One counter. `id` is unique within its shard: a response future refunds by
+/// `(key hash, id)` without keeping or rebuilding the key.
+#[derive(Debug)]
+struct Entry {
+    id: u64,
+    key: Box<[u8]>,
     used: u64,
     expires: SystemTime,
     dirty: bool,
 }
 
+/// The counters whose keys have one 64-bit hash: almost always one. The hash is keyed
+/// (secret seeds), so colliding keys cannot be precomputed by callers.
+#[derive(Debug)]
+struct Bucket {
+    first: Entry,
+    more: Vec<Entry>,
+}
+
+impl Bucket {
+    #[inline]
+    fn find_mut(&mut self, key: &[u8]) -> Option<&mut Entry> {
+        if *self.first.key == *key {
+            return Some(&mut self.first);
+        }
+        self.find_more(|e| *e.key == *key)
+    }
+    #[inline]
+    fn find_id(&mut self, id: u64) -> Option<&mut Entry> {
+        if self.first.id == id {
+            return Some(&mut self.first);
+        }
+        self.find_more(|e| e.id == id)
+    }
+    #[cold]
+    fn find_more(&mut self, f: impl Fn(&Entry) -> bool) -> Option<&mut Entry> {
+        self.more.iter_mut().find(|e| f(e))
+    }
+}
+
+/// Passes a precomputed (keyed) hash through: the table hashes each key once.
+#[derive(Debug, Clone, Copy, Default)]
+struct PreHashed;
+
+impl BuildHasher for PreHashed {
+    type Hasher = PassThrough;
+    fn build_hasher(&self) -> PassThrough {
+        PassThrough(0)
+    }
+}
+
+struct PassThrough(u64);
+
+impl std::hash::Hasher for PassThrough {
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        // only u64 keys are hashed; anything else is folded in (never used)
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    #[inline]
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
 #[derive(Debug, Default)]
 struct Shard {
-    map: HashMap<Box<[u8]>, Slot, Seeds>,
-    dirty: Vec<Box<[u8]>>,
+    map: Map,
+    /// `(key hash, id)` of the counters changed since the last flush (durable store).
+    dirty: Vec<(u64, u64)>,
+    len: usize,
     next_sweep: usize,
+    next_id: u64,
+}
+
+type Map = HashMap<u64, Bucket, PreHashed>;
+
+#[inline]
+fn find_mut<'a>(map: &'a mut Map, hash: u64, key: &[u8]) -> Option<&'a mut Entry> {
+    map.get_mut(&hash)?.find_mut(key)
+}
+
+#[inline]
+fn find_id(map: &mut Map, hash: u64, id: u64) -> Option<&mut Entry> {
+    map.get_mut(&hash)?.find_id(id)
+}
+
+impl Shard {
+    /// Makes room for `n` new counters (sweeping expired ones when the shard has grown),
+    /// or fails when the shard is full.
+    fn room_for(&mut self, n: usize, max: usize, now: SystemTime) -> Result<(), StoreError> {
+        if self.len + n > self.next_sweep.max(64).min(max) {
+            self.sweep(now);
+            self.next_sweep = self.len * 2;
+            if self.len + n > max {
+                return Err(StoreError::Unavailable("quota store is full".into()));
+            }
+        }
+        Ok(())
+    }
+
+    fn sweep(&mut self, now: SystemTime) {
+        let keep = |e: &Entry| e.expires > now || e.dirty;
+        let mut len = 0;
+        self.map.retain(|_, b| {
+            b.more.retain(keep);
+            if !keep(&b.first) {
+                match b.more.pop() {
+                    Some(e) => b.first = e,
+                    None => return false,
+                }
+            }
+            len += 1 + b.more.len();
+            true
+        });
+        self.len = len;
+    }
+
+    /// Inserts a counter that is not in the shard; returns its id.
+    fn insert(
+        &mut self,
+        hash: u64,
+        key: &[u8],
+        used: u64,
+        expires: SystemTime,
+        dirty: bool,
+    ) -> u64 {
+        self.next_id += 1;
+        let id = self.next_id;
+        let e = Entry {
+            id,
+            key: key.into(),
+            used,
+            expires,
+            dirty,
+        };
+        self.len += 1;
+        match self.map.entry(hash) {
+            std::collections::hash_map::Entry::Occupied(mut o) => o.get_mut().more.push(e),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(Bucket {
+                    first: e,
+                    more: Vec::new(),
+                });
+            }
+        }
+        if dirty {
+            self.dirty.push((hash, id));
+        }
+        id
+    }
+
+    #[inline(always)]
+    fn mark(track: bool, dirty: &mut Vec<(u64, u64)>, hash: u64, e: &mut Entry) {
+        if track && !e.dirty {
+            e.dirty = true;
+            dirty.push((hash, e.id));
+        }
+    }
+}
+
+/// One quota's part of a [`Table::charge`]: its counter key and limit (inputs), and what
+/// the decision found (outputs).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Charge {
+    /// Where the key is in the caller's key buffer.
+    pub(crate) at: (u32, u32),
+    pub(crate) hash: u64,
+    pub(crate) limit: u64,
+    pub(crate) end: SystemTime,
+    /// `end` in nanoseconds since the epoch (for the `RateLimit` field).
+    pub(crate) end_ns: u64,
+    /// Units used after the decision (counted) or before it (refused).
+    pub(crate) used: u64,
+    pub(crate) exceeded: bool,
+    /// The counter's id (valid when counted).
+    pub(crate) id: u64,
 }
 
 #[derive(Debug)]
-struct Table {
+pub(crate) struct Table {
     shards: Box<[Mutex<Shard>]>,
     hasher: Seeds,
     clock: SharedClock,
@@ -59,6 +230,18 @@ struct Table {
 
 fn lock(m: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The Redis Cluster hash tag of a key (`…{<tag>}…`), or the whole key. All counters of one
+/// caller share the tag, so they live in one shard and one lock decides all of them.
+pub(crate) fn tag(key: &[u8]) -> &[u8] {
+    if let Some(open) = key.iter().position(|&b| b == b'{')
+        && let Some(len) = key[open + 1..].iter().position(|&b| b == b'}')
+        && len > 0
+    {
+        return &key[open + 1..open + 1 + len];
+    }
+    key
 }
 
 impl Table {
@@ -72,15 +255,117 @@ impl Table {
         }
     }
 
-    fn shard(&self, key: &[u8]) -> &Mutex<Shard> {
-        &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS]
+    /// The shard of a caller, from its hash tag (the escaped caller key).
+    #[inline]
+    pub(crate) fn shard_of_tag(&self, tag: &[u8]) -> usize {
+        (self.hasher.hash_one(tag) >> 32) as usize % SHARDS
     }
 
-    #[inline(always)]
-    fn mark(track: bool, shard_dirty: &mut Vec<Box<[u8]>>, key: &[u8], slot: &mut Slot) {
-        if track && !slot.dirty {
-            slot.dirty = true;
-            shard_dirty.push(key.into());
+    /// The keyed hash of a counter key.
+    #[inline]
+    pub(crate) fn hash_key(&self, key: &[u8]) -> u64 {
+        let mut h = self.hasher.build_hasher();
+        std::hash::Hasher::write(&mut h, key);
+        std::hash::Hasher::finish(&h)
+    }
+
+    fn locate(&self, key: &[u8]) -> (usize, u64) {
+        (self.shard_of_tag(tag(key)), self.hash_key(key))
+    }
+
+    /// Charges `cost` to every counter of `charges` (keys in `keys`, all with the hash tag
+    /// of `shard`), all or nothing, under one lock: when one would exceed its limit, none is
+    /// counted. Expired counters count from zero. Returns whether the units were counted.
+    pub(crate) fn charge(
+        &self,
+        shard: usize,
+        keys: &[u8],
+        charges: &mut [Charge],
+        cost: u64,
+        now: SystemTime,
+    ) -> Result<bool, StoreError> {
+        let key = |c: &Charge| &keys[c.at.0 as usize..c.at.1 as usize];
+        let mut guard = lock(&self.shards[shard]);
+        let shard = &mut *guard;
+        // one quota with a live counter (the common case): one lookup
+        if let [c] = charges
+            && let Some(e) = find_mut(&mut shard.map, c.hash, key(c))
+            && e.expires > now
+        {
+            c.exceeded = e.used.saturating_add(cost) > c.limit;
+            if c.exceeded {
+                c.used = e.used;
+                return Ok(false);
+            }
+            e.used += cost;
+            e.expires = e.expires.max(c.end);
+            c.used = e.used;
+            c.id = e.id;
+            Shard::mark(self.track_dirty, &mut shard.dirty, c.hash, e);
+            return Ok(true);
+        }
+        let mut refused = false;
+        let mut missing = 0;
+        for i in 0..charges.len() {
+            let c = &charges[i];
+            let mut used = match find_mut(&mut shard.map, c.hash, key(c)) {
+                Some(e) if e.expires > now => e.used,
+                Some(_) => 0,
+                None => {
+                    missing += 1;
+                    0
+                }
+            };
+            // two quotas on one counter (same name and period): each sees the other's units
+            for d in &charges[..i] {
+                if d.hash == c.hash && key(d) == key(c) {
+                    used = used.saturating_add(cost);
+                }
+            }
+            let c = &mut charges[i];
+            c.used = used;
+            c.exceeded = used.saturating_add(cost) > c.limit;
+            refused |= c.exceeded;
+        }
+        if refused {
+            return Ok(false);
+        }
+        if missing > 0 {
+            shard.room_for(missing, self.max_keys_per_shard, now)?;
+        }
+        for c in charges.iter_mut() {
+            c.used = c.used.saturating_add(cost);
+            let track = self.track_dirty;
+            if let Some(e) = find_mut(&mut shard.map, c.hash, key(c)) {
+                e.used = if e.expires > now { e.used } else { 0 }.saturating_add(cost);
+                e.expires = if e.expires > now {
+                    e.expires.max(c.end)
+                } else {
+                    c.end
+                };
+                c.id = e.id;
+                Shard::mark(track, &mut shard.dirty, c.hash, e);
+            } else {
+                c.id = shard.insert(c.hash, key(c), c.used, c.end, track);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Gives `cost` back to the counters `(hash, id)` of one shard (floored at zero).
+    pub(crate) fn refund_ids(
+        &self,
+        shard: usize,
+        ids: impl Iterator<Item = (u64, u64)>,
+        cost: u64,
+    ) {
+        let mut guard = lock(&self.shards[shard]);
+        let shard = &mut *guard;
+        for (hash, id) in ids {
+            if let Some(e) = find_id(&mut shard.map, hash, id) {
+                e.used = e.used.saturating_sub(cost);
+                Shard::mark(self.track_dirty, &mut shard.dirty, hash, e);
+            }
         }
     }
 
@@ -92,70 +377,61 @@ impl Table {
         window_end: SystemTime,
     ) -> Result<CounterDecision, StoreError> {
         let now = self.clock.wall();
-        let mut guard = lock(self.shard(key));
-        let shard = &mut *guard;
-        if let Some(slot) = shard.map.get_mut(key) {
-            if slot.expires <= now {
-                slot.used = 0;
-            }
-            let after = slot.used.saturating_add(cost);
-            if after > limit {
-                return Ok(CounterDecision::Exceeded { used: slot.used });
-            }
-            slot.used = after;
-            slot.expires = slot.expires.max(window_end);
-            Self::mark(self.track_dirty, &mut shard.dirty, key, slot);
-            return Ok(CounterDecision::Counted { used: after });
-        }
-        if cost > limit {
-            return Ok(CounterDecision::Exceeded { used: 0 });
-        }
-        if shard.map.len() >= shard.next_sweep.max(64).min(self.max_keys_per_shard) {
-            shard.map.retain(|_, s| s.expires > now || s.dirty);
-            shard.next_sweep = shard.map.len() * 2;
-            if shard.map.len() >= self.max_keys_per_shard {
-                return Err(StoreError::Unavailable("quota store is full".into()));
-            }
-        }
-        let mut slot = Slot {
-            used: cost,
-            expires: window_end,
-            dirty: false,
-        };
-        Self::mark(self.track_dirty, &mut shard.dirty, key, &mut slot);
-        shard.map.insert(key.into(), slot);
-        Ok(CounterDecision::Counted { used: cost })
+        let (shard, hash) = self.locate(key);
+        let mut charge = [Charge {
+            at: (0, key.len() as u32),
+            hash,
+            limit,
+            end: window_end,
+            end_ns: 0,
+            used: 0,
+            exceeded: false,
+            id: 0,
+        }];
+        let counted = self.charge(shard, key, &mut charge, cost, now)?;
+        let used = charge[0].used;
+        Ok(if counted {
+            CounterDecision::Counted { used }
+        } else {
+            CounterDecision::Exceeded { used }
+        })
     }
 
     fn refund(&self, key: &[u8], cost: u64) {
-        let mut guard = lock(self.shard(key));
+        let (shard, hash) = self.locate(key);
+        let mut guard = lock(&self.shards[shard]);
         let shard = &mut *guard;
-        if let Some(slot) = shard.map.get_mut(key) {
-            slot.used = slot.used.saturating_sub(cost);
-            Self::mark(self.track_dirty, &mut shard.dirty, key, slot);
+        if let Some(e) = find_mut(&mut shard.map, hash, key) {
+            e.used = e.used.saturating_sub(cost);
+            Shard::mark(self.track_dirty, &mut shard.dirty, hash, e);
         }
     }
 
+    /// The live count of `key` at `now`.
+    pub(crate) fn get_at(&self, key: &[u8], now: SystemTime) -> u64 {
+        let (shard, hash) = self.locate(key);
+        let mut guard = lock(&self.shards[shard]);
+        find_mut(&mut guard.map, hash, key)
+            .filter(|e| e.expires > now)
+            .map_or(0, |e| e.used)
+    }
+
     fn get(&self, key: &[u8]) -> u64 {
-        let now = self.clock.wall();
-        let guard = lock(self.shard(key));
-        guard
-            .map
-            .get(key)
-            .filter(|s| s.expires > now)
-            .map_or(0, |s| s.used)
+        self.get_at(key, self.clock.wall())
     }
 
     fn load(&self, key: &[u8], used: u64, expires: SystemTime) {
-        let mut guard = lock(self.shard(key));
-        guard.map.insert(
-            key.into(),
-            Slot {
-                used,
-                expires,
-                dirty: false,
-            },
-        );
+        let (shard, hash) = self.locate(key);
+        let mut guard = lock(&self.shards[shard]);
+        match find_mut(&mut guard.map, hash, key) {
+            Some(e) => {
+                e.used = used;
+                e.expires = expires;
+            }
+            None => {
+                guard.insert(hash, key, used, expires, false);
+            }
+        }
     }
 
     /// Takes the changed counters: `(key, used, expires)`.
@@ -164,18 +440,28 @@ impl Table {
         for m in self.shards.iter() {
             let mut guard = lock(m);
             let shard = &mut *guard;
-            for key in std::mem::take(&mut shard.dirty) {
-                if let Some(slot) = shard.map.get_mut(&key) {
-                    slot.dirty = false;
-                    out.push((key, slot.used, slot.expires));
+            for (hash, id) in std::mem::take(&mut shard.dirty) {
+                if let Some(e) = find_id(&mut shard.map, hash, id) {
+                    e.dirty = false;
+                    out.push((e.key.clone(), e.used, e.expires));
                 }
             }
         }
         out
     }
 
+    /// Marks `key` changed again (its write failed).
+    fn mark_dirty(&self, key: &[u8]) {
+        let (shard, hash) = self.locate(key);
+        let mut guard = lock(&self.shards[shard]);
+        let shard = &mut *guard;
+        if let Some(e) = find_mut(&mut shard.map, hash, key) {
+            Shard::mark(true, &mut shard.dirty, hash, e);
+        }
+    }
+
     fn len(&self) -> usize {
-        self.shards.iter().map(|m| lock(m).map.len()).sum()
+        self.shards.iter().map(|m| lock(m).len).sum()
     }
 }
 
@@ -212,6 +498,10 @@ impl MemoryCounterStore {
     /// Number of counters held (live or not yet swept).
     pub fn len(&self) -> usize {
         self.table.len()
+    }
+
+    pub(crate) fn table(&self) -> &Table {
+        &self.table
     }
 
     /// Whether no counter is held.
@@ -335,22 +625,11 @@ fn flush_table(table: &Table, db: &redb::Database, lock: &Mutex<()>) -> Result<u
     if let Err(e) = write_batch(db, &batch) {
         // put them back so the next flush retries
         for (key, _, _) in batch {
-            let mut guard = lock_shard(table, &key);
-            let shard = &mut *guard;
-            if let Some(slot) = shard.map.get_mut(&key)
-                && !slot.dirty
-            {
-                slot.dirty = true;
-                shard.dirty.push(key);
-            }
+            table.mark_dirty(&key);
         }
         return Err(e);
     }
     Ok(n)
-}
-
-fn lock_shard<'a>(table: &'a Table, key: &[u8]) -> MutexGuard<'a, Shard> {
-    lock(table.shard(key))
 }
 
 /// Durable single-node counters: decisions in memory, changes written behind to a redb file
@@ -456,6 +735,10 @@ impl DurableCounterStore {
         self.inner.table.len()
     }
 
+    pub(crate) fn table(&self) -> &Table {
+        &self.inner.table
+    }
+
     /// Whether no counter is held.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
@@ -551,7 +834,7 @@ impl From<super::redis::RedisCounterStore> for QuotaStore {
 }
 
 impl QuotaStore {
-    fn table(&self) -> Option<&Table> {
+    pub(crate) fn table(&self) -> Option<&Table> {
         match self {
             QuotaStore::Memory(m) => Some(&m.table),
             QuotaStore::Durable(d) => Some(&d.inner.table),
