@@ -623,3 +623,132 @@ async fn allowed_values_are_exact_across_interleaved_layers() {
         .unwrap();
     assert_eq!(r.headers()["ratelimit"], r#""a";r=4;t=1"#);
 }
+
+/// An inner service answering with the given header fields already set.
+fn with_fields(
+    fields: &'static [(&'static str, &'static str)],
+) -> impl Service<
+    Request<()>,
+    Response = Response<Body>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Response<Body>, Infallible>> + Send,
+> + Clone
++ Send
++ 'static {
+    tower::service_fn(move |_req: Request<()>| async move {
+        let mut r = Response::new(Full::new(Bytes::from("ok")));
+        for (k, v) in fields {
+            r.headers_mut().append(*k, v.parse().unwrap());
+        }
+        Ok::<_, Infallible>(r)
+    })
+}
+
+#[tokio::test]
+async fn fields_are_the_same_on_empty_and_non_empty_responses() {
+    // an empty response map gets the shared template, others get both fields appended
+    for fields in [
+        &[][..],
+        &[("content-type", "text/plain")][..],
+        &[
+            ("content-type", "text/plain"),
+            ("ratelimit", "\"inner\";r=1"),
+        ][..],
+    ] {
+        let clock = ManualClock::at_unix(0);
+        let layer = ThrottleLayer::builder()
+            .clock(Arc::new(clock.clone()))
+            .rate_limit_headers(true)
+            .policy(Policy::rate("per-ip", Rate::per_second(10)).burst(5))
+            .build()
+            .unwrap();
+        let mut svc = ServiceBuilder::new()
+            .layer(layer)
+            .service(with_fields(fields));
+        for left in [4, 3] {
+            let r = svc
+                .ready()
+                .await
+                .unwrap()
+                .call(req_from("192.0.2.1:1", "/"))
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            let h = r.headers();
+            assert_eq!(h.len(), fields.len() + 2, "{fields:?}: {h:?}");
+            for (k, v) in fields {
+                assert!(h.get_all(*k).iter().any(|x| x == v), "{k} kept");
+            }
+            let policies: Vec<_> = h.get_all("ratelimit-policy").iter().collect();
+            assert_eq!(policies, [r#""per-ip";q=10;w=1"#]);
+            let values: Vec<_> = h.get_all("ratelimit").iter().collect();
+            let ours = format!("\"per-ip\";r={left};t=1");
+            assert_eq!(values.last().unwrap().to_str().unwrap(), ours);
+            assert_eq!(
+                values.len(),
+                1 + fields.iter().filter(|f| f.0 == "ratelimit").count()
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn two_policies_add_two_pairs_on_empty_and_non_empty_responses() {
+    for fields in [&[][..], &[("content-type", "text/plain")][..]] {
+        let layer = ThrottleLayer::builder()
+            .clock(Arc::new(ManualClock::at_unix(0)))
+            .rate_limit_headers(true)
+            .policy(Policy::rate("a", Rate::per_second(10)).burst(5))
+            .policy(Policy::rate("b", Rate::per_minute(60)).burst(3))
+            .build()
+            .unwrap();
+        let mut svc = ServiceBuilder::new()
+            .layer(layer)
+            .service(with_fields(fields));
+        let r = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(req_from("192.0.2.1:1", "/"))
+            .await
+            .unwrap();
+        let h = r.headers();
+        let policies: Vec<_> = h.get_all("ratelimit-policy").iter().collect();
+        assert_eq!(policies, [r#""a";q=10;w=1"#, r#""b";q=60;w=60"#]);
+        let values: Vec<_> = h.get_all("ratelimit").iter().collect();
+        assert_eq!(values, [r#""a";r=4;t=1"#, r#""b";r=2;t=1"#]);
+    }
+}
+
+#[tokio::test]
+async fn an_outer_client_ip_wins_over_the_peer_address() {
+    // the key comes from `ClientIp` when an outer layer set one, whatever else the
+    // request carries; from the peer address otherwise
+    let layer = ThrottleLayer::builder()
+        .clock(Arc::new(ManualClock::at_unix(0)))
+        .policy(Policy::rate("per-ip", Rate::per_second(1)).burst(1))
+        .build()
+        .unwrap();
+    let mut svc = ServiceBuilder::new().layer(layer).service(ok_service());
+    let mut call = async |peer: Option<&str>, client: Option<&str>| {
+        let mut r = Request::new(());
+        if let Some(p) = peer {
+            r.extensions_mut().insert(p.parse::<SocketAddr>().unwrap());
+        }
+        if let Some(c) = client {
+            r.extensions_mut()
+                .insert(tower_shield::ClientIp(c.parse().unwrap()));
+        }
+        svc.ready().await.unwrap().call(r).await.unwrap().status()
+    };
+    // ClientIp alone
+    assert_eq!(call(None, Some("198.51.100.1")).await, 200);
+    // the same client behind another peer: limited (keyed by ClientIp, not the peer)
+    assert_eq!(call(Some("192.0.2.9:1"), Some("198.51.100.1")).await, 429);
+    assert_eq!(call(None, Some("198.51.100.1")).await, 429);
+    // the peer alone is a key of its own
+    assert_eq!(call(Some("192.0.2.9:1"), None).await, 200);
+    assert_eq!(call(Some("192.0.2.9:1"), None).await, 429);
+    // another ClientIp behind that peer is not limited by it
+    assert_eq!(call(Some("192.0.2.9:1"), Some("198.51.100.2")).await, 200);
+}

@@ -49,8 +49,8 @@ pub(crate) struct PolicyRt {
     shadow: bool,
     mem: Option<MemoryRateStore>,
     inflight: Option<InFlightTable>,
-    /// The `RateLimit-Policy` value (static: cloning it touches no reference count).
-    policy_header: HeaderValue,
+    /// The `RateLimit-Policy` value and the fields of an allowed response.
+    fields: &'static FieldTemplate,
     /// `"<name>";r=`, rendered once at build time.
     field_prefix: Box<str>,
     /// Process-unique id of this policy instance (keys the per-thread value cache).
@@ -95,25 +95,39 @@ struct Shared {
     redis: Option<RedisBackend>,
 }
 
-/// The `RateLimit-Policy` value as a static header value. Values are interned: each
-/// distinct value is leaked once per process (a handful of policy strings; rebuilding a
-/// layer with the same policies reuses them).
-fn intern(v: &HeaderValue) -> Option<HeaderValue> {
-    use std::collections::BTreeSet;
+/// The two fields of one policy on an allowed response, built once and shared.
+///
+/// `map` holds `RateLimit-Policy: <policy>` and a placeholder `RateLimit`: a response
+/// without any header field gets a clone of it (its allocation, no name hashing) with the
+/// `RateLimit` value replaced; other responses get both fields appended.
+pub(crate) struct FieldTemplate {
+    /// The `RateLimit-Policy` value (static: cloning it touches no reference count).
+    policy: HeaderValue,
+    map: http::HeaderMap,
+}
+
+/// The field template of a `RateLimit-Policy` value. Templates are interned: each distinct
+/// value is leaked once per process (a handful of policy strings; rebuilding a layer with
+/// the same policies reuses them).
+fn intern(v: &HeaderValue) -> Option<&'static FieldTemplate> {
+    use std::collections::BTreeMap;
     use std::sync::Mutex;
-    static VALUES: Mutex<BTreeSet<&'static str>> = Mutex::new(BTreeSet::new());
+    static VALUES: Mutex<BTreeMap<&'static str, &'static FieldTemplate>> =
+        Mutex::new(BTreeMap::new());
     let s = v.to_str().ok()?;
     let mut set = VALUES.lock().unwrap_or_else(|p| p.into_inner());
-    let s: &'static str = match set.get(s) {
-        Some(s) => s,
-        None => {
-            let leaked: &'static str = Box::leak(s.to_owned().into_boxed_str());
-            set.insert(leaked);
-            leaked
-        }
-    };
+    if let Some(t) = set.get(s) {
+        return Some(t);
+    }
+    let leaked: &'static str = Box::leak(s.to_owned().into_boxed_str());
     // `to_str` succeeded: only visible ASCII, which `from_static` accepts
-    Some(HeaderValue::from_static(s))
+    let policy = HeaderValue::from_static(leaked);
+    let mut map = http::HeaderMap::with_capacity(2);
+    map.append(RATELIMIT_POLICY_NAME, policy.clone());
+    map.append(RATELIMIT_NAME, HeaderValue::from_static(""));
+    let t: &'static FieldTemplate = Box::leak(Box::new(FieldTemplate { policy, map }));
+    set.insert(leaked, t);
+    Some(t)
 }
 
 /// Builder for [`ThrottleLayer`].
@@ -235,13 +249,13 @@ impl ThrottleBuilder {
                 shadow: p.shadow,
                 mem,
                 inflight,
-                policy_header: HeaderValue::from_static(""),
+                fields: intern(&HeaderValue::from_static("")).expect("an empty value"),
                 field_prefix: format!("\"{}\";r=", p.name).into(),
                 id: next_policy_id(),
                 quota,
                 window,
             };
-            rt.policy_header = crate::ratelimit::policy_value(&[rt.field(0, None)])
+            rt.fields = crate::ratelimit::policy_value(&[rt.field(0, None)])
                 .as_ref()
                 .and_then(intern)
                 .ok_or_else(|| ConfigError::invalid(format!("{key}.name"), "not a valid field"))?;
@@ -528,7 +542,7 @@ pub struct RateLimitFields(Fields);
 
 enum Fields {
     None,
-    One(HeaderValue, HeaderValue),
+    One(&'static FieldTemplate, HeaderValue),
     Many(Vec<(HeaderValue, HeaderValue)>),
 }
 
@@ -536,7 +550,7 @@ impl RateLimitFields {
     const NONE: Self = Self(Fields::None);
 
     #[inline]
-    fn push(&mut self, policy: HeaderValue, value: HeaderValue) {
+    fn push(&mut self, policy: &'static FieldTemplate, value: HeaderValue) {
         if matches!(self.0, Fields::None) {
             self.0 = Fields::One(policy, value);
             return;
@@ -546,15 +560,21 @@ impl RateLimitFields {
 
     #[cold]
     #[inline(never)]
-    fn push_more(&mut self, policy: HeaderValue, value: HeaderValue) {
+    fn push_more(&mut self, policy: &'static FieldTemplate, value: HeaderValue) {
         self.0 = match std::mem::replace(&mut self.0, Fields::None) {
             Fields::None => Fields::One(policy, value),
-            Fields::One(p, v) => Fields::Many(vec![(p, v), (policy, value)]),
+            Fields::One(p, v) => {
+                Fields::Many(vec![(p.policy.clone(), v), (policy.policy.clone(), value)])
+            }
             Fields::Many(mut all) => {
-                all.push((policy, value));
+                all.push((policy.policy.clone(), value));
                 Fields::Many(all)
             }
         };
+    }
+
+    fn is_none(&self) -> bool {
+        matches!(self.0, Fields::None)
     }
 }
 
@@ -764,9 +784,19 @@ struct Allowed {
 
 impl Shared {
     /// The client IP: an outer layer's [`ClientIp`], else resolved here.
-    #[inline]
+    #[inline(always)]
     fn client_ip<B>(&self, req: &Request<B>) -> Option<ClientIp> {
-        if let Some(ip) = req.extensions().get::<ClientIp>() {
+        let ext = req.extensions();
+        // A request whose only extension is its peer address carries no `ClientIp`: one
+        // lookup instead of a miss and a hit (the result is the same).
+        if ext.len() == 1
+            && let Some(peer) = crate::client_ip::peer_addr(ext)
+        {
+            return Some(ClientIp(
+                self.resolver.resolve_from(peer.ip(), req.headers()),
+            ));
+        }
+        if let Some(ip) = ext.get::<ClientIp>() {
             return Some(*ip);
         }
         self.resolver.resolve(req).map(ClientIp)
@@ -916,10 +946,8 @@ impl Shared {
                         out.wait = out.wait.max(wait);
                     }
                     if self.headers_on_allowed {
-                        out.headers.push(
-                            p.policy_header.clone(),
-                            p.ratelimit_value(slack, reset_after),
-                        );
+                        out.headers
+                            .push(p.fields, p.ratelimit_value(slack, reset_after));
                     }
                 }
                 Verdict::Limited { retry_after, .. } => {
@@ -1048,10 +1076,8 @@ impl Shared {
                         out.wait = out.wait.max(wait);
                     }
                     if self.headers_on_allowed {
-                        out.headers.push(
-                            p.policy_header.clone(),
-                            p.ratelimit_value(slack, reset_after),
-                        );
+                        out.headers
+                            .push(p.fields, p.ratelimit_value(slack, reset_after));
                     }
                 }
                 Verdict::Limited { retry_after, .. } => {
@@ -1075,7 +1101,12 @@ pin_project! {
     #[project = RfProj]
     #[allow(missing_docs)]
     pub enum ResponseFuture<F, B, E> {
-        /// Passed on without waiting.
+        /// Passed on as it is (no in-flight slot held, no fields to add).
+        Pass {
+            #[pin]
+            fut: F,
+        },
+        /// Passed on without waiting; slots to release and fields to add when it is done.
         Inner {
             #[pin]
             fut: F,
@@ -1098,10 +1129,19 @@ fn add_headers<B>(res: &mut Response<B>, headers: RateLimitFields) {
     let map = res.headers_mut();
     match headers.0 {
         Fields::None => {}
-        Fields::One(p, r) => {
-            map.reserve(2);
-            map.append(RATELIMIT_POLICY_NAME, p);
-            map.append(RATELIMIT_NAME, r);
+        Fields::One(t, r) => {
+            if map.is_empty() {
+                // the shared template: one clone (the allocation an empty map needs anyway)
+                // instead of hashing both custom names
+                *map = t.map.clone();
+                if let Some(v) = map.values_mut().nth(1) {
+                    *v = r;
+                }
+            } else {
+                map.reserve(2);
+                map.append(RATELIMIT_POLICY_NAME, t.policy.clone());
+                map.append(RATELIMIT_NAME, r);
+            }
         }
         Fields::Many(all) => {
             map.reserve(2 * all.len());
@@ -1122,6 +1162,7 @@ where
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
+            RfProj::Pass { fut } => fut.poll(cx),
             RfProj::Inner {
                 fut,
                 guards,
@@ -1131,7 +1172,7 @@ where
                 if guards.is_some() {
                     drop(guards.take());
                 }
-                if !matches!(headers.0, Fields::None)
+                if !headers.is_none()
                     && let Ok(res) = &mut out
                 {
                     add_headers(res, std::mem::replace(headers, RateLimitFields::NONE));
@@ -1172,10 +1213,21 @@ where
             Err(d) => ResponseFuture::Denied {
                 res: Some(self.layer.renderer.respond(*d, &req)),
             },
-            Ok(a) if a.wait == 0 => ResponseFuture::Inner {
+            Ok(Allowed {
+                wait: 0,
+                guards: None,
+                headers: RateLimitFields(Fields::None),
+            }) => ResponseFuture::Pass {
                 fut: self.inner.call(req),
-                guards: a.guards,
-                headers: a.headers,
+            },
+            Ok(Allowed {
+                wait: 0,
+                guards,
+                headers,
+            }) => ResponseFuture::Inner {
+                fut: self.inner.call(req),
+                guards,
+                headers,
             },
             Ok(a) => {
                 let clone = self.inner.clone();
