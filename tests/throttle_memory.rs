@@ -752,3 +752,73 @@ async fn an_outer_client_ip_wins_over_the_peer_address() {
     // another ClientIp behind that peer is not limited by it
     assert_eq!(call(Some("192.0.2.9:1"), Some("198.51.100.2")).await, 200);
 }
+
+/// One exchange: status and the throttle's fields.
+async fn exchange<S>(svc: &mut S, req: Request<()>) -> (u16, Vec<(String, String)>)
+where
+    S: Service<Request<()>, Response = Response<Body>, Error = Infallible>,
+{
+    let r = svc.ready().await.unwrap().call(req).await.unwrap();
+    let mut fields: Vec<_> = r
+        .headers()
+        .iter()
+        .filter(|(k, _)| k.as_str().starts_with("ratelimit") || *k == "retry-after")
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_string()))
+        .collect();
+    fields.sort();
+    (r.status().as_u16(), fields)
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_single_policy_path_decides_like_the_general_one() {
+    // A layer whose only policy is a per-IP rate policy takes a straight path; the same
+    // policy next to one that never applies (keyed by an absent header) takes the general
+    // loop. Both must answer alike: reject, delay (paced), shadow, fields on or off.
+    let policies = [
+        Policy::rate("p", Rate::per_second(10)).burst(2),
+        Policy::rate("p", Rate::per_second(10))
+            .burst(2)
+            .action(Action::Delay {
+                max_wait: Duration::from_millis(150),
+            }),
+        Policy::rate("p", Rate::per_second(10))
+            .burst(2)
+            .shadow(true),
+        Policy::rate("p", Rate::per_second(10)).burst(2).cost(2),
+    ];
+    for policy in policies {
+        for headers in [false, true] {
+            let clock = ManualClock::at_unix(0);
+            let build = |extra: bool| {
+                let mut b = ThrottleLayer::builder()
+                    .clock(Arc::new(clock.clone()))
+                    .rate_limit_headers(headers)
+                    .policy(policy.clone());
+                if extra {
+                    b = b.policy(
+                        Policy::rate("never", Rate::per_second(1))
+                            .burst(1)
+                            .key("header:x-absent".parse::<Key>().unwrap()),
+                    );
+                }
+                ServiceBuilder::new()
+                    .layer(b.build().unwrap())
+                    .service(ok_service())
+            };
+            let (mut single, mut general) = (build(false), build(true));
+            for step in 0..8 {
+                let peer = if step % 3 == 2 {
+                    "192.0.2.2:1"
+                } else {
+                    "192.0.2.1:1"
+                };
+                let a = exchange(&mut single, req_from(peer, "/")).await;
+                let b = exchange(&mut general, req_from(peer, "/")).await;
+                assert_eq!(a, b, "{policy:?} headers={headers} step {step}");
+                if step == 4 {
+                    clock.advance(Duration::from_millis(100));
+                }
+            }
+        }
+    }
+}

@@ -91,6 +91,9 @@ struct Shared {
     needs_ip: bool,
     /// Some policy is an in-flight cap.
     has_in_flight: bool,
+    /// The layer's only policy is an in-memory rate policy keyed by client IP for every
+    /// route (the common per-IP limit): decided on a straight path, see [`Throttle::call`].
+    single_ip_rate: bool,
     #[cfg(feature = "redis")]
     redis: Option<RedisBackend>,
 }
@@ -265,11 +268,16 @@ impl ThrottleBuilder {
             .iter()
             .any(|p| p.key.0.iter().any(|k| matches!(k, KeyPart::ClientIp)));
         let has_in_flight = policies.iter().any(|p| p.inflight.is_some());
+        let single_ip_rate = matches!(
+            policies.as_slice(),
+            [p] if p.mem.is_some() && p.ip_only && p.routes.is_none()
+        );
         Ok(ThrottleLayer {
             shared: Arc::new(Shared {
                 policies,
                 needs_ip,
                 has_in_flight,
+                single_ip_rate,
                 resolver: self.resolver,
                 v6_prefix: self.v6_prefix,
                 headers_on_allowed: self.headers_on_allowed,
@@ -904,7 +912,7 @@ impl Shared {
 
     /// Every policy decided in memory: in-flight slots first, then the rate policies in
     /// order with one clock read.
-    #[inline]
+    #[inline(never)]
     fn decide_local<B>(self: &Arc<Self>, req: &Request<B>) -> Result<Allowed, Box<Denial>> {
         let ip = if self.needs_ip {
             self.client_ip(req)
@@ -1203,16 +1211,76 @@ where
         self.inner.poll_ready(cx)
     }
 
+    #[inline]
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         let shared = &self.layer.shared;
         #[cfg(feature = "redis")]
         if shared.redis.is_some() {
             return self.call_remote(req);
         }
+        // the hot paths stay small enough to be inlined into the caller (no extra moves of
+        // the request and the response); denials and delays are built out of line
+        if shared.single_ip_rate
+            && let [p] = shared.policies.as_slice()
+            && let Some(mem) = &p.mem
+        {
+            // the same decision as `decide_local` for this one policy, without its loop
+            let ip = shared.client_ip(&req);
+            let hash = shared.ip_hash(ip);
+            let max_wait = Shared::max_wait(p, &req, &mut None);
+            return match mem.decide(hash, &p.gcra, p.cost, max_wait) {
+                Verdict::Allowed {
+                    wait,
+                    slack,
+                    reset_after,
+                } if wait == 0 || p.shadow => {
+                    if shared.headers_on_allowed {
+                        let mut headers = RateLimitFields::NONE;
+                        headers.push(p.fields, p.ratelimit_value(slack, reset_after));
+                        ResponseFuture::Inner {
+                            fut: self.inner.call(req),
+                            guards: None,
+                            headers,
+                        }
+                    } else {
+                        ResponseFuture::Pass {
+                            fut: self.inner.call(req),
+                        }
+                    }
+                }
+                Verdict::Allowed {
+                    wait,
+                    slack,
+                    reset_after,
+                } => {
+                    let mut headers = RateLimitFields::NONE;
+                    if shared.headers_on_allowed {
+                        headers.push(p.fields, p.ratelimit_value(slack, reset_after));
+                    }
+                    let a = Allowed {
+                        wait,
+                        guards: None,
+                        headers,
+                    };
+                    self.call_cold(req, Ok(a))
+                }
+                Verdict::Limited { retry_after, .. } => {
+                    let mut denial = None;
+                    p.deny(p.limited(retry_after), req.extensions(), &mut denial);
+                    let decision = match denial {
+                        Some(d) => Err(d),
+                        // a shadow policy: recorded, let through without fields
+                        None => Ok(Allowed {
+                            wait: 0,
+                            guards: None,
+                            headers: RateLimitFields::NONE,
+                        }),
+                    };
+                    self.call_cold(req, decision)
+                }
+            };
+        }
         match shared.decide_local(&req) {
-            Err(d) => ResponseFuture::Denied {
-                res: Some(self.layer.renderer.respond(*d, &req)),
-            },
             Ok(Allowed {
                 wait: 0,
                 guards: None,
@@ -1228,6 +1296,36 @@ where
                 fut: self.inner.call(req),
                 guards,
                 headers,
+            },
+            other => self.call_cold(req, other),
+        }
+    }
+}
+
+impl<S> Throttle<S> {
+    /// A denial or a delayed request.
+    #[cold]
+    #[inline(never)]
+    fn call_cold<ReqB, ResB>(
+        &mut self,
+        req: Request<ReqB>,
+        decision: Result<Allowed, Box<Denial>>,
+    ) -> ResponseFuture<S::Future, ResB, S::Error>
+    where
+        S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Send + 'static,
+        ReqB: Send + 'static,
+        ResB: BodyFromBytes + Send + 'static,
+    {
+        match decision {
+            Err(d) => ResponseFuture::Denied {
+                res: Some(self.layer.renderer.respond(*d, &req)),
+            },
+            Ok(a) if a.wait == 0 => ResponseFuture::Inner {
+                fut: self.inner.call(req),
+                guards: a.guards,
+                headers: a.headers,
             },
             Ok(a) => {
                 let clone = self.inner.clone();
@@ -1251,6 +1349,7 @@ where
 
 #[cfg(feature = "redis")]
 impl<S> Throttle<S> {
+    #[inline(never)]
     fn call_remote<ReqB, ResB>(
         &mut self,
         req: Request<ReqB>,
