@@ -607,6 +607,34 @@ impl AsRef<[u8]> for InlineValue {
     }
 }
 
+/// Most distinct `RateLimit` values interned per process (each at most 62 bytes, leaked
+/// once: ≈ 1.5 MB at most). Past the budget, values are shared allocations.
+const INTERNED_VALUES: usize = 16_384;
+
+/// The static (reference-count free) header value of `text`, interned once per process
+/// while the budget lasts.
+fn intern_value(text: &str) -> Option<HeaderValue> {
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    static VALUES: Mutex<Option<HashSet<&'static str>>> = Mutex::new(None);
+    // only visible ASCII and spaces, which `from_static` accepts
+    if !text.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return None;
+    }
+    let mut set = VALUES.lock().unwrap_or_else(|p| p.into_inner());
+    let set = set.get_or_insert_with(HashSet::new);
+    let s: &'static str = match set.get(text) {
+        Some(s) => s,
+        None if set.len() < INTERNED_VALUES => {
+            let leaked: &'static str = Box::leak(text.to_owned().into_boxed_str());
+            set.insert(leaked);
+            leaked
+        }
+        None => return None,
+    };
+    Some(HeaderValue::from_static(s))
+}
+
 /// Slots of the per-thread cache of rendered `RateLimit` values (2^bits).
 const VALUE_CACHE_BITS: u32 = 4;
 
@@ -695,23 +723,30 @@ impl PolicyRt {
         let tail = &tail[at..];
         let prefix = self.field_prefix.as_bytes();
         let len = prefix.len() + tail.len();
-        let (bytes, shared) = if len <= INLINE_VALUE {
-            // one allocation holding the bytes and a reference count
-            let mut v = InlineValue {
+        if len <= INLINE_VALUE {
+            let mut buf = [0u8; INLINE_VALUE];
+            buf[..prefix.len()].copy_from_slice(prefix);
+            buf[prefix.len()..len].copy_from_slice(tail);
+            let text = std::str::from_utf8(&buf[..len]).unwrap_or("");
+            if let Some(v) = intern_value(text) {
+                return (v, true);
+            }
+            // the interning budget is spent: one allocation holding the bytes and a
+            // reference count
+            let v = InlineValue {
                 len: len as u8,
-                buf: [0; INLINE_VALUE],
+                buf,
             };
-            v.buf[..prefix.len()].copy_from_slice(prefix);
-            v.buf[prefix.len()..len].copy_from_slice(tail);
-            (bytes::Bytes::from_owner(v), true)
-        } else {
-            let mut v = Vec::with_capacity(len);
-            v.extend_from_slice(prefix);
-            v.extend_from_slice(tail);
-            (bytes::Bytes::from(v), false)
-        };
-        match HeaderValue::from_maybe_shared(bytes) {
-            Ok(v) => (v, shared),
+            return match HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(v)) {
+                Ok(v) => (v, true),
+                Err(_) => (HeaderValue::from_static(""), false),
+            };
+        }
+        let mut v = Vec::with_capacity(len);
+        v.extend_from_slice(prefix);
+        v.extend_from_slice(tail);
+        match HeaderValue::from_maybe_shared(bytes::Bytes::from(v)) {
+            Ok(v) => (v, false),
             Err(_) => (HeaderValue::from_static(""), false),
         }
     }
@@ -1407,6 +1442,30 @@ mod tests {
         assert_eq!(grpc_timeout(&h), Some(Duration::from_secs(2)));
         h.insert("grpc-timeout", HeaderValue::from_static("2x"));
         assert_eq!(grpc_timeout(&h), None);
+    }
+
+    #[test]
+    fn interned_values_are_exact_and_bounded() {
+        let a = intern_value("\"p\";r=1;t=2").unwrap();
+        assert_eq!(a, "\"p\";r=1;t=2");
+        assert!(intern_value("caf\u{e9}").is_none(), "not visible ASCII");
+        // spend the budget (shared by the process: later values fall back to allocations)
+        let mut n = 0;
+        while intern_value(&format!("budget-{n}")).is_some() {
+            n += 1;
+            assert!(n <= INTERNED_VALUES);
+        }
+        // interned values stay available, new ones are refused
+        assert_eq!(intern_value("\"p\";r=1;t=2").unwrap(), a);
+        assert!(intern_value("never-seen").is_none());
+        // rendering stays exact past the budget
+        let layer = ThrottleLayer::builder()
+            .policy(Policy::rate("p", super::super::Rate::per_second(10)).burst(5))
+            .build()
+            .unwrap();
+        let p = &layer.shared.policies[0];
+        assert_eq!(p.render(3, 1).0, "\"p\";r=3;t=1");
+        assert_eq!(p.render(1234, 56).0, "\"p\";r=1234;t=56");
     }
 
     #[test]
