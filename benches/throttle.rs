@@ -196,7 +196,12 @@ fn min_probe(_c: &mut Criterion) {
     let Ok(rounds) = std::env::var("THROTTLE_MIN_PROBE") else {
         return;
     };
+    let (rounds, keys) = rounds.split_once(':').unwrap_or((&rounds, "1"));
     let rounds: usize = rounds.parse().expect("rounds");
+    let keys: u32 = keys.parse().expect("keys");
+    if keys > 1 {
+        return min_probe_keys(rounds, keys);
+    }
     let addrs = ips(1);
     let mut gb = GovernorConfigBuilder::default();
     gb.per_second(1).burst_size(u32::MAX);
@@ -251,6 +256,46 @@ fn min_probe(_c: &mut Criterion) {
         best[6] - best[5],
         best[7] - best[6],
         best[4] - best[3],
+    );
+    std::process::exit(0);
+}
+
+/// `THROTTLE_MIN_PROBE=<rounds>:<keys>`: bare, tower-shield and tower_governor with every
+/// key tracked, fastest interleaved sample of each.
+fn min_probe_keys(rounds: usize, keys: u32) {
+    let addrs = ips(keys);
+    let mut i = 0;
+    let mut b0 = bare();
+    let mut s0 = shield(false).layer(bare());
+    let mut gb = GovernorConfigBuilder::default();
+    gb.per_second(1).burst_size(u32::MAX);
+    let mut g0 = GovernorLayer::new(Arc::new(gb.finish().unwrap())).layer(bare());
+    for _ in 0..keys {
+        run(&mut s0, &addrs, &mut i);
+        run(&mut g0, &addrs, &mut i);
+    }
+    const N: u32 = 10_000;
+    let mut best = [f64::MAX; 3];
+    for _ in 0..rounds {
+        let mut time = |k: usize, f: &mut dyn FnMut()| {
+            let t = std::time::Instant::now();
+            for _ in 0..N {
+                f();
+            }
+            best[k] = best[k].min(t.elapsed().as_nanos() as f64 / f64::from(N));
+        };
+        time(0, &mut || run(&mut b0, &addrs, &mut i));
+        time(1, &mut || run(&mut s0, &addrs, &mut i));
+        time(2, &mut || run(&mut g0, &addrs, &mut i));
+    }
+    println!(
+        "{keys} keys: bare {:.1} ns, tower_shield {:.1}, tower_governor {:.1}; added: shield {:.1}, governor {:.1} (ratio {:.2})",
+        best[0],
+        best[1],
+        best[2],
+        best[1] - best[0],
+        best[2] - best[0],
+        (best[1] - best[0]) / (best[2] - best[0]),
     );
     std::process::exit(0);
 }
