@@ -623,3 +623,202 @@ async fn allowed_values_are_exact_across_interleaved_layers() {
         .unwrap();
     assert_eq!(r.headers()["ratelimit"], r#""a";r=4;t=1"#);
 }
+
+/// An inner service answering with the given header fields already set.
+fn with_fields(
+    fields: &'static [(&'static str, &'static str)],
+) -> impl Service<
+    Request<()>,
+    Response = Response<Body>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Response<Body>, Infallible>> + Send,
+> + Clone
++ Send
++ 'static {
+    tower::service_fn(move |_req: Request<()>| async move {
+        let mut r = Response::new(Full::new(Bytes::from("ok")));
+        for (k, v) in fields {
+            r.headers_mut().append(*k, v.parse().unwrap());
+        }
+        Ok::<_, Infallible>(r)
+    })
+}
+
+#[tokio::test]
+async fn fields_are_the_same_on_empty_and_non_empty_responses() {
+    // an empty response map gets the shared template, others get both fields appended
+    for fields in [
+        &[][..],
+        &[("content-type", "text/plain")][..],
+        &[
+            ("content-type", "text/plain"),
+            ("ratelimit", "\"inner\";r=1"),
+        ][..],
+    ] {
+        let clock = ManualClock::at_unix(0);
+        let layer = ThrottleLayer::builder()
+            .clock(Arc::new(clock.clone()))
+            .rate_limit_headers(true)
+            .policy(Policy::rate("per-ip", Rate::per_second(10)).burst(5))
+            .build()
+            .unwrap();
+        let mut svc = ServiceBuilder::new()
+            .layer(layer)
+            .service(with_fields(fields));
+        for left in [4, 3] {
+            let r = svc
+                .ready()
+                .await
+                .unwrap()
+                .call(req_from("192.0.2.1:1", "/"))
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            let h = r.headers();
+            assert_eq!(h.len(), fields.len() + 2, "{fields:?}: {h:?}");
+            for (k, v) in fields {
+                assert!(h.get_all(*k).iter().any(|x| x == v), "{k} kept");
+            }
+            let policies: Vec<_> = h.get_all("ratelimit-policy").iter().collect();
+            assert_eq!(policies, [r#""per-ip";q=10;w=1"#]);
+            let values: Vec<_> = h.get_all("ratelimit").iter().collect();
+            let ours = format!("\"per-ip\";r={left};t=1");
+            assert_eq!(values.last().unwrap().to_str().unwrap(), ours);
+            assert_eq!(
+                values.len(),
+                1 + fields.iter().filter(|f| f.0 == "ratelimit").count()
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn two_policies_add_two_pairs_on_empty_and_non_empty_responses() {
+    for fields in [&[][..], &[("content-type", "text/plain")][..]] {
+        let layer = ThrottleLayer::builder()
+            .clock(Arc::new(ManualClock::at_unix(0)))
+            .rate_limit_headers(true)
+            .policy(Policy::rate("a", Rate::per_second(10)).burst(5))
+            .policy(Policy::rate("b", Rate::per_minute(60)).burst(3))
+            .build()
+            .unwrap();
+        let mut svc = ServiceBuilder::new()
+            .layer(layer)
+            .service(with_fields(fields));
+        let r = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(req_from("192.0.2.1:1", "/"))
+            .await
+            .unwrap();
+        let h = r.headers();
+        let policies: Vec<_> = h.get_all("ratelimit-policy").iter().collect();
+        assert_eq!(policies, [r#""a";q=10;w=1"#, r#""b";q=60;w=60"#]);
+        let values: Vec<_> = h.get_all("ratelimit").iter().collect();
+        assert_eq!(values, [r#""a";r=4;t=1"#, r#""b";r=2;t=1"#]);
+    }
+}
+
+#[tokio::test]
+async fn an_outer_client_ip_wins_over_the_peer_address() {
+    // the key comes from `ClientIp` when an outer layer set one, whatever else the
+    // request carries; from the peer address otherwise
+    let layer = ThrottleLayer::builder()
+        .clock(Arc::new(ManualClock::at_unix(0)))
+        .policy(Policy::rate("per-ip", Rate::per_second(1)).burst(1))
+        .build()
+        .unwrap();
+    let mut svc = ServiceBuilder::new().layer(layer).service(ok_service());
+    let mut call = async |peer: Option<&str>, client: Option<&str>| {
+        let mut r = Request::new(());
+        if let Some(p) = peer {
+            r.extensions_mut().insert(p.parse::<SocketAddr>().unwrap());
+        }
+        if let Some(c) = client {
+            r.extensions_mut()
+                .insert(tower_shield::ClientIp(c.parse().unwrap()));
+        }
+        svc.ready().await.unwrap().call(r).await.unwrap().status()
+    };
+    // ClientIp alone
+    assert_eq!(call(None, Some("198.51.100.1")).await, 200);
+    // the same client behind another peer: limited (keyed by ClientIp, not the peer)
+    assert_eq!(call(Some("192.0.2.9:1"), Some("198.51.100.1")).await, 429);
+    assert_eq!(call(None, Some("198.51.100.1")).await, 429);
+    // the peer alone is a key of its own
+    assert_eq!(call(Some("192.0.2.9:1"), None).await, 200);
+    assert_eq!(call(Some("192.0.2.9:1"), None).await, 429);
+    // another ClientIp behind that peer is not limited by it
+    assert_eq!(call(Some("192.0.2.9:1"), Some("198.51.100.2")).await, 200);
+}
+
+/// One exchange: status and the throttle's fields.
+async fn exchange<S>(svc: &mut S, req: Request<()>) -> (u16, Vec<(String, String)>)
+where
+    S: Service<Request<()>, Response = Response<Body>, Error = Infallible>,
+{
+    let r = svc.ready().await.unwrap().call(req).await.unwrap();
+    let mut fields: Vec<_> = r
+        .headers()
+        .iter()
+        .filter(|(k, _)| k.as_str().starts_with("ratelimit") || *k == "retry-after")
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_string()))
+        .collect();
+    fields.sort();
+    (r.status().as_u16(), fields)
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_single_policy_path_decides_like_the_general_one() {
+    // A layer whose only policy is a per-IP rate policy takes a straight path; the same
+    // policy next to one that never applies (keyed by an absent header) takes the general
+    // loop. Both must answer alike: reject, delay (paced), shadow, fields on or off.
+    let policies = [
+        Policy::rate("p", Rate::per_second(10)).burst(2),
+        Policy::rate("p", Rate::per_second(10))
+            .burst(2)
+            .action(Action::Delay {
+                max_wait: Duration::from_millis(150),
+            }),
+        Policy::rate("p", Rate::per_second(10))
+            .burst(2)
+            .shadow(true),
+        Policy::rate("p", Rate::per_second(10)).burst(2).cost(2),
+    ];
+    for policy in policies {
+        for headers in [false, true] {
+            let clock = ManualClock::at_unix(0);
+            let build = |extra: bool| {
+                let mut b = ThrottleLayer::builder()
+                    .clock(Arc::new(clock.clone()))
+                    .rate_limit_headers(headers)
+                    .policy(policy.clone());
+                if extra {
+                    b = b.policy(
+                        Policy::rate("never", Rate::per_second(1))
+                            .burst(1)
+                            .key("header:x-absent".parse::<Key>().unwrap()),
+                    );
+                }
+                ServiceBuilder::new()
+                    .layer(b.build().unwrap())
+                    .service(ok_service())
+            };
+            let (mut single, mut general) = (build(false), build(true));
+            for step in 0..8 {
+                let peer = if step % 3 == 2 {
+                    "192.0.2.2:1"
+                } else {
+                    "192.0.2.1:1"
+                };
+                let a = exchange(&mut single, req_from(peer, "/")).await;
+                let b = exchange(&mut general, req_from(peer, "/")).await;
+                assert_eq!(a, b, "{policy:?} headers={headers} step {step}");
+                if step == 4 {
+                    clock.advance(Duration::from_millis(100));
+                }
+            }
+        }
+    }
+}

@@ -49,8 +49,8 @@ pub(crate) struct PolicyRt {
     shadow: bool,
     mem: Option<MemoryRateStore>,
     inflight: Option<InFlightTable>,
-    /// The `RateLimit-Policy` value (static: cloning it touches no reference count).
-    policy_header: HeaderValue,
+    /// The `RateLimit-Policy` value and the fields of an allowed response.
+    fields: &'static FieldTemplate,
     /// `"<name>";r=`, rendered once at build time.
     field_prefix: Box<str>,
     /// Process-unique id of this policy instance (keys the per-thread value cache).
@@ -91,29 +91,46 @@ struct Shared {
     needs_ip: bool,
     /// Some policy is an in-flight cap.
     has_in_flight: bool,
+    /// The layer's only policy is an in-memory rate policy keyed by client IP for every
+    /// route (the common per-IP limit): decided on a straight path, see [`Throttle::call`].
+    single_ip_rate: bool,
     #[cfg(feature = "redis")]
     redis: Option<RedisBackend>,
 }
 
-/// The `RateLimit-Policy` value as a static header value. Values are interned: each
-/// distinct value is leaked once per process (a handful of policy strings; rebuilding a
-/// layer with the same policies reuses them).
-fn intern(v: &HeaderValue) -> Option<HeaderValue> {
-    use std::collections::BTreeSet;
+/// The two fields of one policy on an allowed response, built once and shared.
+///
+/// `map` holds `RateLimit-Policy: <policy>` and a placeholder `RateLimit`: a response
+/// without any header field gets a clone of it (its allocation, no name hashing) with the
+/// `RateLimit` value replaced; other responses get both fields appended.
+pub(crate) struct FieldTemplate {
+    /// The `RateLimit-Policy` value (static: cloning it touches no reference count).
+    policy: HeaderValue,
+    map: http::HeaderMap,
+}
+
+/// The field template of a `RateLimit-Policy` value. Templates are interned: each distinct
+/// value is leaked once per process (a handful of policy strings; rebuilding a layer with
+/// the same policies reuses them).
+fn intern(v: &HeaderValue) -> Option<&'static FieldTemplate> {
+    use std::collections::BTreeMap;
     use std::sync::Mutex;
-    static VALUES: Mutex<BTreeSet<&'static str>> = Mutex::new(BTreeSet::new());
+    static VALUES: Mutex<BTreeMap<&'static str, &'static FieldTemplate>> =
+        Mutex::new(BTreeMap::new());
     let s = v.to_str().ok()?;
     let mut set = VALUES.lock().unwrap_or_else(|p| p.into_inner());
-    let s: &'static str = match set.get(s) {
-        Some(s) => s,
-        None => {
-            let leaked: &'static str = Box::leak(s.to_owned().into_boxed_str());
-            set.insert(leaked);
-            leaked
-        }
-    };
+    if let Some(t) = set.get(s) {
+        return Some(t);
+    }
+    let leaked: &'static str = Box::leak(s.to_owned().into_boxed_str());
     // `to_str` succeeded: only visible ASCII, which `from_static` accepts
-    Some(HeaderValue::from_static(s))
+    let policy = HeaderValue::from_static(leaked);
+    let mut map = http::HeaderMap::with_capacity(2);
+    map.append(RATELIMIT_POLICY_NAME, policy.clone());
+    map.append(RATELIMIT_NAME, HeaderValue::from_static(""));
+    let t: &'static FieldTemplate = Box::leak(Box::new(FieldTemplate { policy, map }));
+    set.insert(leaked, t);
+    Some(t)
 }
 
 /// Builder for [`ThrottleLayer`].
@@ -235,13 +252,13 @@ impl ThrottleBuilder {
                 shadow: p.shadow,
                 mem,
                 inflight,
-                policy_header: HeaderValue::from_static(""),
+                fields: intern(&HeaderValue::from_static("")).expect("an empty value"),
                 field_prefix: format!("\"{}\";r=", p.name).into(),
                 id: next_policy_id(),
                 quota,
                 window,
             };
-            rt.policy_header = crate::ratelimit::policy_value(&[rt.field(0, None)])
+            rt.fields = crate::ratelimit::policy_value(&[rt.field(0, None)])
                 .as_ref()
                 .and_then(intern)
                 .ok_or_else(|| ConfigError::invalid(format!("{key}.name"), "not a valid field"))?;
@@ -251,11 +268,16 @@ impl ThrottleBuilder {
             .iter()
             .any(|p| p.key.0.iter().any(|k| matches!(k, KeyPart::ClientIp)));
         let has_in_flight = policies.iter().any(|p| p.inflight.is_some());
+        let single_ip_rate = matches!(
+            policies.as_slice(),
+            [p] if p.mem.is_some() && p.ip_only && p.routes.is_none()
+        );
         Ok(ThrottleLayer {
             shared: Arc::new(Shared {
                 policies,
                 needs_ip,
                 has_in_flight,
+                single_ip_rate,
                 resolver: self.resolver,
                 v6_prefix: self.v6_prefix,
                 headers_on_allowed: self.headers_on_allowed,
@@ -528,7 +550,7 @@ pub struct RateLimitFields(Fields);
 
 enum Fields {
     None,
-    One(HeaderValue, HeaderValue),
+    One(&'static FieldTemplate, HeaderValue),
     Many(Vec<(HeaderValue, HeaderValue)>),
 }
 
@@ -536,7 +558,7 @@ impl RateLimitFields {
     const NONE: Self = Self(Fields::None);
 
     #[inline]
-    fn push(&mut self, policy: HeaderValue, value: HeaderValue) {
+    fn push(&mut self, policy: &'static FieldTemplate, value: HeaderValue) {
         if matches!(self.0, Fields::None) {
             self.0 = Fields::One(policy, value);
             return;
@@ -546,15 +568,21 @@ impl RateLimitFields {
 
     #[cold]
     #[inline(never)]
-    fn push_more(&mut self, policy: HeaderValue, value: HeaderValue) {
+    fn push_more(&mut self, policy: &'static FieldTemplate, value: HeaderValue) {
         self.0 = match std::mem::replace(&mut self.0, Fields::None) {
             Fields::None => Fields::One(policy, value),
-            Fields::One(p, v) => Fields::Many(vec![(p, v), (policy, value)]),
+            Fields::One(p, v) => {
+                Fields::Many(vec![(p.policy.clone(), v), (policy.policy.clone(), value)])
+            }
             Fields::Many(mut all) => {
-                all.push((policy, value));
+                all.push((policy.policy.clone(), value));
                 Fields::Many(all)
             }
         };
+    }
+
+    fn is_none(&self) -> bool {
+        matches!(self.0, Fields::None)
     }
 }
 
@@ -577,6 +605,34 @@ impl AsRef<[u8]> for InlineValue {
     fn as_ref(&self) -> &[u8] {
         &self.buf[..usize::from(self.len)]
     }
+}
+
+/// Most distinct `RateLimit` values interned per process (each at most 62 bytes, leaked
+/// once: ≈ 1.5 MB at most). Past the budget, values are shared allocations.
+const INTERNED_VALUES: usize = 16_384;
+
+/// The static (reference-count free) header value of `text`, interned once per process
+/// while the budget lasts.
+fn intern_value(text: &str) -> Option<HeaderValue> {
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    static VALUES: Mutex<Option<HashSet<&'static str>>> = Mutex::new(None);
+    // only visible ASCII and spaces, which `from_static` accepts
+    if !text.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return None;
+    }
+    let mut set = VALUES.lock().unwrap_or_else(|p| p.into_inner());
+    let set = set.get_or_insert_with(HashSet::new);
+    let s: &'static str = match set.get(text) {
+        Some(s) => s,
+        None if set.len() < INTERNED_VALUES => {
+            let leaked: &'static str = Box::leak(text.to_owned().into_boxed_str());
+            set.insert(leaked);
+            leaked
+        }
+        None => return None,
+    };
+    Some(HeaderValue::from_static(s))
 }
 
 /// Slots of the per-thread cache of rendered `RateLimit` values (2^bits).
@@ -667,23 +723,30 @@ impl PolicyRt {
         let tail = &tail[at..];
         let prefix = self.field_prefix.as_bytes();
         let len = prefix.len() + tail.len();
-        let (bytes, shared) = if len <= INLINE_VALUE {
-            // one allocation holding the bytes and a reference count
-            let mut v = InlineValue {
+        if len <= INLINE_VALUE {
+            let mut buf = [0u8; INLINE_VALUE];
+            buf[..prefix.len()].copy_from_slice(prefix);
+            buf[prefix.len()..len].copy_from_slice(tail);
+            let text = std::str::from_utf8(&buf[..len]).unwrap_or("");
+            if let Some(v) = intern_value(text) {
+                return (v, true);
+            }
+            // the interning budget is spent: one allocation holding the bytes and a
+            // reference count
+            let v = InlineValue {
                 len: len as u8,
-                buf: [0; INLINE_VALUE],
+                buf,
             };
-            v.buf[..prefix.len()].copy_from_slice(prefix);
-            v.buf[prefix.len()..len].copy_from_slice(tail);
-            (bytes::Bytes::from_owner(v), true)
-        } else {
-            let mut v = Vec::with_capacity(len);
-            v.extend_from_slice(prefix);
-            v.extend_from_slice(tail);
-            (bytes::Bytes::from(v), false)
-        };
-        match HeaderValue::from_maybe_shared(bytes) {
-            Ok(v) => (v, shared),
+            return match HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(v)) {
+                Ok(v) => (v, true),
+                Err(_) => (HeaderValue::from_static(""), false),
+            };
+        }
+        let mut v = Vec::with_capacity(len);
+        v.extend_from_slice(prefix);
+        v.extend_from_slice(tail);
+        match HeaderValue::from_maybe_shared(bytes::Bytes::from(v)) {
+            Ok(v) => (v, false),
             Err(_) => (HeaderValue::from_static(""), false),
         }
     }
@@ -764,9 +827,19 @@ struct Allowed {
 
 impl Shared {
     /// The client IP: an outer layer's [`ClientIp`], else resolved here.
-    #[inline]
+    #[inline(always)]
     fn client_ip<B>(&self, req: &Request<B>) -> Option<ClientIp> {
-        if let Some(ip) = req.extensions().get::<ClientIp>() {
+        let ext = req.extensions();
+        // A request whose only extension is its peer address carries no `ClientIp`: one
+        // lookup instead of a miss and a hit (the result is the same).
+        if ext.len() == 1
+            && let Some(peer) = crate::client_ip::peer_addr(ext)
+        {
+            return Some(ClientIp(
+                self.resolver.resolve_from(peer.ip(), req.headers()),
+            ));
+        }
+        if let Some(ip) = ext.get::<ClientIp>() {
             return Some(*ip);
         }
         self.resolver.resolve(req).map(ClientIp)
@@ -874,7 +947,7 @@ impl Shared {
 
     /// Every policy decided in memory: in-flight slots first, then the rate policies in
     /// order with one clock read.
-    #[inline]
+    #[inline(never)]
     fn decide_local<B>(self: &Arc<Self>, req: &Request<B>) -> Result<Allowed, Box<Denial>> {
         let ip = if self.needs_ip {
             self.client_ip(req)
@@ -916,10 +989,8 @@ impl Shared {
                         out.wait = out.wait.max(wait);
                     }
                     if self.headers_on_allowed {
-                        out.headers.push(
-                            p.policy_header.clone(),
-                            p.ratelimit_value(slack, reset_after),
-                        );
+                        out.headers
+                            .push(p.fields, p.ratelimit_value(slack, reset_after));
                     }
                 }
                 Verdict::Limited { retry_after, .. } => {
@@ -1048,10 +1119,8 @@ impl Shared {
                         out.wait = out.wait.max(wait);
                     }
                     if self.headers_on_allowed {
-                        out.headers.push(
-                            p.policy_header.clone(),
-                            p.ratelimit_value(slack, reset_after),
-                        );
+                        out.headers
+                            .push(p.fields, p.ratelimit_value(slack, reset_after));
                     }
                 }
                 Verdict::Limited { retry_after, .. } => {
@@ -1075,7 +1144,12 @@ pin_project! {
     #[project = RfProj]
     #[allow(missing_docs)]
     pub enum ResponseFuture<F, B, E> {
-        /// Passed on without waiting.
+        /// Passed on as it is (no in-flight slot held, no fields to add).
+        Pass {
+            #[pin]
+            fut: F,
+        },
+        /// Passed on without waiting; slots to release and fields to add when it is done.
         Inner {
             #[pin]
             fut: F,
@@ -1098,10 +1172,19 @@ fn add_headers<B>(res: &mut Response<B>, headers: RateLimitFields) {
     let map = res.headers_mut();
     match headers.0 {
         Fields::None => {}
-        Fields::One(p, r) => {
-            map.reserve(2);
-            map.append(RATELIMIT_POLICY_NAME, p);
-            map.append(RATELIMIT_NAME, r);
+        Fields::One(t, r) => {
+            if map.is_empty() {
+                // the shared template: one clone (the allocation an empty map needs anyway)
+                // instead of hashing both custom names
+                *map = t.map.clone();
+                if let Some(v) = map.values_mut().nth(1) {
+                    *v = r;
+                }
+            } else {
+                map.reserve(2);
+                map.append(RATELIMIT_POLICY_NAME, t.policy.clone());
+                map.append(RATELIMIT_NAME, r);
+            }
         }
         Fields::Many(all) => {
             map.reserve(2 * all.len());
@@ -1122,6 +1205,7 @@ where
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
+            RfProj::Pass { fut } => fut.poll(cx),
             RfProj::Inner {
                 fut,
                 guards,
@@ -1131,7 +1215,7 @@ where
                 if guards.is_some() {
                     drop(guards.take());
                 }
-                if !matches!(headers.0, Fields::None)
+                if !headers.is_none()
                     && let Ok(res) = &mut out
                 {
                     add_headers(res, std::mem::replace(headers, RateLimitFields::NONE));
@@ -1162,13 +1246,114 @@ where
         self.inner.poll_ready(cx)
     }
 
+    #[inline]
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         let shared = &self.layer.shared;
         #[cfg(feature = "redis")]
         if shared.redis.is_some() {
             return self.call_remote(req);
         }
+        // the hot paths stay small enough to be inlined into the caller (no extra moves of
+        // the request and the response); denials and delays are built out of line
+        if shared.single_ip_rate
+            && let [p] = shared.policies.as_slice()
+            && let Some(mem) = &p.mem
+        {
+            // the same decision as `decide_local` for this one policy, without its loop
+            let ip = shared.client_ip(&req);
+            let hash = shared.ip_hash(ip);
+            let max_wait = Shared::max_wait(p, &req, &mut None);
+            return match mem.decide(hash, &p.gcra, p.cost, max_wait) {
+                Verdict::Allowed {
+                    wait,
+                    slack,
+                    reset_after,
+                } if wait == 0 || p.shadow => {
+                    if shared.headers_on_allowed {
+                        let mut headers = RateLimitFields::NONE;
+                        headers.push(p.fields, p.ratelimit_value(slack, reset_after));
+                        ResponseFuture::Inner {
+                            fut: self.inner.call(req),
+                            guards: None,
+                            headers,
+                        }
+                    } else {
+                        ResponseFuture::Pass {
+                            fut: self.inner.call(req),
+                        }
+                    }
+                }
+                Verdict::Allowed {
+                    wait,
+                    slack,
+                    reset_after,
+                } => {
+                    let mut headers = RateLimitFields::NONE;
+                    if shared.headers_on_allowed {
+                        headers.push(p.fields, p.ratelimit_value(slack, reset_after));
+                    }
+                    let a = Allowed {
+                        wait,
+                        guards: None,
+                        headers,
+                    };
+                    self.call_cold(req, Ok(a))
+                }
+                Verdict::Limited { retry_after, .. } => {
+                    let mut denial = None;
+                    p.deny(p.limited(retry_after), req.extensions(), &mut denial);
+                    let decision = match denial {
+                        Some(d) => Err(d),
+                        // a shadow policy: recorded, let through without fields
+                        None => Ok(Allowed {
+                            wait: 0,
+                            guards: None,
+                            headers: RateLimitFields::NONE,
+                        }),
+                    };
+                    self.call_cold(req, decision)
+                }
+            };
+        }
         match shared.decide_local(&req) {
+            Ok(Allowed {
+                wait: 0,
+                guards: None,
+                headers: RateLimitFields(Fields::None),
+            }) => ResponseFuture::Pass {
+                fut: self.inner.call(req),
+            },
+            Ok(Allowed {
+                wait: 0,
+                guards,
+                headers,
+            }) => ResponseFuture::Inner {
+                fut: self.inner.call(req),
+                guards,
+                headers,
+            },
+            other => self.call_cold(req, other),
+        }
+    }
+}
+
+impl<S> Throttle<S> {
+    /// A denial or a delayed request.
+    #[cold]
+    #[inline(never)]
+    fn call_cold<ReqB, ResB>(
+        &mut self,
+        req: Request<ReqB>,
+        decision: Result<Allowed, Box<Denial>>,
+    ) -> ResponseFuture<S::Future, ResB, S::Error>
+    where
+        S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Send + 'static,
+        ReqB: Send + 'static,
+        ResB: BodyFromBytes + Send + 'static,
+    {
+        match decision {
             Err(d) => ResponseFuture::Denied {
                 res: Some(self.layer.renderer.respond(*d, &req)),
             },
@@ -1199,6 +1384,7 @@ where
 
 #[cfg(feature = "redis")]
 impl<S> Throttle<S> {
+    #[inline(never)]
     fn call_remote<ReqB, ResB>(
         &mut self,
         req: Request<ReqB>,
@@ -1256,6 +1442,30 @@ mod tests {
         assert_eq!(grpc_timeout(&h), Some(Duration::from_secs(2)));
         h.insert("grpc-timeout", HeaderValue::from_static("2x"));
         assert_eq!(grpc_timeout(&h), None);
+    }
+
+    #[test]
+    fn interned_values_are_exact_and_bounded() {
+        let a = intern_value("\"p\";r=1;t=2").unwrap();
+        assert_eq!(a, "\"p\";r=1;t=2");
+        assert!(intern_value("caf\u{e9}").is_none(), "not visible ASCII");
+        // spend the budget (shared by the process: later values fall back to allocations)
+        let mut n = 0;
+        while intern_value(&format!("budget-{n}")).is_some() {
+            n += 1;
+            assert!(n <= INTERNED_VALUES);
+        }
+        // interned values stay available, new ones are refused
+        assert_eq!(intern_value("\"p\";r=1;t=2").unwrap(), a);
+        assert!(intern_value("never-seen").is_none());
+        // rendering stays exact past the budget
+        let layer = ThrottleLayer::builder()
+            .policy(Policy::rate("p", super::super::Rate::per_second(10)).burst(5))
+            .build()
+            .unwrap();
+        let p = &layer.shared.policies[0];
+        assert_eq!(p.render(3, 1).0, "\"p\";r=3;t=1");
+        assert_eq!(p.render(1234, 56).0, "\"p\";r=1234;t=56");
     }
 
     #[test]

@@ -376,7 +376,7 @@ impl MemoryRateStore {
     }
 
     /// One decision for a pre-hashed key; `now` comes from [`now`](Self::now).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn decide_at(
         &self,
         now: u64,
