@@ -353,6 +353,24 @@ pub fn peer_addr(ext: &http::Extensions) -> Option<SocketAddr> {
     ext.get::<SocketAddr>().copied()
 }
 
+/// The [`ClientIp`] an outer layer put into the request extensions, else the one resolved
+/// from the peer address and forwarding headers; the request is left as it is.
+#[inline(always)]
+pub fn client_ip_in<B>(req: &Request<B>, resolver: &ClientIpResolver) -> Option<ClientIp> {
+    let ext = req.extensions();
+    // A request whose only extension is its peer address carries no `ClientIp`: one
+    // lookup instead of a miss and a hit (the result is the same).
+    if ext.len() == 1
+        && let Some(peer) = peer_addr(ext)
+    {
+        return Some(ClientIp(resolver.resolve_from(peer.ip(), req.headers())));
+    }
+    if let Some(ip) = ext.get::<ClientIp>() {
+        return Some(*ip);
+    }
+    resolver.resolve(req).map(ClientIp)
+}
+
 /// Returns the [`ClientIp`] already in the request extensions, or resolves and inserts it.
 pub fn client_ip_of<B>(req: &mut Request<B>, resolver: &ClientIpResolver) -> Option<ClientIp> {
     if let Some(ip) = req.extensions().get::<ClientIp>() {

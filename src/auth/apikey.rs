@@ -466,8 +466,7 @@ impl KeyHasher {
                 m.update(data);
                 m.finalize().into_bytes().into()
             }
-            None if data.len() <= ONE_BLOCK => sha256_one_block(data),
-            None => Sha256::digest(data).into(),
+            None => sha256(data),
         }
     }
 
@@ -594,13 +593,17 @@ const SHA256_IV: [u32; 8] = [
     0x5be0_cd19,
 ];
 
-/// SHA-256 of a message of at most [`ONE_BLOCK`] bytes: the padded block built on the
-/// stack and one call of `sha2`'s compression function (SHA-NI when the CPU has it),
-/// without the streaming wrapper's buffering. Equal to `Sha256::digest` (tested).
-fn sha256_one_block(data: &[u8]) -> [u8; 32] {
-    let n = data.len().min(ONE_BLOCK);
+/// SHA-256 of `data`. A message of at most [`ONE_BLOCK`] bytes (a default key without its
+/// checksum) takes the padded block built on the stack and one call of `sha2`'s compression
+/// function (SHA-NI when the CPU has it), without the streaming wrapper's buffering; longer
+/// ones take `Sha256::digest`. Equal to `Sha256::digest` for every length (tested).
+fn sha256(data: &[u8]) -> [u8; 32] {
+    let n = data.len();
+    if n > ONE_BLOCK {
+        return Sha256::digest(data).into();
+    }
     let mut block = [0u8; 64];
-    block[..n].copy_from_slice(&data[..n]);
+    block[..n].copy_from_slice(data);
     block[n] = 0x80;
     block[56..].copy_from_slice(&((n as u64) * 8).to_be_bytes());
     let mut state = SHA256_IV;
@@ -1018,9 +1021,7 @@ mod tests {
             let d = &data[..len];
             let expect: [u8; 32] = Sha256::digest(d).into();
             assert_eq!(h.sha(d), expect, "{len}");
-            if len <= ONE_BLOCK {
-                assert_eq!(sha256_one_block(d), expect, "{len}");
-            }
+            assert_eq!(sha256(d), expect, "{len}");
         }
     }
 

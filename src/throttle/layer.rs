@@ -829,20 +829,7 @@ impl Shared {
     /// The client IP: an outer layer's [`ClientIp`], else resolved here.
     #[inline(always)]
     fn client_ip<B>(&self, req: &Request<B>) -> Option<ClientIp> {
-        let ext = req.extensions();
-        // A request whose only extension is its peer address carries no `ClientIp`: one
-        // lookup instead of a miss and a hit (the result is the same).
-        if ext.len() == 1
-            && let Some(peer) = crate::client_ip::peer_addr(ext)
-        {
-            return Some(ClientIp(
-                self.resolver.resolve_from(peer.ip(), req.headers()),
-            ));
-        }
-        if let Some(ip) = ext.get::<ClientIp>() {
-            return Some(*ip);
-        }
-        self.resolver.resolve(req).map(ClientIp)
+        crate::client_ip::client_ip_in(req, &self.resolver)
     }
 
     /// Cost and matched route template of `p` for this request; `None` when its routes do
