@@ -199,6 +199,48 @@ pub struct RouteSet<T> {
     wildcards: Vec<matchit::Router<usize>>,
     nodes: Vec<Vec<Entry>>,
     values: Vec<RouteValue<T>>,
+    /// Set for small sets whose catch-alls all have a literal base: answers most lookups
+    /// with a few comparisons instead of two radix-tree walks.
+    quick: Option<Quick>,
+}
+
+/// The lookup of a small route set without the radix trees, for the paths no literal or
+/// parameter pattern can match (checked first: such a path would win over a catch-all).
+#[derive(Debug)]
+struct Quick {
+    /// Paths of the literal tree without a parameter: a request path matches one only if
+    /// it is equal to it.
+    exact: Vec<Box<str>>,
+    /// The text before the first `{` of the other paths of the literal tree: a request path
+    /// matches one only if it starts with it.
+    prefixes: Vec<Box<str>>,
+    /// The catch-alls (`base/{*rest}`), as `base/` and the node, the longest base first:
+    /// a request path longer than `base/` and starting with it matches the first such one,
+    /// as it does in the single catch-all tree.
+    bases: Vec<(Box<str>, usize)>,
+}
+
+impl Quick {
+    /// Most paths of the literal tree checked one by one before taking the radix tree.
+    const MAX_LITERAL: usize = 16;
+    /// Most catch-all bases checked one by one.
+    const MAX_BASES: usize = 8;
+
+    /// `Some(node)` or `Some(None)` when the answer is known without the trees.
+    #[inline]
+    fn find(&self, path: &str) -> Option<Option<usize>> {
+        if self.exact.iter().any(|e| **e == *path)
+            || self.prefixes.iter().any(|p| path.starts_with(&**p))
+        {
+            return None;
+        }
+        Some(
+            self.bases
+                .iter()
+                .find(|(b, _)| path.len() > b.len() && path.starts_with(&**b))
+                .map(|(_, n)| *n),
+        )
+    }
 }
 
 impl<T> std::fmt::Debug for RouteSet<T> {
@@ -234,25 +276,39 @@ impl<T> RouteSet<T> {
         self.values.is_empty()
     }
 
+    /// The value of a node for a method: entries are sorted, explicit before implicit,
+    /// method-specific before any-method.
+    #[inline]
+    fn pick(&self, node: usize, bit: u16) -> Option<&RouteValue<T>> {
+        self.nodes[node]
+            .iter()
+            .find(|e| e.methods.is_none_or(|m| m.0 & bit != 0))
+            .map(|e| &self.values[e.value])
+    }
+
     fn find(&self, method: &Method, path: &str) -> Option<&RouteValue<T>> {
         let bit = method_bit(method);
-        // entries are sorted: explicit before implicit, method-specific before any-method
-        let pick = |node: usize| {
-            self.nodes[node]
-                .iter()
-                .find(|e| e.methods.is_none_or(|m| m.0 & bit != 0))
-                .map(|e| &self.values[e.value])
-        };
-        if let Some(v) = self.router.at(path).ok().and_then(|m| pick(*m.value)) {
+        if let Some(q) = &self.quick
+            && let Some(node) = q.find(path)
+        {
+            return node.and_then(|n| self.pick(n, bit));
+        }
+        self.find_in_trees(bit, path)
+    }
+
+    /// The lookup in the radix trees.
+    fn find_in_trees(&self, bit: u16, path: &str) -> Option<&RouteValue<T>> {
+        let pick = |node: &usize| self.pick(*node, bit);
+        if let Some(v) = self.router.at(path).ok().and_then(|m| pick(m.value)) {
             return Some(v);
         }
         // the most specific (longest) catch-all wins; usually there is a single tree
         if let [only] = self.wildcards.as_slice() {
-            return only.at(path).ok().and_then(|m| pick(*m.value));
+            return only.at(path).ok().and_then(|m| pick(m.value));
         }
         self.wildcards
             .iter()
-            .filter_map(|r| r.at(path).ok().and_then(|m| pick(*m.value)))
+            .filter_map(|r| r.at(path).ok().and_then(|m| pick(m.value)))
             .max_by_key(|v| v.template.len())
     }
 
@@ -374,11 +430,13 @@ impl<T> RouteSetBuilder<T> {
         for entries in &mut nodes {
             entries.sort_by_key(|e| (e.implicit, e.methods.is_none()));
         }
+        let quick = quick_lookup(&node_of_path, wildcards.len());
         Ok(RouteSet {
             router,
             wildcards,
             nodes,
             values,
+            quick,
         })
     }
 
@@ -390,6 +448,41 @@ impl<T> RouteSetBuilder<T> {
             Err(e) => panic!("{e}"),
         }
     }
+}
+
+/// The [`Quick`] lookup of a set, when it is small and at most one catch-all tree holds
+/// only catch-alls with a literal base.
+fn quick_lookup(
+    node_of_path: &std::collections::HashMap<String, usize>,
+    wildcard_trees: usize,
+) -> Option<Quick> {
+    if wildcard_trees > 1 {
+        return None;
+    }
+    let mut q = Quick {
+        exact: Vec::new(),
+        prefixes: Vec::new(),
+        bases: Vec::new(),
+    };
+    for (path, &node) in node_of_path {
+        if let Some(idx) = path.find("{*") {
+            let base = &path[..idx];
+            if base.contains(['{', '}']) || !path.ends_with('}') {
+                return None;
+            }
+            q.bases.push((base.into(), node));
+        } else {
+            match path.find(['{', '}']) {
+                None => q.exact.push(path.as_str().into()),
+                Some(i) => q.prefixes.push(path[..i].into()),
+            }
+        }
+    }
+    if q.exact.len() + q.prefixes.len() > Quick::MAX_LITERAL || q.bases.len() > Quick::MAX_BASES {
+        return None;
+    }
+    q.bases.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+    Some(q)
 }
 
 #[cfg(test)]
@@ -452,6 +545,106 @@ mod tests {
         let s = set(&["HEAD /h", "GET /g"]);
         assert_eq!(at(&s, Method::GET, "/h"), None);
         assert_eq!(at(&s, Method::HEAD, "/g"), Some(1));
+    }
+
+    #[test]
+    fn quick_lookup_answers_like_the_radix_trees() {
+        let pool = [
+            "/products/*",
+            "GET /products/{id}",
+            "POST /products/search",
+            "/admin/*",
+            "GET /admin",
+            "/admin/users/*",
+            "/files/{*rest}",
+            "DELETE /a/b",
+            "GET,POST /a",
+            "/a/*",
+            "/*",
+            "GET /orders/{id}/items",
+            "/orders",
+            "PUT /x/{y}",
+            "/x/{y}/*",
+            "/login",
+            "GET /{{raw}}/*",
+        ];
+        let paths = [
+            "/",
+            "",
+            "/products",
+            "/products/",
+            "/products/1",
+            "/products/1/2",
+            "/products/search",
+            "/productsx",
+            "/admin",
+            "/admin/",
+            "/admin/x",
+            "/admin/users",
+            "/admin/users/",
+            "/admin/users/7",
+            "/administrator",
+            "/files",
+            "/files/",
+            "/files/a/b",
+            "/a",
+            "/a/",
+            "/a/b",
+            "/a/b/c",
+            "/ab",
+            "/orders",
+            "/orders/",
+            "/orders/5/items",
+            "/orders/5",
+            "/x/1",
+            "/x/1/z",
+            "/login",
+            "/l",
+            "/{raw}/x",
+            "//",
+            "/products//x",
+        ];
+        let methods = [
+            Method::GET,
+            Method::HEAD,
+            Method::POST,
+            Method::DELETE,
+            Method::PUT,
+        ];
+        let mut quick_sets = 0;
+        // every subset of the pool's first patterns, and sliding windows over the rest
+        let subsets = (0u32..1 << 10)
+            .map(|m| {
+                (0..10)
+                    .filter(|i| m & (1 << i) != 0)
+                    .collect::<Vec<usize>>()
+            })
+            .chain((0..pool.len()).map(|i| (i..pool.len().min(i + 6)).collect()));
+        for subset in subsets {
+            let mut b = RouteSet::builder();
+            for &i in &subset {
+                b = b.route(pool[i], i).unwrap();
+            }
+            let Ok(s) = b.try_build() else { continue };
+            quick_sets += usize::from(s.quick.is_some());
+            for p in paths {
+                for m in &methods {
+                    let bit = method_bit(m);
+                    let quick = s.find(m, p).map(|v| v.value);
+                    let trees = s.find_in_trees(bit, p).map(|v| v.value);
+                    assert_eq!(quick, trees, "{subset:?} {m} {p}");
+                }
+            }
+        }
+        assert!(quick_sets > 500, "{quick_sets}");
+        // too many literal paths: the trees
+        let mut b = RouteSet::builder();
+        for i in 0..20 {
+            b = b.route(&format!("/p{i}"), i).unwrap();
+        }
+        let s = b.build();
+        assert!(s.quick.is_none());
+        assert_eq!(s.at(&Method::GET, "/p7").map(|m| *m.value), Some(7));
     }
 
     #[test]
