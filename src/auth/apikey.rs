@@ -103,6 +103,7 @@ fn word(b: &[u8]) -> u64 {
     u64::from_le_bytes(b.try_into().unwrap_or([0; 8]))
 }
 
+#[cfg(test)]
 /// Whether every byte is base62, eight bytes per step (SWAR) with no early exit and no
 /// data-dependent branch. The last word overlaps the previous one (checking a byte twice
 /// changes nothing); a slice shorter than eight bytes is padded with `'0'`.
@@ -160,18 +161,80 @@ fn random_base62(len: usize) -> String {
 }
 
 /// The shape of API keys: prefix and length of the random part.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct ApiKeyFormat {
     prefix: String,
     secret_len: usize,
+    lead: Lead,
+}
+
+impl fmt::Debug for ApiKeyFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiKeyFormat")
+            .field("prefix", &self.prefix)
+            .field("secret_len", &self.secret_len)
+            .finish()
+    }
 }
 
 impl Default for ApiKeyFormat {
     fn default() -> Self {
-        Self {
-            prefix: "tsk".into(),
-            secret_len: 40,
+        Self::with("tsk", 40)
+    }
+}
+
+/// `<prefix>_` as two (possibly overlapping) masked little-endian words: compared with
+/// the first bytes of a presented key in two word comparisons instead of a `memcmp` call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Lead {
+    first: u64,
+    first_mask: u64,
+    /// Where the second word starts (0 when `<prefix>_` fits in one word).
+    last_at: usize,
+    last: u64,
+    last_mask: u64,
+}
+
+impl Lead {
+    fn new(prefix: &str) -> Self {
+        let mut lead = prefix.as_bytes().to_vec();
+        lead.push(b'_');
+        let n = lead.len(); // 2..=13
+        let padded = |b: &[u8]| {
+            let mut w = [0u8; 8];
+            w[..b.len()].copy_from_slice(b);
+            u64::from_le_bytes(w)
+        };
+        let first_mask = if n >= 8 {
+            u64::MAX
+        } else {
+            (1u64 << (8 * n)) - 1
+        };
+        let first = padded(&lead[..n.min(8)]);
+        if n <= 8 {
+            Self {
+                first,
+                first_mask,
+                last_at: 0,
+                last: first,
+                last_mask: first_mask,
+            }
+        } else {
+            Self {
+                first,
+                first_mask,
+                last_at: n - 8,
+                last: padded(&lead[n - 8..]),
+                last_mask: u64::MAX,
+            }
         }
+    }
+
+    /// Whether `b` starts with `<prefix>_`; `b` is at least `last_at + 8` and 8 bytes long.
+    #[inline(always)]
+    fn matches(&self, b: &[u8]) -> bool {
+        let w = |at: usize| b.get(at..at + 8).map_or(0, word);
+        (w(0) & self.first_mask == self.first) & (w(self.last_at) & self.last_mask == self.last)
     }
 }
 
@@ -249,10 +312,15 @@ impl ApiKeyFormat {
                 "expected 32 to 128 random characters",
             ));
         }
-        Ok(Self {
+        Ok(Self::with(prefix, secret_len))
+    }
+
+    fn with(prefix: &str, secret_len: usize) -> Self {
+        Self {
             prefix: prefix.to_owned(),
             secret_len,
-        })
+            lead: Lead::new(prefix),
+        }
     }
 
     /// The prefix (`tsk`).
@@ -305,24 +373,41 @@ impl ApiKeyFormat {
     }
 
     /// [`parse`](Self::parse) on raw bytes (a header value): a key that parses is ASCII.
+    ///
+    /// `<prefix>_<key id: 4 to 32 base62>_<at least 38 base62>`: after `<prefix>_`, the
+    /// first byte that is not base62 must be the `_` ending the key id, and it must be the
+    /// only one. One pass of eight bytes per step finds it and checks the rest.
     pub(crate) fn parse_bytes<'a>(&self, b: &'a [u8]) -> Option<RawKey<'a>> {
         let p = self.prefix.len();
         if b.len() > MAX_KEY_LEN
             || b.len() < p + 1 + 4 + 1 + MIN_SECRET_LEN + CHECKSUM_LEN
-            || &b[..p] != self.prefix.as_bytes()
-            || b[p] != b'_'
+            || !self.lead.matches(b)
         {
             return None;
         }
-        // `<key id: 4 to 32 base62>_<base62 tail>`: the first `_` within 33 bytes ends
-        // the key id, and every other byte is base62 (so there is no second `_`)
         let rest = &b[p + 1..];
-        let id_len = rest[..rest.len().min(33)].iter().position(|&c| c == b'_')?;
-        let tail = &rest[id_len + 1..];
-        if id_len < 4
-            || tail.len() < MIN_SECRET_LEN + CHECKSUM_LEN
-            || !(all_base62(&rest[..id_len]) & all_base62(tail))
-        {
+        let n = rest.len(); // >= 43: the `_` (at most at 32) is in the first five words
+        let mut words = rest.chunks_exact(8);
+        let mut at = 0;
+        let (id_len, mut bad) = loop {
+            let m = not_base62_bits(word(words.next()?));
+            if m != 0 {
+                break (at + (m.trailing_zeros() / 8) as usize, m & (m - 1));
+            }
+            at += 8;
+            if at > 32 {
+                return None;
+            }
+        };
+        if id_len < 4 || id_len > 32 || rest[id_len] != b'_' {
+            return None;
+        }
+        for c in words {
+            bad |= not_base62_bits(word(c));
+        }
+        // the last bytes, as a word overlapping the previous one (past the `_`: n - 8 > 32)
+        bad |= not_base62_bits(word(&rest[n - 8..]));
+        if bad != 0 {
             return None;
         }
         let split = b.len() - CHECKSUM_LEN;
@@ -791,6 +876,12 @@ impl MemoryKeyStore {
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
     }
+    /// The record of a key id (the request path's lookup, also behind
+    /// [`KeyStore::visit`]).
+    #[inline]
+    pub(crate) fn lookup(&self, key_id: &[u8]) -> Option<&ApiKeyRecord> {
+        self.keys.get(key_id).map(|r| &**r)
+    }
 }
 
 impl KeyStore for MemoryKeyStore {
@@ -798,7 +889,7 @@ impl KeyStore for MemoryKeyStore {
         self.keys.get(key_id.as_bytes()).cloned()
     }
     fn visit(&self, key_id: &[u8], f: &mut dyn FnMut(Option<&ApiKeyRecord>)) {
-        f(self.keys.get(key_id).map(|r| &**r))
+        f(self.lookup(key_id))
     }
     fn hash_formats(&self) -> HashFormats {
         HashFormats {
@@ -955,6 +1046,49 @@ mod tests {
                         reference_parse(&f, &s),
                         "{s}"
                     );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn parser_matches_the_reference_for_every_id_length_and_odd_byte() {
+        let odd = [b'_', b'-', b' ', b'0', b'z', 0x7f, 0x80, 0xc3, 0xff, 0];
+        for f in [
+            ApiKeyFormat::default(),
+            ApiKeyFormat::new("a", 32).unwrap(),
+            ApiKeyFormat::new("pk1", 32).unwrap(),
+            ApiKeyFormat::new("abcdefg", 40).unwrap(),
+            ApiKeyFormat::new("abcdefghijkl", 33).unwrap(),
+        ] {
+            for id_len in 1..=36 {
+                let id: String = (0..id_len).map(|i| BASE62[i * 7 % 62] as char).collect();
+                let mut key = format!("{}_{}_{}", f.prefix, id, random_base62(f.secret_len));
+                let sum = checksum(key.as_bytes());
+                key.push_str(std::str::from_utf8(&sum).unwrap());
+                let bytes = key.as_bytes();
+                let expect = reference_parse(&f, &key).map(|(_, id)| id.to_owned());
+                let got = f.parse_bytes(bytes).map(|r| r.key_id().to_owned());
+                assert_eq!(got, expect, "{key}");
+                assert_eq!(got.is_some(), (4..=32).contains(&id_len), "{key}");
+                for at in 0..bytes.len() {
+                    for &c in &odd {
+                        let mut b = bytes.to_vec();
+                        b[at] = c;
+                        // the checksum made valid again for the changed body
+                        let mut fixed = b.clone();
+                        let n = fixed.len() - CHECKSUM_LEN;
+                        let sum = checksum(&fixed[..n]);
+                        fixed[n..].copy_from_slice(&sum);
+                        for v in [b, fixed] {
+                            let expect = std::str::from_utf8(&v)
+                                .ok()
+                                .and_then(|s| reference_parse(&f, s))
+                                .map(|(_, id)| id.to_owned());
+                            let got = f.parse_bytes(&v).map(|r| r.key_id().to_owned());
+                            assert_eq!(got, expect, "{v:?}");
+                        }
+                    }
                 }
             }
         }

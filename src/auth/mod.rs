@@ -98,7 +98,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::header::AUTHORIZATION;
-use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -230,6 +230,9 @@ struct ApiKeys {
     format: ApiKeyFormat,
     hasher: KeyHasher,
     store: Arc<dyn KeyStore>,
+    /// The same store when it is a [`MemoryKeyStore`]: looked up directly, without the
+    /// dynamic calls of [`KeyStore::visit`].
+    memory: Option<Arc<MemoryKeyStore>>,
     /// What an unknown key id is compared with, in each format.
     dummy_v2: StoredHash,
     dummy_whole_key: StoredHash,
@@ -271,6 +274,7 @@ pub struct AuthLayerBuilder {
     format: ApiKeyFormat,
     hasher: KeyHasher,
     store: Option<Arc<dyn KeyStore>>,
+    memory: Option<Arc<MemoryKeyStore>>,
     api_key_header: Option<String>,
     query_param: Option<String>,
     jwt: Option<JwtVerifier>,
@@ -305,12 +309,21 @@ impl AuthLayerBuilder {
     }
     /// Accepts API keys looked up in `store`.
     pub fn api_keys(mut self, store: impl KeyStore) -> Self {
-        self.store = Some(Arc::new(store));
+        let store = Arc::new(store);
+        let any: &dyn std::any::Any = &*store;
+        self.memory = match any.downcast_ref::<Arc<MemoryKeyStore>>() {
+            Some(m) => Some(m.clone()),
+            None => (store.clone() as Arc<dyn std::any::Any + Send + Sync>)
+                .downcast::<MemoryKeyStore>()
+                .ok(),
+        };
+        self.store = Some(store);
         self
     }
     /// Accepts API keys from a shared store.
     pub fn api_key_store(mut self, store: Arc<dyn KeyStore>) -> Self {
         self.store = Some(store);
+        self.memory = None;
         self
     }
     /// The key format (prefix, length).
@@ -458,6 +471,7 @@ impl AuthLayerBuilder {
             dummy_whole_key: self.hasher.dummy(false),
             hasher: self.hasher,
             store,
+            memory: self.memory,
         });
         if self.login_field.as_deref().is_some_and(str::is_empty) {
             return Err(ConfigError::invalid(
@@ -530,6 +544,7 @@ impl AuthLayer {
             format: ApiKeyFormat::default(),
             hasher: KeyHasher::sha256(),
             store: None,
+            memory: None,
             api_key_header: Some("x-api-key".into()),
             query_param: None,
             jwt: None,
@@ -728,6 +743,15 @@ impl Core {
 // ---------------------------------------------------------------------------------------
 // Verification
 
+/// Header maps up to this many values are scanned once for the credential headers.
+const SCAN_HEADERS: usize = 16;
+
+/// The credential header of the API key fast path.
+enum Credential<'h> {
+    Authorization(&'h HeaderValue),
+    KeyHeader(&'h HeaderValue),
+}
+
 /// The denials are boxed: they are the cold path, and a small `Verdict` keeps the accepted
 /// path free of large moves.
 enum Verdict {
@@ -768,21 +792,9 @@ impl Core {
         if self.query_param.is_some() && req.uri().query().is_some() {
             return None;
         }
-        let headers = req.headers();
-        let mut auth = headers.get_all(AUTHORIZATION).iter();
-        let token = match (auth.next(), &self.api_key_header) {
-            (None, Some(h)) => {
-                let mut vals = headers.get_all(h).iter();
-                let v = vals.next()?;
-                if vals.next().is_some() {
-                    return None;
-                }
-                v.as_bytes().trim_ascii()
-            }
-            (Some(v), h) => {
-                if auth.next().is_some() || h.as_ref().is_some_and(|h| headers.contains_key(h)) {
-                    return None;
-                }
+        let token = match self.credential_headers(req.headers())? {
+            Credential::KeyHeader(v) => v.as_bytes().trim_ascii(),
+            Credential::Authorization(v) => {
                 let b = v.as_bytes();
                 let space = b.iter().position(|&c| c == b' ')?;
                 if !b[..space].eq_ignore_ascii_case(b"bearer") {
@@ -791,13 +803,50 @@ impl Core {
                 let rest = &b[space..];
                 &rest[rest.iter().position(|&c| c != b' ')?..]
             }
-            (None, None) => return None,
         };
         if token.len() > self.max_token_len {
             return None;
         }
         let key = keys.format.parse_bytes(token)?;
         Some(self.check_raw_key(keys, &key))
+    }
+
+    /// The one credential header of the fast path: exactly one `Authorization` value and no
+    /// key header, or exactly one key header value and no `Authorization`. A small map (most
+    /// requests) is scanned once instead of two hashed lookups.
+    #[inline]
+    fn credential_headers<'h>(&self, headers: &'h HeaderMap) -> Option<Credential<'h>> {
+        let h = self.api_key_header.as_ref();
+        if headers.len() <= SCAN_HEADERS {
+            let (mut auth, mut key) = ((0u32, None), (0u32, None));
+            for (name, v) in headers {
+                let slot = if *name == AUTHORIZATION {
+                    &mut auth
+                } else if h.is_some_and(|h| h == name) {
+                    &mut key
+                } else {
+                    continue;
+                };
+                slot.0 += 1;
+                slot.1.get_or_insert(v);
+            }
+            return match (auth, key) {
+                ((1, Some(v)), (0, _)) => Some(Credential::Authorization(v)),
+                ((0, _), (1, Some(v))) => Some(Credential::KeyHeader(v)),
+                _ => None,
+            };
+        }
+        let mut auth = headers.get_all(AUTHORIZATION).iter();
+        match (auth.next(), h) {
+            (None, Some(h)) => {
+                let mut vals = headers.get_all(h).iter();
+                let v = vals.next()?;
+                vals.next().is_none().then_some(Credential::KeyHeader(v))
+            }
+            (Some(v), h) => (auth.next().is_none() && !h.is_some_and(|h| headers.contains_key(h)))
+                .then_some(Credential::Authorization(v)),
+            (None, None) => None,
+        }
     }
 
     fn check_raw_key(&self, keys: &ApiKeys, parsed: &apikey::RawKey<'_>) -> Verdict {
@@ -811,29 +860,18 @@ impl Core {
         }
         // the same hashing for an unknown id as for a known one: every format the store
         // holds, whichever record was found
+        if let Some(m) = &keys.memory {
+            return self.judge(
+                keys,
+                parsed,
+                m.hash_formats(),
+                m.lookup(parsed.key_id_bytes()),
+            );
+        }
         let formats = keys.store.hash_formats();
         let mut verdict = None;
         keys.store.visit(parsed.key_id_bytes(), &mut |record| {
-            let dummy = if formats.v2 {
-                &keys.dummy_v2
-            } else {
-                &keys.dummy_whole_key
-            };
-            let expected = record.map_or(dummy, |r| &r.hash);
-            let matches = keys.hasher.verify_parsed(parsed, expected, formats);
-            verdict = Some(match record {
-                Some(r) if matches && !r.disabled => match r.expires_at {
-                    Some(exp) if self.clock.wall() >= exp => Verdict::deny(
-                        self.invalid_token("token_expired", "The access token expired"),
-                        None,
-                    ),
-                    _ => Verdict::Ok(r.principal()),
-                },
-                _ => Verdict::deny(
-                    self.invalid_token("invalid_token", "The access token is invalid"),
-                    account(),
-                ),
-            });
+            verdict = Some(self.judge(keys, parsed, formats, record));
         });
         // a store that never calls back refuses the key
         verdict.unwrap_or_else(|| {
@@ -842,6 +880,38 @@ impl Core {
                 account(),
             )
         })
+    }
+
+    /// The verdict on a parsed key and the record of its id (`None`: unknown id), after
+    /// hashing the key in every format of `formats`.
+    #[inline]
+    fn judge(
+        &self,
+        keys: &ApiKeys,
+        parsed: &apikey::RawKey<'_>,
+        formats: HashFormats,
+        record: Option<&ApiKeyRecord>,
+    ) -> Verdict {
+        let dummy = if formats.v2 {
+            &keys.dummy_v2
+        } else {
+            &keys.dummy_whole_key
+        };
+        let expected = record.map_or(dummy, |r| &r.hash);
+        let matches = keys.hasher.verify_parsed(parsed, expected, formats);
+        match record {
+            Some(r) if matches && !r.disabled => match r.expires_at {
+                Some(exp) if self.clock.wall() >= exp => Verdict::deny(
+                    self.invalid_token("token_expired", "The access token expired"),
+                    None,
+                ),
+                _ => Verdict::Ok(r.principal()),
+            },
+            _ => Verdict::deny(
+                self.invalid_token("invalid_token", "The access token is invalid"),
+                Some(format!("key:{}", parsed.key_id())),
+            ),
+        }
     }
 
     fn jwt_error(&self, e: TokenError) -> Denial {
