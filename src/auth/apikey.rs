@@ -399,7 +399,11 @@ impl ApiKeyFormat {
                 return None;
             }
         };
-        if id_len < 4 || id_len > 32 || rest[id_len] != b'_' {
+        if id_len < 4
+            || id_len > 32
+            || n - id_len - 1 < MIN_SECRET_LEN + CHECKSUM_LEN
+            || rest[id_len] != b'_'
+        {
             return None;
         }
         for c in words {
@@ -1061,16 +1065,24 @@ mod tests {
             ApiKeyFormat::new("abcdefg", 40).unwrap(),
             ApiKeyFormat::new("abcdefghijkl", 33).unwrap(),
         ] {
-            for id_len in 1..=36 {
+            // random parts from too short (the tail must hold 32 + 6 characters) to long
+            for (id_len, secret_len) in (1..=36)
+                .map(|i| (i, f.secret_len))
+                .chain((28..=36).flat_map(|i| (20..34).map(move |s| (i, s))))
+            {
                 let id: String = (0..id_len).map(|i| BASE62[i * 7 % 62] as char).collect();
-                let mut key = format!("{}_{}_{}", f.prefix, id, random_base62(f.secret_len));
+                let mut key = format!("{}_{}_{}", f.prefix, id, random_base62(secret_len));
                 let sum = checksum(key.as_bytes());
                 key.push_str(std::str::from_utf8(&sum).unwrap());
                 let bytes = key.as_bytes();
                 let expect = reference_parse(&f, &key).map(|(_, id)| id.to_owned());
                 let got = f.parse_bytes(bytes).map(|r| r.key_id().to_owned());
                 assert_eq!(got, expect, "{key}");
-                assert_eq!(got.is_some(), (4..=32).contains(&id_len), "{key}");
+                assert_eq!(
+                    got.is_some(),
+                    (4..=32).contains(&id_len) && secret_len >= MIN_SECRET_LEN,
+                    "{key}"
+                );
                 for at in 0..bytes.len() {
                     for &c in &odd {
                         let mut b = bytes.to_vec();
