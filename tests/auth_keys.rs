@@ -176,15 +176,71 @@ async fn fast_path_answers_like_the_general_path() {
             "/",
             invalid.clone(),
         ),
+        // two Authorization headers
+        (
+            vec![
+                ("authorization", bearer(b"Bearer ")),
+                ("authorization", bearer(b"Bearer ")),
+            ],
+            "/",
+            bad_request.clone(),
+        ),
     ];
+    // small header maps are scanned once, large ones looked up: the same answers, with the
+    // credential headers before, between or after the others
+    let fillers: Vec<String> = (0..24).map(|i| format!("x-filler-{i}")).collect();
     for (headers, uri, expect) in cases {
-        let hs: Vec<(&str, &[u8])> = headers.iter().map(|(n, v)| (*n, v.as_slice())).collect();
-        assert_eq!(
-            answer(&svc, get(&hs, uri)).await,
-            expect,
-            "{headers:?} {uri}"
-        );
+        for (before, after) in [(0, 0), (3, 4), (0, 20), (20, 0), (10, 10)] {
+            let mut hs: Vec<(&str, &[u8])> = fillers[..before]
+                .iter()
+                .map(|n| (n.as_str(), &b"v"[..]))
+                .collect();
+            hs.extend(headers.iter().map(|(n, v)| (*n, v.as_slice())));
+            hs.extend(
+                fillers[before..before + after]
+                    .iter()
+                    .map(|n| (n.as_str(), &b"v"[..])),
+            );
+            assert_eq!(
+                answer(&svc, get(&hs, uri)).await,
+                expect,
+                "{headers:?} {uri} {before}+{after} other headers"
+            );
+        }
     }
+}
+
+#[tokio::test]
+async fn a_shared_memory_store_and_a_custom_store_answer_alike() {
+    let f = ApiKeyFormat::default();
+    let h = KeyHasher::sha256();
+    let (k, other) = (f.generate(), f.generate());
+    let store = MemoryKeyStore::new().with(record(&h, &k, "c1", true).scopes(["read"]));
+    let shared = Arc::new(store);
+    let counting = Arc::new(Counting {
+        inner: MemoryKeyStore::new().with(record(&h, &k, "c1", true).scopes(["read"])),
+        gets: AtomicUsize::new(0),
+    });
+    let layers = [
+        AuthLayer::builder().api_keys(shared.clone()),
+        AuthLayer::builder().api_key_store(shared.clone()),
+        AuthLayer::builder().api_keys(counting.clone()),
+    ];
+    for b in layers {
+        let svc = service(b.require("GET /w/*", ["write"]).unwrap().build().unwrap());
+        let key = k.secret().as_bytes();
+        assert_eq!(
+            answer(&svc, get(&[("x-api-key", key)], "/r")).await,
+            (200, None, "c1".to_owned())
+        );
+        assert_eq!(
+            answer(&svc, get(&[("x-api-key", other.secret().as_bytes())], "/r")).await,
+            (401, Some(INVALID.to_owned()), String::new())
+        );
+        let res = answer(&svc, get(&[("x-api-key", key)], "/w/1")).await;
+        assert_eq!(res.0, 403, "{res:?}");
+    }
+    assert_eq!(counting.gets.load(Ordering::Relaxed), 3);
 }
 
 /// A store that counts lookups and declares the formats it is told to.
