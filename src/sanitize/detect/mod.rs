@@ -114,6 +114,14 @@ impl Detectors {
         self.enabled[kind as usize]
     }
 
+    /// The enabled classes, one bit per [`Kind`].
+    pub(crate) fn bits(&self) -> u8 {
+        self.enabled
+            .iter()
+            .enumerate()
+            .fold(0, |m, (i, &on)| m | (u8::from(on) << i))
+    }
+
     /// Inspects one input value (already valid UTF-8; as the application receives it,
     /// i.e. URL-decoded once for query/form values). Normalization (bounded repeated
     /// percent-decoding, HTML entities, Unicode compatibility folding, control characters)
