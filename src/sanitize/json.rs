@@ -139,8 +139,9 @@ pub(crate) trait JsonVisitor {
         is_key: bool,
     ) -> Result<Option<String>, Self::Stop>;
 
-    /// Whether `visit` would surely do nothing with this string (then it is not called).
-    fn skip(&self, _value: &str, _mask: u32) -> bool {
+    /// Whether `visit` would surely do nothing with this string (its bytes; then it is not
+    /// called).
+    fn skip(&self, _value: &[u8], _mask: u32) -> bool {
         false
     }
 }
@@ -466,16 +467,23 @@ fn scan_with<'a, V: JsonVisitor>(
                 if end - (i + 1) > limits.max_string_len {
                     return Err(JsonError::StringLen.into());
                 }
-                let raw = &input[i + 1..end];
-                let value = if escaped {
+                if escaped {
                     text.clear();
-                    unescape(raw, text)?;
+                    unescape(&input[i + 1..end], text)?;
                     mask = classes(text.as_bytes());
-                    text.as_str()
+                }
+                // the value as a `&str` only when it is visited
+                let value = if escaped {
+                    text.as_bytes()
                 } else {
-                    raw
+                    &b[i + 1..end]
                 };
                 if !visitor.skip(value, mask) {
+                    let value = if escaped {
+                        text.as_str()
+                    } else {
+                        &input[i + 1..end]
+                    };
                     let path = JsonPath { input, segs };
                     if let Some(new) = visitor
                         .visit(path, value, mask, false)
@@ -562,14 +570,14 @@ fn member<'a, V: JsonVisitor>(
     if end - (i + 1) > limits.max_string_len {
         return Err(JsonError::StringLen.into());
     }
-    let raw = &input[i + 1..end];
     let mut owned = String::new();
+    // the key as a `&str` only when it is escaped or visited
     let key = if escaped {
-        unescape(raw, &mut owned)?;
+        unescape(&input[i + 1..end], &mut owned)?;
         mask = classes(owned.as_bytes());
-        owned.as_str()
+        owned.as_bytes()
     } else {
-        raw
+        &b[i + 1..end]
     };
     if limits.reject_duplicate_keys {
         let top = frames.last_mut().expect("member inside an object");
@@ -590,7 +598,7 @@ fn member<'a, V: JsonVisitor>(
             }
         } else {
             let h = if escaped {
-                key_hash(key.as_bytes())
+                key_hash(key)
             } else {
                 key_hash_at(b, i + 1, end - (i + 1))
             };
@@ -599,7 +607,7 @@ fn member<'a, V: JsonVisitor>(
             if top.bloom & bit != 0 {
                 for k in &keys[start..] {
                     // the hash of the decoded key first; the keys themselves on a match
-                    if k.hash == h && decoded(k.start, k.end, k.escaped)? == key {
+                    if k.hash == h && decoded(k.start, k.end, k.escaped)?.as_bytes() == key {
                         return Err(JsonError::DuplicateKey.into());
                     }
                 }
@@ -627,6 +635,11 @@ fn member<'a, V: JsonVisitor>(
         escaped,
     });
     if !visitor.skip(key, mask) {
+        let key = if escaped {
+            owned.as_str()
+        } else {
+            &input[i + 1..end]
+        };
         let path = JsonPath { input, segs };
         visitor
             .visit(path, key, mask, true)

@@ -827,8 +827,8 @@ impl JsonVisitor for JsonInspector<'_, '_> {
     /// Without field rules, a string the pre-filter passes has nothing to check (and a key
     /// starting with `$`, a NoSQL operator, is never plain).
     #[inline]
-    fn skip(&self, value: &str, mask: u32) -> bool {
-        !self.ins.has_rules && !candidate_classified(value, mask)
+    fn skip(&self, value: &[u8], mask: u32) -> bool {
+        !self.ins.has_rules && !inputs::candidate_bytes(value, mask)
     }
 }
 
