@@ -835,19 +835,33 @@ fn candidate(s: &str, mask: u32) -> bool {
             continue;
         }
         let st = i;
-        let mut packed = 0u64;
+        i += 1;
         while i < n && b[i].is_ascii_alphabetic() {
-            if i - st < 8 {
-                packed |= ((b[i] | 0x20) as u64) << (8 * (i - st));
-            }
             i += 1;
         }
-        if i - st >= 4 && clause_word(packed, &b[st..i]) {
+        // only runs of 4 letters or more that start like a clause word are looked up
+        if i - st >= 4
+            && CLAUSE_FIRST[b[st] as usize]
+            && clause_word(pack_lower(&b[st..], i - st), &b[st..i])
+        {
             return true;
         }
     }
     false
 }
+
+/// The first letters (both cases) of the [`CLAUSE`] words.
+static CLAUSE_FIRST: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < CLAUSE.len() {
+        let c = CLAUSE[i].as_bytes()[0];
+        t[c as usize] = true;
+        t[c.to_ascii_uppercase() as usize] = true;
+        i += 1;
+    }
+    t
+};
 
 /// Inline comments: `/*!50000 … */` executable comments lose their markers, a comment
 /// glued inside a word (`SEL/**/ECT`) is removed, any other becomes a space. An
