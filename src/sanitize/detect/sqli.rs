@@ -818,9 +818,12 @@ fn candidate(s: &str, mask: u32) -> bool {
         return true;
     }
     let b = s.as_bytes();
-    if (mask & (B_DASH | B_AMP) != 0 || mask & (B_SLASH | B_STAR) == B_SLASH | B_STAR)
-        && b.windows(2)
-            .any(|w| matches!(w, [b'-', b'-'] | [b'/', b'*'] | [b'&', b'&']))
+    // `--`, `&&`, `/*`: each looked for only when its byte is there
+    let doubled = |c: u8| super::byte_positions(c, b).any(|p| b.get(p + 1) == Some(&c));
+    if (mask & B_DASH != 0 && doubled(b'-'))
+        || (mask & B_AMP != 0 && doubled(b'&'))
+        || (mask & (B_SLASH | B_STAR) == B_SLASH | B_STAR
+            && super::byte_positions(b'/', b).any(|p| b.get(p + 1) == Some(&b'*')))
     {
         return true;
     }
