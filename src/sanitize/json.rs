@@ -455,7 +455,10 @@ fn scan_with<'a, V: JsonVisitor>(
                         keys_start: keys.len() as u32,
                     });
                     if is_obj {
-                        i = member(b, input, i, limits, frames, segs, keys, &mut sets, visitor)?;
+                        let top = frames.last_mut().expect("just pushed");
+                        i = member(
+                            b, input, i, limits, top, false, segs, keys, &mut sets, visitor,
+                        )?;
                     } else {
                         segs.push(Seg::Index(0));
                     }
@@ -520,8 +523,9 @@ fn scan_with<'a, V: JsonVisitor>(
                         if top.count as usize > limits.max_keys {
                             return Err(JsonError::Keys.into());
                         }
-                        segs.pop();
-                        i = member(b, input, i, limits, frames, segs, keys, &mut sets, visitor)?;
+                        i = member(
+                            b, input, i, limits, top, true, segs, keys, &mut sets, visitor,
+                        )?;
                     } else {
                         if top.count as usize > limits.max_array_len {
                             return Err(JsonError::ArrayLen.into());
@@ -548,8 +552,9 @@ fn scan_with<'a, V: JsonVisitor>(
     }
 }
 
-/// Parses `"key" :` at `i` (inside the top object), checks duplicates, visits the key,
-/// pushes its segment, and returns the index of the value.
+/// Parses `"key" :` at `i` (inside the object `top`), checks duplicates, visits the key,
+/// pushes its segment (or puts it in place of the previous member's, `replace`), and
+/// returns the index of the value.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn member<'a, V: JsonVisitor>(
@@ -557,7 +562,8 @@ fn member<'a, V: JsonVisitor>(
     input: &'a str,
     i: usize,
     limits: &Limits,
-    frames: &mut [Frame],
+    top: &mut Frame,
+    replace: bool,
     segs: &mut Vec<Seg>,
     keys: &mut Vec<KeyRef>,
     sets: &mut Vec<HashSet<Cow<'a, str>>>,
@@ -580,7 +586,6 @@ fn member<'a, V: JsonVisitor>(
         &b[i + 1..end]
     };
     if limits.reject_duplicate_keys {
-        let top = frames.last_mut().expect("member inside an object");
         let decoded = |s: u32, e: u32, esc: bool| -> Result<Cow<'a, str>, JsonError> {
             let raw = &input[s as usize..e as usize];
             Ok(if esc {
@@ -629,11 +634,15 @@ fn member<'a, V: JsonVisitor>(
             }
         }
     }
-    segs.push(Seg::Key {
+    let seg = Seg::Key {
         start: (i + 1) as u32,
         end: end as u32,
         escaped,
-    });
+    };
+    match segs.last_mut() {
+        Some(last) if replace => *last = seg,
+        _ => segs.push(seg),
+    }
     if !visitor.skip(key, mask) {
         let key = if escaped {
             owned.as_str()
