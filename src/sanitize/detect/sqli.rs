@@ -833,18 +833,19 @@ fn candidate(s: &str, mask: u32) -> bool {
     let n = b.len();
     let mut i = 0;
     while i < n {
-        if !b[i].is_ascii_alphabetic() {
+        let first = LETTER[b[i] as usize];
+        if first == 0 {
             i += 1;
             continue;
         }
         let st = i;
         i += 1;
-        while i < n && b[i].is_ascii_alphabetic() {
+        while i < n && LETTER[b[i] as usize] != 0 {
             i += 1;
         }
         // only runs of 4 letters or more that start like a clause word are looked up
-        if i - st >= 4
-            && CLAUSE_FIRST[b[st] as usize]
+        if first == CLAUSE_START
+            && i - st >= 4
             && clause_word(pack_lower(&b[st..], i - st), &b[st..i])
         {
             return true;
@@ -853,14 +854,24 @@ fn candidate(s: &str, mask: u32) -> bool {
     false
 }
 
-/// The first letters (both cases) of the [`CLAUSE`] words.
-static CLAUSE_FIRST: [bool; 256] = {
-    let mut t = [false; 256];
+/// [`LETTER`] of the first letters (both cases) of the [`CLAUSE`] words.
+const CLAUSE_START: u8 = 2;
+
+/// Per byte: 0 for anything but an ASCII letter, [`CLAUSE_START`] for the first letter of a
+/// [`CLAUSE`] word, 1 for the other letters.
+static LETTER: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut c = b'a';
+    while c <= b'z' {
+        t[c as usize] = 1;
+        t[c.to_ascii_uppercase() as usize] = 1;
+        c += 1;
+    }
     let mut i = 0;
     while i < CLAUSE.len() {
         let c = CLAUSE[i].as_bytes()[0];
-        t[c as usize] = true;
-        t[c.to_ascii_uppercase() as usize] = true;
+        t[c as usize] = CLAUSE_START;
+        t[c.to_ascii_uppercase() as usize] = CLAUSE_START;
         i += 1;
     }
     t
