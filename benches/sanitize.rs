@@ -9,14 +9,15 @@
 //! `SANITIZE_PROBE_N=<iterations>`, `SANITIZE_PROBE_BARE=1` for the bare service) runs
 //! the same request as the bench in a loop inside `probe_run`, e.g.
 //! `valgrind --tool=callgrind --toggle-collect='*probe_run*' target/release/deps/sanitize-…`
-//! and divide the instruction count by the iterations.
+//! and divide the instruction count by the iterations. `SANITIZE_PROBE_VARY_UA=1` gives
+//! every request its own `User-Agent` (the header memo of clean values never hits).
 
 use std::convert::Infallible;
 use std::hint::black_box;
 
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
-use http::{Request, Response};
+use http::{HeaderValue, Request, Response};
 use http_body_util::Full;
 use serde_json::Value;
 use tower::{Layer, Service, ServiceExt};
@@ -61,13 +62,16 @@ fn naive(body: &[u8]) -> bool {
     walk(&v)
 }
 
+const UA: &str = "Mozilla/5.0 (X11; Linux x86_64) Firefox/126.0";
+
 fn request(b: &Bytes) -> Request<Full<Bytes>> {
+    request_ua(b, HeaderValue::from_static(UA))
+}
+
+fn request_ua(b: &Bytes, ua: HeaderValue) -> Request<Full<Bytes>> {
     Request::post("/orders")
         .header("content-type", "application/json")
-        .header(
-            "user-agent",
-            "Mozilla/5.0 (X11; Linux x86_64) Firefox/126.0",
-        )
+        .header("user-agent", ua)
         .body(Full::new(b.clone()))
         .unwrap()
 }
@@ -81,17 +85,19 @@ fn body_named(name: &str) -> Bytes {
     }
 }
 
-/// The probe loop: `n` requests through the layer (or the bare service).
+/// The probe loop: `n` requests through the layer (or the bare service), with the
+/// user agents `uas` (one per request) or the fixed one.
 #[inline(never)]
-fn probe_run<S>(rt: &tokio::runtime::Runtime, svc: &S, body: &Bytes, n: usize)
+fn probe_run<S>(rt: &tokio::runtime::Runtime, svc: &S, body: &Bytes, n: usize, uas: &[HeaderValue])
 where
     S: Service<Request<Full<Bytes>>, Response = Response<Full<Bytes>>, Error = Infallible> + Clone,
 {
-    for _ in 0..n {
+    for i in 0..n {
+        let ua = uas.get(i).cloned().unwrap_or(HeaderValue::from_static(UA));
         rt.block_on(async {
             let mut s = svc.clone();
             let s = s.ready().await.unwrap();
-            let res = s.call(request(body)).await.unwrap();
+            let res = s.call(request_ua(body, ua)).await.unwrap();
             assert_eq!(res.status(), 200);
             black_box(res)
         });
@@ -110,13 +116,20 @@ fn probe(name: &str) {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(100);
+    let uas: Vec<HeaderValue> = if std::env::var_os("SANITIZE_PROBE_VARY_UA").is_some() {
+        (0..n)
+            .map(|i| HeaderValue::try_from(format!("{UA} r{i}")).unwrap())
+            .collect()
+    } else {
+        Vec::new()
+    };
     if std::env::var_os("SANITIZE_PROBE_BARE").is_some() {
-        probe_run(&rt, &inner, &body, n);
+        probe_run(&rt, &inner, &body, n, &uas);
     } else {
         let svc = SanitizeLayer::builder().build().unwrap().layer(inner);
-        // one warm-up request outside the probe (thread-local buffers, lazy statics)
+        // warm-up requests outside the probe (thread-local buffers, lazy statics)
         probe_run_warm(&rt, &svc, &body);
-        probe_run(&rt, &svc, &body, n);
+        probe_run(&rt, &svc, &body, n, &uas);
     }
     println!("probe {name}: {n} requests, {} body bytes", body.len());
 }

@@ -93,8 +93,14 @@ pub(crate) fn candidate(s: &str) -> bool {
 /// [`candidate`] of a value whose byte classes are known (`mask`: `classes(s)`).
 #[inline]
 pub(crate) fn candidate_classified(s: &str, mask: u32) -> bool {
+    candidate_bytes(s.as_bytes(), mask)
+}
+
+/// [`candidate_classified`] of raw bytes.
+#[inline]
+pub(crate) fn candidate_bytes(s: &[u8], mask: u32) -> bool {
     use super::detect::{B_DOT, B_NONPLAIN};
-    mask & B_NONPLAIN != 0 || (mask & B_DOT != 0 && s.as_bytes().windows(2).any(|w| w == b".."))
+    mask & B_NONPLAIN != 0 || (mask & B_DOT != 0 && s.windows(2).any(|w| w == b".."))
 }
 
 /// Renders one location segment: names made of `[A-Za-z0-9_.$~\[\]-]` up to 64 bytes are

@@ -4,6 +4,7 @@
 //! a body of 100 000 `[` is refused at the depth limit without touching the stack.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::collections::HashSet;
 use std::ops::Range;
 
@@ -138,22 +139,26 @@ pub(crate) trait JsonVisitor {
         is_key: bool,
     ) -> Result<Option<String>, Self::Stop>;
 
-    /// Whether `visit` would surely do nothing with this string (then it is not called).
-    fn skip(&self, _value: &str, _mask: u32) -> bool {
+    /// Whether `visit` would surely do nothing with this string (its bytes; then it is not
+    /// called).
+    fn skip(&self, _value: &[u8], _mask: u32) -> bool {
         false
     }
 }
 
-struct Frame<'a> {
+/// An open object or array.
+#[derive(Clone, Copy)]
+struct Frame {
     is_obj: bool,
-    count: usize,
+    /// The object's keys moved from the linear list to a hash set (the last of `sets`).
+    big: bool,
+    count: u32,
     /// One bit per key hash seen while the keys are compared linearly: a key whose bit is
     /// not set yet cannot be a duplicate.
     bloom: u64,
-    /// The keys seen (raw content ranges, escaped flag), for duplicate detection: compared
-    /// linearly while the object is small, then through a hash set.
-    keys: Vec<KeyRef>,
-    set: Option<HashSet<Cow<'a, str>>>,
+    /// Where this object's keys start in the key list (the keys of the open objects are
+    /// kept in one list, innermost last).
+    keys_start: u32,
 }
 
 /// A key seen in an object: its raw content range, whether it has escapes, and the hash
@@ -166,20 +171,70 @@ struct KeyRef {
     hash: u64,
 }
 
+/// The scan's buffers, kept per thread and reused from one document to the next.
+#[derive(Default)]
+struct Scratch {
+    frames: Vec<Frame>,
+    segs: Vec<Seg>,
+    keys: Vec<KeyRef>,
+    /// The decoded form of the current string value with escapes.
+    text: String,
+}
+
+impl Scratch {
+    /// Empties the buffers; drops those a large document grew past what typical ones need.
+    fn reset(&mut self) {
+        const KEEP: usize = 1024;
+        self.frames.clear();
+        self.segs.clear();
+        self.keys.clear();
+        self.text.clear();
+        if self.frames.capacity() > KEEP {
+            self.frames = Vec::new();
+        }
+        if self.segs.capacity() > KEEP {
+            self.segs = Vec::new();
+        }
+        if self.keys.capacity() > KEEP {
+            self.keys = Vec::new();
+        }
+        if self.text.capacity() > 16 * KEEP {
+            self.text = String::new();
+        }
+    }
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
+#[inline(always)]
+fn word(c: &[u8]) -> u64 {
+    u64::from_le_bytes(c.try_into().expect("8 bytes"))
+}
+
 /// A cheap tag of a decoded key (its length, first and last 8 bytes), to compare keys by
 /// tag first: equal keys have equal tags.
 #[inline]
 fn key_hash(k: &[u8]) -> u64 {
-    let n = k.len();
-    let word = |c: &[u8]| -> u64 { u64::from_le_bytes(c.try_into().expect("8 bytes")) };
+    key_hash_at(k, 0, k.len())
+}
+
+/// [`key_hash`] of `b[s..s + n]`, loading whole words from `b` where it can.
+#[inline(always)]
+fn key_hash_at(b: &[u8], s: usize, n: usize) -> u64 {
+    let tag = (n as u64) << 56;
     if n >= 8 {
-        word(&k[..8]) ^ word(&k[n - 8..]).rotate_left(29) ^ ((n as u64) << 56)
+        word(&b[s..s + 8]) ^ word(&b[s + n - 8..s + n]).rotate_left(29) ^ tag
+    } else if let Some(c) = b.get(s..s + 8) {
+        // the first 8 bytes, cut to the key's `n`
+        (word(c) & ((1u64 << (8 * n)) - 1)) ^ tag
     } else {
-        let mut v = n as u64;
-        for &c in k {
-            v = v << 8 | c as u64;
+        let mut v = 0u64;
+        for (j, &c) in b[s..s + n].iter().enumerate() {
+            v |= (c as u64) << (8 * j);
         }
-        v
+        v ^ tag
     }
 }
 
@@ -348,22 +403,42 @@ pub(crate) fn scan<V: JsonVisitor>(
     limits: &Limits,
     visitor: &mut V,
 ) -> Result<Vec<Edit>, ScanError<V::Stop>> {
+    // the buffers are reused between documents on the same thread
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut sc) => {
+            let r = scan_with(input, limits, visitor, &mut sc);
+            sc.reset();
+            r
+        }
+        Err(_) => scan_with(input, limits, visitor, &mut Scratch::default()),
+    })
+}
+
+fn scan_with<'a, V: JsonVisitor>(
+    input: &'a str,
+    limits: &Limits,
+    visitor: &mut V,
+    sc: &mut Scratch,
+) -> Result<Vec<Edit>, ScanError<V::Stop>> {
     let b = input.as_bytes();
     if b.len() > u32::MAX as usize {
         return Err(JsonError::StringLen.into());
     }
-    // sized for typical documents (a few levels, up to `LINEAR_KEYS` keys per object)
-    let mut frames: Vec<Frame<'_>> = Vec::with_capacity(8);
-    let mut pool: Vec<Vec<KeyRef>> = Vec::with_capacity(8);
-    let mut segs: Vec<Seg> = Vec::with_capacity(8);
+    let Scratch {
+        frames,
+        segs,
+        keys,
+        text,
+    } = sc;
+    // the key sets of the open objects with more than `LINEAR_KEYS` keys
+    let mut sets: Vec<HashSet<Cow<'a, str>>> = Vec::new();
     let mut edits = Vec::new();
-    let mut scratch = String::new();
     let mut i = skip_ws(b, 0);
     // expecting a value at `i`
     'value: loop {
         match b.get(i) {
-            Some(b'{') | Some(b'[') => {
-                let is_obj = b[i] == b'{';
+            Some(&open @ (b'{' | b'[')) => {
+                let is_obj = open == b'{';
                 if frames.len() >= limits.max_depth {
                     return Err(JsonError::Depth.into());
                 }
@@ -372,21 +447,18 @@ pub(crate) fn scan<V: JsonVisitor>(
                 if b.get(i) == Some(&close) {
                     i += 1;
                 } else {
-                    let mut keys = match pool.pop() {
-                        Some(k) => k,
-                        None if is_obj => Vec::with_capacity(LINEAR_KEYS + 1),
-                        None => Vec::new(),
-                    };
-                    keys.clear();
                     frames.push(Frame {
                         is_obj,
+                        big: false,
                         count: 1,
                         bloom: 0,
-                        keys,
-                        set: None,
+                        keys_start: keys.len() as u32,
                     });
                     if is_obj {
-                        i = member(b, input, i, limits, &mut frames, &mut segs, visitor)?;
+                        let top = frames.last_mut().expect("just pushed");
+                        i = member(
+                            b, input, i, limits, top, false, segs, keys, &mut sets, visitor,
+                        )?;
                     } else {
                         segs.push(Seg::Index(0));
                     }
@@ -398,25 +470,33 @@ pub(crate) fn scan<V: JsonVisitor>(
                 if end - (i + 1) > limits.max_string_len {
                     return Err(JsonError::StringLen.into());
                 }
-                let raw = &input[i + 1..end];
+                if escaped {
+                    text.clear();
+                    unescape(&input[i + 1..end], text)?;
+                    mask = classes(text.as_bytes());
+                }
+                // the value as a `&str` only when it is visited
                 let value = if escaped {
-                    scratch.clear();
-                    unescape(raw, &mut scratch)?;
-                    mask = classes(scratch.as_bytes());
-                    scratch.as_str()
+                    text.as_bytes()
                 } else {
-                    raw
+                    &b[i + 1..end]
                 };
-                let path = JsonPath { input, segs: &segs };
-                if !visitor.skip(value, mask)
-                    && let Some(new) = visitor
+                if !visitor.skip(value, mask) {
+                    let value = if escaped {
+                        text.as_str()
+                    } else {
+                        &input[i + 1..end]
+                    };
+                    let path = JsonPath { input, segs };
+                    if let Some(new) = visitor
                         .visit(path, value, mask, false)
                         .map_err(ScanError::Stop)?
-                {
-                    edits.push(Edit {
-                        range: i..end + 1,
-                        replacement: new,
-                    });
+                    {
+                        edits.push(Edit {
+                            range: i..end + 1,
+                            replacement: new,
+                        });
+                    }
                 }
                 i = end + 1;
             }
@@ -435,31 +515,35 @@ pub(crate) fn scan<V: JsonVisitor>(
                 }
                 return Ok(edits);
             };
-            match (top.is_obj, b.get(i)) {
-                (_, Some(b',')) => {
+            match b.get(i) {
+                Some(b',') => {
                     top.count += 1;
                     i = skip_ws(b, i + 1);
-                    segs.pop();
                     if top.is_obj {
-                        if top.count > limits.max_keys {
+                        if top.count as usize > limits.max_keys {
                             return Err(JsonError::Keys.into());
                         }
-                        i = member(b, input, i, limits, &mut frames, &mut segs, visitor)?;
+                        i = member(
+                            b, input, i, limits, top, true, segs, keys, &mut sets, visitor,
+                        )?;
                     } else {
-                        if top.count > limits.max_array_len {
+                        if top.count as usize > limits.max_array_len {
                             return Err(JsonError::ArrayLen.into());
                         }
-                        segs.push(Seg::Index((top.count - 1) as u32));
+                        if let Some(last) = segs.last_mut() {
+                            *last = Seg::Index(top.count - 1);
+                        }
                     }
                     continue 'value;
                 }
-                (true, Some(b'}')) | (false, Some(b']')) => {
+                Some(&c) if c == if top.is_obj { b'}' } else { b']' } => {
                     i += 1;
                     segs.pop();
-                    if let Some(f) = frames.pop()
-                        && f.keys.capacity() > 0
-                    {
-                        pool.push(f.keys);
+                    let f = *top;
+                    frames.pop();
+                    keys.truncate(f.keys_start as usize);
+                    if f.big {
+                        sets.pop();
                     }
                 }
                 _ => return Err(JsonError::Syntax.into()),
@@ -468,16 +552,21 @@ pub(crate) fn scan<V: JsonVisitor>(
     }
 }
 
-/// Parses `"key" :` at `i` (inside the top object), checks duplicates, visits the key,
-/// pushes its segment, and returns the index of the value.
+/// Parses `"key" :` at `i` (inside the object `top`), checks duplicates, visits the key,
+/// pushes its segment (or puts it in place of the previous member's, `replace`), and
+/// returns the index of the value.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn member<'a, V: JsonVisitor>(
     b: &[u8],
     input: &'a str,
     i: usize,
     limits: &Limits,
-    frames: &mut [Frame<'a>],
+    top: &mut Frame,
+    replace: bool,
     segs: &mut Vec<Seg>,
+    keys: &mut Vec<KeyRef>,
+    sets: &mut Vec<HashSet<Cow<'a, str>>>,
     visitor: &mut V,
 ) -> Result<usize, ScanError<V::Stop>> {
     if b.get(i) != Some(&b'"') {
@@ -487,17 +576,16 @@ fn member<'a, V: JsonVisitor>(
     if end - (i + 1) > limits.max_string_len {
         return Err(JsonError::StringLen.into());
     }
-    let raw = &input[i + 1..end];
     let mut owned = String::new();
+    // the key as a `&str` only when it is escaped or visited
     let key = if escaped {
-        unescape(raw, &mut owned)?;
+        unescape(&input[i + 1..end], &mut owned)?;
         mask = classes(owned.as_bytes());
-        owned.as_str()
+        owned.as_bytes()
     } else {
-        raw
+        &b[i + 1..end]
     };
     if limits.reject_duplicate_keys {
-        let top = frames.last_mut().expect("member inside an object");
         let decoded = |s: u32, e: u32, esc: bool| -> Result<Cow<'a, str>, JsonError> {
             let raw = &input[s as usize..e as usize];
             Ok(if esc {
@@ -508,43 +596,59 @@ fn member<'a, V: JsonVisitor>(
                 Cow::Borrowed(raw)
             })
         };
-        if let Some(set) = &mut top.set {
+        if top.big {
+            let set = sets.last_mut().expect("a large object has a key set");
             if !set.insert(decoded((i + 1) as u32, end as u32, escaped)?) {
                 return Err(JsonError::DuplicateKey.into());
             }
         } else {
-            let h = key_hash(key.as_bytes());
+            let h = if escaped {
+                key_hash(key)
+            } else {
+                key_hash_at(b, i + 1, end - (i + 1))
+            };
             let bit = 1u64 << (h.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 58);
+            let start = top.keys_start as usize;
             if top.bloom & bit != 0 {
-                for k in &top.keys {
+                for k in &keys[start..] {
                     // the hash of the decoded key first; the keys themselves on a match
-                    if k.hash == h && decoded(k.start, k.end, k.escaped)? == key {
+                    if k.hash == h && decoded(k.start, k.end, k.escaped)?.as_bytes() == key {
                         return Err(JsonError::DuplicateKey.into());
                     }
                 }
             }
             top.bloom |= bit;
-            top.keys.push(KeyRef {
+            keys.push(KeyRef {
                 start: (i + 1) as u32,
                 end: end as u32,
                 escaped,
                 hash: h,
             });
-            if top.keys.len() > LINEAR_KEYS {
-                let mut set = HashSet::with_capacity(top.keys.len() * 2);
-                for k in &top.keys {
+            if keys.len() - start > LINEAR_KEYS {
+                let mut set = HashSet::with_capacity(2 * (keys.len() - start));
+                for k in keys.drain(start..) {
                     set.insert(decoded(k.start, k.end, k.escaped)?);
                 }
-                top.set = Some(set);
+                top.big = true;
+                sets.push(set);
             }
         }
     }
-    segs.push(Seg::Key {
+    let seg = Seg::Key {
         start: (i + 1) as u32,
         end: end as u32,
         escaped,
-    });
+    };
+    match segs.last_mut() {
+        Some(last) if replace => *last = seg,
+        _ => segs.push(seg),
+    }
     if !visitor.skip(key, mask) {
+        let key = if escaped {
+            owned.as_str()
+        } else {
+            &input[i + 1..end]
+        };
         let path = JsonPath { input, segs };
         visitor
             .visit(path, key, mask, true)
@@ -704,6 +808,116 @@ mod tests {
                 run(&format!("{{{}}}", doc.join(","))),
                 Err(JsonError::DuplicateKey),
                 "{n}"
+            );
+        }
+    }
+
+    #[test]
+    fn key_lists_of_nested_objects_stay_apart() {
+        let big: Vec<String> = (0..40).map(|i| format!("\"k{i}\":{i}")).collect();
+        let big = format!("{{{}}}", big.join(","));
+        // the inner objects' keys (hash-set phase or not) are not the outer object's
+        for doc in [
+            format!(r#"{{"k1":{big},"k2":[{big},{{"k1":1}}],"k3":{{"k2":1}}}}"#),
+            format!(r#"[{big},{big},{{"k0":1,"k39":2}}]"#),
+        ] {
+            assert!(run(&doc).is_ok(), "{doc}");
+        }
+        for doc in [
+            format!(r#"{{"k1":{big},"k2":1,"k1":2}}"#),
+            format!(r#"{{"a":{{"b":{big}}},"c":1,"a":2}}"#),
+            format!(r#"[{big},{{"x":1,"x":1}}]"#),
+        ] {
+            assert_eq!(run(&doc), Err(JsonError::DuplicateKey), "{doc}");
+        }
+        // and the buffers are reused after an error
+        assert_eq!(
+            run(r#"{"a":[{"b":1,"b":2}]}"#),
+            Err(JsonError::DuplicateKey)
+        );
+        assert!(run(r#"{"b":1,"a":[{"b":1}]}"#).is_ok());
+    }
+
+    /// The string scan of the old byte-at-a-time loop.
+    fn scan_string_bytewise(b: &[u8], mut i: usize) -> Result<(usize, bool, u32), JsonError> {
+        let (mut escaped, mut mask) = (false, 0u32);
+        loop {
+            match b.get(i) {
+                Some(b'"') => return Ok((i, escaped, mask)),
+                Some(b'\\') => {
+                    escaped = true;
+                    match b.get(i + 1) {
+                        Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => i += 2,
+                        Some(b'u')
+                            if i + 6 <= b.len()
+                                && b[i + 2..i + 6].iter().all(u8::is_ascii_hexdigit) =>
+                        {
+                            i += 6
+                        }
+                        _ => return Err(JsonError::InvalidEscape),
+                    }
+                }
+                Some(&c) if c >= 0x20 => {
+                    mask |= CLASS[c as usize];
+                    i += 1;
+                }
+                _ => return Err(JsonError::Syntax),
+            }
+        }
+    }
+
+    #[test]
+    fn string_scan_agrees_with_a_byte_loop() {
+        const PIECES: &[&[u8]] = &[
+            b"a",
+            b"Z",
+            b"1",
+            b"0",
+            b"_",
+            b" ",
+            b".",
+            b"\"",
+            b"\\n",
+            b"\\\"",
+            b"\\u00e9",
+            b"\\x",
+            b"\\u12",
+            b"\x01",
+            b"\x1f",
+            b"\x7f",
+            b"\xc3\xa9",
+            b"\xe2\x80\x8b",
+            b"<",
+            b"/",
+            b"%",
+            b"&",
+            b"'",
+            b"$",
+            b"{",
+            b"\t",
+            b"\n",
+            b"abcdefgh",
+        ];
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..5000 {
+            let mut doc = Vec::new();
+            for _ in 0..next() % 24 {
+                doc.extend_from_slice(PIECES[(next() % PIECES.len() as u64) as usize]);
+            }
+            // what may follow a string in a document, or nothing
+            let tail: &[u8] = [&b"\",\"k\":{}"[..], b"\"", b"", b"\"]"][(next() % 4) as usize];
+            doc.extend_from_slice(tail);
+            assert_eq!(
+                scan_string(&doc, 0),
+                scan_string_bytewise(&doc, 0),
+                "{:?}",
+                String::from_utf8_lossy(&doc)
             );
         }
     }

@@ -88,6 +88,7 @@ pub mod detect;
 mod inputs;
 mod json;
 mod policy;
+mod verdicts;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -565,6 +566,36 @@ impl<'a> Inspector<'a> {
         } else {
             None
         };
+        self.decide(loc, value, finding, is_key, can_clean)
+    }
+
+    /// A header value: the detectors' verdict comes from the per-thread memo of clean
+    /// values when this value was seen clean by the same detector set (see `verdicts`).
+    fn check_header(&mut self, loc: Loc<'_>, value: &str) -> Result<(), Deny> {
+        if !candidate(value) {
+            return Ok(());
+        }
+        let d = &self.shared.detectors;
+        let set = d.bits();
+        if verdicts::is_clean(value, set) {
+            return Ok(());
+        }
+        let finding = d.inspect(value);
+        if finding.is_none() {
+            verdicts::remember_clean(value, set);
+        }
+        self.decide(loc, value, finding, false, false).map(|_| ())
+    }
+
+    /// Applies the policy to what the detectors found in one value.
+    fn decide(
+        &mut self,
+        loc: Loc<'_>,
+        value: &str,
+        finding: Option<Finding>,
+        is_key: bool,
+        can_clean: bool,
+    ) -> Result<Option<String>, Deny> {
         if finding.is_none() && !(self.has_rules && can_clean && !is_key) {
             return Ok(None);
         }
@@ -643,7 +674,7 @@ impl<'a> Inspector<'a> {
                 let s = std::str::from_utf8(v.as_bytes())
                     .map_err(|_| invalid_encoding(&format!("header.{name}")))?;
                 self.check_len(s)?;
-                self.check(Loc::Header(name.as_str()), s, false, false)?;
+                self.check_header(Loc::Header(name.as_str()), s)?;
             }
         }
         if self.shared.cookies {
@@ -796,8 +827,8 @@ impl JsonVisitor for JsonInspector<'_, '_> {
     /// Without field rules, a string the pre-filter passes has nothing to check (and a key
     /// starting with `$`, a NoSQL operator, is never plain).
     #[inline]
-    fn skip(&self, value: &str, mask: u32) -> bool {
-        !self.ins.has_rules && !candidate_classified(value, mask)
+    fn skip(&self, value: &[u8], mask: u32) -> bool {
+        !self.ins.has_rules && !inputs::candidate_bytes(value, mask)
     }
 }
 
@@ -840,21 +871,22 @@ fn plan(parts: &Parts, shared: &Shared, empty: bool) -> Result<BodyPlan, Deny> {
     };
     let ct =
         std::str::from_utf8(ct.as_bytes()).map_err(|_| invalid_encoding("header.content-type"))?;
-    let essence = ct
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    let kind = if essence == "application/json"
-        || (essence.starts_with("application/") && essence.ends_with("+json"))
-    {
+    // compared without allocating: ASCII case-insensitive on the essence (before `;`)
+    let essence = ct.split(';').next().unwrap_or("").trim().as_bytes();
+    let is = |x: &str| essence.eq_ignore_ascii_case(x.as_bytes());
+    let starts =
+        |p: &str| essence.len() >= p.len() && essence[..p.len()].eq_ignore_ascii_case(p.as_bytes());
+    let ends = |p: &str| {
+        essence.len() >= p.len()
+            && essence[essence.len() - p.len()..].eq_ignore_ascii_case(p.as_bytes())
+    };
+    let kind = if is("application/json") || (starts("application/") && ends("+json")) {
         BodyKind::Json
-    } else if essence == "application/x-www-form-urlencoded" {
+    } else if is("application/x-www-form-urlencoded") {
         BodyKind::Form
-    } else if essence.starts_with("text/") {
+    } else if starts("text/") {
         BodyKind::Text
-    } else if essence == "multipart/form-data" {
+    } else if is("multipart/form-data") {
         BodyKind::Multipart(inputs::boundary(ct).ok_or_else(|| {
             bad_request(
                 "malformed_body",
@@ -1405,6 +1437,54 @@ mod tests {
             seen.0.lock().unwrap().take().unwrap().1,
             &b"\x1f\x8b\x08"[..]
         );
+    }
+
+    #[tokio::test]
+    async fn header_memo_keeps_only_clean_verdicts_of_one_detector_set() {
+        let ua = "Mozilla/5.0 (X11; Linux x86_64) Firefox/126.0";
+        let attack = "Mozilla/5.0 <script>alert(1)</script>";
+        let get = |ua: &str| {
+            Request::get("/")
+                .header("user-agent", ua)
+                .body(Full::default())
+                .unwrap()
+        };
+        let strict = layer();
+        let exempt = SanitizeLayer::builder().exempt(Kind::Xss).build().unwrap();
+        // the tests run on one thread: every layer here shares the memo
+        for _ in 0..3 {
+            assert_eq!(run(&exempt, get(attack)).await.0.status(), 200);
+            let (res, _) = run(&strict, get(attack)).await;
+            assert_eq!(res.status(), 400);
+            assert_eq!(problem(res).await["location"], "header.user-agent");
+            assert_eq!(run(&strict, get(ua)).await.0.status(), 200);
+        }
+        let sql_only = SanitizeLayer::builder()
+            .detectors(Detectors::only(&[Kind::Sqli]))
+            .build()
+            .unwrap();
+        assert_eq!(run(&sql_only, get(attack)).await.0.status(), 200);
+        assert_eq!(run(&strict, get(attack)).await.0.status(), 400);
+    }
+
+    #[tokio::test]
+    async fn content_types_compare_case_insensitively() {
+        let l = layer();
+        let body = r#"{"user":{"$ne":""}}"#;
+        for ct in [
+            "Application/JSON; charset=utf-8",
+            " application/vnd.api+JSON ",
+            "APPLICATION/json",
+        ] {
+            let (res, _) = run(&l, post("/x", ct, body)).await;
+            assert_eq!(res.status(), 400, "{ct}");
+        }
+        let (res, _) = run(&l, post("/x", "TEXT/Plain", "<script>alert(1)</script>")).await;
+        assert_eq!(res.status(), 400);
+        for ct in ["application/jsonx", "application/+jsonp", "json"] {
+            let (res, _) = run(&l, post("/x", ct, body)).await;
+            assert_eq!(res.status(), 200, "{ct}");
+        }
     }
 
     #[tokio::test]

@@ -427,7 +427,15 @@ pub(crate) fn detect_in(s: &str, mask: u32) -> Option<&'static str> {
     let mut budget = 64;
     let mut i = 0;
     while i < n {
-        // skip the bytes that cannot start an operator
+        // skip the bytes that cannot start an operator, 4 at a time first
+        while i + 4 <= n
+            && !(OP_START[b[i] as usize]
+                | OP_START[b[i + 1] as usize]
+                | OP_START[b[i + 2] as usize]
+                | OP_START[b[i + 3] as usize])
+        {
+            i += 4;
+        }
         while i < n && !OP_START[b[i] as usize] {
             i += 1;
         }

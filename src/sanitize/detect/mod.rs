@@ -114,6 +114,14 @@ impl Detectors {
         self.enabled[kind as usize]
     }
 
+    /// The enabled classes, one bit per [`Kind`].
+    pub(crate) fn bits(&self) -> u8 {
+        self.enabled
+            .iter()
+            .enumerate()
+            .fold(0, |m, (i, &on)| m | (u8::from(on) << i))
+    }
+
     /// Inspects one input value (already valid UTF-8; as the application receives it,
     /// i.e. URL-decoded once for query/form values). Normalization (bounded repeated
     /// percent-decoding, HTML entities, Unicode compatibility folding, control characters)
@@ -172,7 +180,7 @@ impl Detectors {
         // Each detector runs only when the value has a byte its own pre-check needs (a
         // necessary condition, so the result is the same as running every detector). The
         // detectors get the byte classes of the value they inspect.
-        let checks: [(Kind, u32, DetectFn); 7] = [
+        static CHECKS: [(Kind, u32, DetectFn); 7] = [
             (Kind::Sqli, C_SQLI, sqli::detect_in),
             (Kind::Xss, C_XSS, xss::detect_in),
             (Kind::Cmdi, C_CMDI, cmdi::detect_in),
@@ -181,7 +189,7 @@ impl Detectors {
             (Kind::Template, C_TMPL, misc::detect_template),
             (Kind::Nosql, C_NOSQL, misc::detect_nosql),
         ];
-        for (kind, need, f) in checks {
+        for &(kind, need, f) in &CHECKS {
             if mask & need != 0
                 && self.is_enabled(kind)
                 && let Some(rule) = f(s, mask)

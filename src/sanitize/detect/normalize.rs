@@ -261,6 +261,17 @@ const NAMED: &[(&str, char)] = &[
 ];
 
 /// One entity-decoding pass; `None` when nothing was decoded.
+/// The first bytes of the names in [`NAMED`].
+static NAMED_FIRST: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < NAMED.len() {
+        t[NAMED[i].0.as_bytes()[0] as usize] = true;
+        i += 1;
+    }
+    t
+};
+
 fn entity_decode_pass(s: &str) -> Option<String> {
     if !s.contains('&') {
         return None;
@@ -313,7 +324,13 @@ fn entity_decode_pass(s: &str) -> Option<String> {
         } else {
             let rest = &s[i + 1..];
             let first = rest.as_bytes().first().copied().unwrap_or(0);
-            for (name, c) in NAMED.iter().filter(|(n, _)| n.as_bytes()[0] == first) {
+            // most `&` in text are not followed by the first letter of a name
+            let names = if NAMED_FIRST[first as usize] {
+                NAMED
+            } else {
+                &[]
+            };
+            for (name, c) in names.iter().filter(|(n, _)| n.as_bytes()[0] == first) {
                 if rest.starts_with(name) {
                     let mut j = i + 1 + name.len();
                     if j < b.len() && b[j] == b';' {

@@ -818,9 +818,12 @@ fn candidate(s: &str, mask: u32) -> bool {
         return true;
     }
     let b = s.as_bytes();
-    if (mask & (B_DASH | B_AMP) != 0 || mask & (B_SLASH | B_STAR) == B_SLASH | B_STAR)
-        && b.windows(2)
-            .any(|w| matches!(w, [b'-', b'-'] | [b'/', b'*'] | [b'&', b'&']))
+    // `--`, `&&`, `/*`: each looked for only when its byte is there
+    let doubled = |c: u8| super::byte_positions(c, b).any(|p| b.get(p + 1) == Some(&c));
+    if (mask & B_DASH != 0 && doubled(b'-'))
+        || (mask & B_AMP != 0 && doubled(b'&'))
+        || (mask & (B_SLASH | B_STAR) == B_SLASH | B_STAR
+            && super::byte_positions(b'/', b).any(|p| b.get(p + 1) == Some(&b'*')))
     {
         return true;
     }
@@ -830,24 +833,49 @@ fn candidate(s: &str, mask: u32) -> bool {
     let n = b.len();
     let mut i = 0;
     while i < n {
-        if !b[i].is_ascii_alphabetic() {
+        let first = LETTER[b[i] as usize];
+        if first == 0 {
             i += 1;
             continue;
         }
         let st = i;
-        let mut packed = 0u64;
-        while i < n && b[i].is_ascii_alphabetic() {
-            if i - st < 8 {
-                packed |= ((b[i] | 0x20) as u64) << (8 * (i - st));
-            }
+        i += 1;
+        while i < n && LETTER[b[i] as usize] != 0 {
             i += 1;
         }
-        if i - st >= 4 && clause_word(packed, &b[st..i]) {
+        // only runs of 4 letters or more that start like a clause word are looked up
+        if first == CLAUSE_START
+            && i - st >= 4
+            && clause_word(pack_lower(&b[st..], i - st), &b[st..i])
+        {
             return true;
         }
     }
     false
 }
+
+/// [`LETTER`] of the first letters (both cases) of the [`CLAUSE`] words.
+const CLAUSE_START: u8 = 2;
+
+/// Per byte: 0 for anything but an ASCII letter, [`CLAUSE_START`] for the first letter of a
+/// [`CLAUSE`] word, 1 for the other letters.
+static LETTER: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut c = b'a';
+    while c <= b'z' {
+        t[c as usize] = 1;
+        t[c.to_ascii_uppercase() as usize] = 1;
+        c += 1;
+    }
+    let mut i = 0;
+    while i < CLAUSE.len() {
+        let c = CLAUSE[i].as_bytes()[0];
+        t[c as usize] = CLAUSE_START;
+        t[c.to_ascii_uppercase() as usize] = CLAUSE_START;
+        i += 1;
+    }
+    t
+};
 
 /// Inline comments: `/*!50000 … */` executable comments lose their markers, a comment
 /// glued inside a word (`SEL/**/ECT`) is removed, any other becomes a space. An
