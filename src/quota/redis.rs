@@ -24,16 +24,17 @@ use crate::store::{CounterDecision, CounterStore, StoreError};
 /// The Lua scripts, kept together. All numbers fit in a double exactly below 2^53.
 mod scripts {
     /// KEYS[1] counter; ARGV cost, limit, expire-at (Unix seconds).
-    /// Returns {1, used} when counted, {0, used} when refused (unchanged).
+    /// Returns one integer: the counter after counting, or `-1 - used` when refused (the
+    /// counter is unchanged).
     pub const ADD_WITHIN: &str = r#"
 local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
 local cost = tonumber(ARGV[1])
 if cur + cost > tonumber(ARGV[2]) then
-  return {0, cur}
+  return -1 - cur
 end
 local v = redis.call('INCRBY', KEYS[1], cost)
 redis.call('EXPIREAT', KEYS[1], ARGV[3])
-return {1, v}
+return v
 "#;
 
     /// KEYS[1] counter; ARGV cost. Decrements, floored at 0, keeping the expiry; an absent
@@ -265,6 +266,18 @@ fn expire_at(end: SystemTime) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
+/// The decision of an [`scripts::ADD_WITHIN`] reply: `used` when counted, `-1 - used` when
+/// refused.
+fn add_within_decision(v: i64) -> CounterDecision {
+    if v >= 0 {
+        CounterDecision::Counted { used: v as u64 }
+    } else {
+        CounterDecision::Exceeded {
+            used: (-1 - v) as u64,
+        }
+    }
+}
+
 impl CounterStore for RedisCounterStore {
     fn add_within(
         &self,
@@ -276,20 +289,14 @@ impl CounterStore for RedisCounterStore {
         let key = self.redis_key(key);
         let conn = self.conn.clone();
         async move {
-            let (counted, used): (i64, i64) = conn
+            let v: i64 = conn
                 .eval(
                     &ADD_WITHIN,
                     &[&key],
                     &[&cost, &limit, &expire_at(window_end)],
                 )
                 .await?;
-            let used = u64::try_from(used)
-                .map_err(|_| StoreError::Protocol("negative quota counter".into()))?;
-            Ok(if counted == 1 {
-                CounterDecision::Counted { used }
-            } else {
-                CounterDecision::Exceeded { used }
-            })
+            Ok(add_within_decision(v))
         }
     }
 
@@ -309,5 +316,33 @@ impl CounterStore for RedisCounterStore {
             let v: i64 = conn.eval(&GET, &[&key], &[]).await?;
             Ok(u64::try_from(v).unwrap_or(0))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn add_within_replies_map_to_decisions() {
+        assert_eq!(add_within_decision(0), CounterDecision::Counted { used: 0 });
+        assert_eq!(
+            add_within_decision(41),
+            CounterDecision::Counted { used: 41 }
+        );
+        assert_eq!(
+            add_within_decision(-1),
+            CounterDecision::Exceeded { used: 0 }
+        );
+        assert_eq!(
+            add_within_decision(-81),
+            CounterDecision::Exceeded { used: 80 }
+        );
+        assert_eq!(
+            add_within_decision(i64::MIN),
+            CounterDecision::Exceeded {
+                used: i64::MAX as u64
+            }
+        );
     }
 }

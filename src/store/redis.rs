@@ -245,36 +245,41 @@ impl RedisConn {
         args: &[&dyn ToRedisArgsDyn],
     ) -> Result<T, StoreError> {
         // One EVALSHA command built in place (two buffers), rather than a ScriptInvocation
-        // (a buffer per key and argument, copied again into the command). Only when the
-        // server does not know the script yet (NOSCRIPT) does the invocation load it.
+        // (a buffer per key and argument, copied again into the command).
         // sized up front: growing the buffers argument by argument costs more than the call
-        let data = 48 + keys.iter().map(|k| k.len()).sum::<usize>() + 24 * args.len();
-        let mut cmd = redis::Cmd::with_capacity(3 + keys.len() + args.len(), data);
-        cmd.arg("EVALSHA").arg(script.get_hash()).arg(keys.len());
+        let data = keys.iter().map(|k| k.len()).sum::<usize>() + 24 * args.len();
+        let mut cmd = evalsha_cmd(script, keys.len(), keys.len() + args.len(), data);
         for k in keys {
             cmd.arg(*k);
         }
         for a in args {
             a.push_to_cmd(&mut cmd);
         }
+        self.eval_cmd(script, &cmd).await
+    }
+
+    /// Sends `cmd`, an `EVALSHA` of `script` built with [`evalsha_cmd`], and converts the
+    /// reply, within the per-call timeout. When the server does not know the script
+    /// (`NOSCRIPT`: first use, a restart, `SCRIPT FLUSH`), loads it and sends `cmd` again.
+    pub(crate) async fn eval_cmd<T: FromRedisValue>(
+        &self,
+        script: &Script,
+        cmd: &redis::Cmd,
+    ) -> Result<T, StoreError> {
         let mut conn = self.manager.clone();
         let fut = async {
             match cmd.query_async::<T>(&mut conn).await {
                 Err(e)
                     if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
                 {
-                    let mut inv = script.prepare_invoke();
-                    for k in keys {
-                        inv.key(*k);
-                    }
-                    for a in args {
-                        a.push_to(&mut inv);
-                    }
-                    inv.invoke_async::<T>(&mut conn).await
+                    script.load_async(&mut conn).await?;
+                    cmd.query_async::<T>(&mut conn).await
                 }
                 other => other,
             }
         };
+        // This timeout must stay: the manager's response timeout does not bound a call that
+        // waits through reconnect attempts.
         match tokio::time::timeout(self.inner.timeout, fut).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => {
@@ -287,6 +292,14 @@ impl RedisConn {
             Err(_) => Err(StoreError::Timeout(self.inner.timeout)),
         }
     }
+}
+
+/// `EVALSHA <sha> <nkeys>` with room for `args` more arguments of `bytes` bytes in total;
+/// push the keys, then the arguments, and send it with [`RedisConn::eval_cmd`].
+pub(crate) fn evalsha_cmd(script: &Script, nkeys: usize, args: usize, bytes: usize) -> redis::Cmd {
+    let mut cmd = redis::Cmd::with_capacity(3 + args, 48 + bytes);
+    cmd.arg("EVALSHA").arg(script.get_hash()).arg(nkeys);
+    cmd
 }
 
 /// An argument for [`RedisConn::eval`]: implemented for integers, strings and byte slices.
