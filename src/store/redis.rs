@@ -217,11 +217,16 @@ impl RedisConn {
         out.push(b':');
         out.extend_from_slice(namespace.as_bytes());
         out.extend_from_slice(b":{");
-        out.extend(key.iter().map(|&b| match b {
-            b'{' => b'(',
-            b'}' => b')',
-            b => b,
-        }));
+        let start = out.len();
+        out.extend_from_slice(key);
+        // in place, branch-free: the compiler turns this into vector selects
+        for b in &mut out[start..] {
+            *b = match *b {
+                b'{' => b'(',
+                b'}' => b')',
+                b => b,
+            };
+        }
         out.push(b'}');
         out
     }
