@@ -17,14 +17,13 @@
 //! why it is off by default.
 
 use std::num::NonZeroUsize;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::{Script, Value};
-use tokio::sync::oneshot;
 
 use crate::error::ConfigError;
-use crate::store::redis::{RedisConn, evalsha_cmd};
+use crate::store::redis::{BatchJob, Batcher, RedisConn, ReplyFields};
 use crate::store::{Gcra, RateDecision, RateStore, StoreError};
 
 /// GCRA in one script. Time is the Redis server's (`TIME`), so every instance of a fleet
@@ -98,16 +97,12 @@ return table.concat(out, ' ')
 /// The largest batch [`RedisRateStore::batched`] accepts.
 pub const MAX_BATCH: usize = 1024;
 
-/// How many batch scripts may be in flight at once: while one is on the server, the next
-/// one is already queued behind it on the connection.
-const MAX_IN_FLIGHT: usize = 2;
-
 /// Rate state in Redis, shared by every instance using the same Redis and key prefix.
 #[derive(Clone, Debug)]
 pub struct RedisRateStore {
     conn: RedisConn,
     script: Arc<Script>,
-    batcher: Option<Arc<Batcher>>,
+    batcher: Option<Arc<Batcher<Decision>>>,
 }
 
 impl RedisRateStore {
@@ -135,12 +130,12 @@ impl RedisRateStore {
                     format!("must be between 1 and {MAX_BATCH}, got {max_batch}"),
                 )
             })?;
-        let batcher = Arc::new(Batcher {
-            conn: conn.clone(),
-            script: Script::new(GCRA_BATCH_LUA),
-            max: max.get(),
-            queue: Mutex::new(Queue::default()),
-        });
+        let batcher = Arc::new(Batcher::new(
+            conn.clone(),
+            GCRA_BATCH_LUA,
+            max.get(),
+            "throttle",
+        ));
         Ok(Self {
             batcher: Some(batcher),
             ..Self::new(conn)
@@ -154,7 +149,7 @@ impl RedisRateStore {
 
     /// The largest batch, or `None` for one script per decision.
     pub fn max_batch(&self) -> Option<usize> {
-        self.batcher.as_ref().map(|b| b.max)
+        self.batcher.as_ref().map(|b| b.max())
     }
 }
 
@@ -166,46 +161,42 @@ fn bad_reply() -> StoreError {
     StoreError::Protocol("unexpected throttle script reply".into())
 }
 
-/// One decimal integer without sign or leading blanks.
-fn parse_u64(s: &[u8]) -> Option<u64> {
-    if s.is_empty() || s.len() > 20 {
-        return None;
+/// One decision of the wire format.
+fn parse_decision(fields: &mut ReplyFields<'_>) -> Option<RateDecision> {
+    let mut f = [0u64; 4];
+    for v in &mut f {
+        *v = fields.next_u64()?;
     }
-    s.iter().try_fold(0u64, |n, &b| {
-        let d = b.wrapping_sub(b'0');
-        if d > 9 {
-            return None;
-        }
-        n.checked_mul(10)?.checked_add(u64::from(d))
-    })
+    let us = Duration::from_micros;
+    match f[0] {
+        1 => Some(RateDecision::Allowed {
+            wait: us(f[1]),
+            remaining: f[2],
+            reset_after: us(f[3]),
+        }),
+        0 if f[2] == 0 => Some(RateDecision::Limited {
+            retry_after: us(f[1]),
+            reset_after: us(f[3]),
+        }),
+        _ => None,
+    }
 }
 
 /// Parses `n` decisions of the wire format from `reply`, all or nothing.
 fn parse_reply(reply: &Value, n: usize, out: &mut Vec<RateDecision>) -> Result<(), StoreError> {
-    let Value::BulkString(bytes) = reply else {
-        return Err(bad_reply());
-    };
-    let mut fields = bytes.split(|&b| b == b' ');
+    let mut fields = ReplyFields::of(reply).ok_or_else(bad_reply)?;
+    let start = out.len();
     for _ in 0..n {
-        let mut f = [0u64; 4];
-        for v in &mut f {
-            *v = fields.next().and_then(parse_u64).ok_or_else(bad_reply)?;
+        match parse_decision(&mut fields) {
+            Some(d) => out.push(d),
+            None => {
+                out.truncate(start);
+                return Err(bad_reply());
+            }
         }
-        let us = Duration::from_micros;
-        out.push(match f[0] {
-            1 => RateDecision::Allowed {
-                wait: us(f[1]),
-                remaining: f[2],
-                reset_after: us(f[3]),
-            },
-            0 if f[2] == 0 => RateDecision::Limited {
-                retry_after: us(f[1]),
-                reset_after: us(f[3]),
-            },
-            _ => return Err(bad_reply()),
-        });
     }
-    if fields.next().is_some() {
+    if !fields.is_done() {
+        out.truncate(start);
         return Err(bad_reply());
     }
     Ok(())
@@ -228,7 +219,7 @@ impl RateStore for RedisRateStore {
         ];
         async move {
             if let Some(batcher) = &self.batcher {
-                return batcher.check(rkey, args).await;
+                return batcher.submit(Decision { key: rkey, args }).await;
             }
             let [a, b, c, d] = &args;
             let reply: Value = self
@@ -242,142 +233,26 @@ impl RateStore for RedisRateStore {
     }
 }
 
-type Reply = oneshot::Sender<Result<RateDecision, StoreError>>;
-
-/// One queued decision: its Redis key, its four arguments and where its answer goes.
-struct Pending {
+/// One decision of a batch: its Redis key and its four arguments.
+struct Decision {
     key: Vec<u8>,
     args: [u64; 4],
-    reply: Reply,
 }
 
-#[derive(Default)]
-struct Queue {
-    waiting: Vec<Pending>,
-    in_flight: usize,
-    /// Emptied batch vectors, reused so that queueing does not reallocate.
-    spare: Vec<Vec<Pending>>,
-}
-
-impl Queue {
-    fn take(&mut self, max: usize) -> Vec<Pending> {
-        if self.waiting.len() <= max {
-            let next = self.spare.pop().unwrap_or_default();
-            std::mem::replace(&mut self.waiting, next)
-        } else {
-            let mut batch = self.spare.pop().unwrap_or_default();
-            batch.extend(self.waiting.drain(..max));
-            batch
-        }
+impl BatchJob for Decision {
+    type Output = RateDecision;
+    fn size(&self) -> (usize, usize, usize) {
+        (1, 4, self.key.len() + 40)
     }
-}
-
-struct Batcher {
-    conn: RedisConn,
-    script: Script,
-    max: usize,
-    queue: Mutex<Queue>,
-}
-
-impl std::fmt::Debug for Batcher {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Batcher").field("max", &self.max).finish()
+    fn push_keys(&self, cmd: &mut redis::Cmd) {
+        cmd.arg(self.key.as_slice());
     }
-}
-
-/// Frees a runner's slot if the runner panics, so that later decisions start a new one.
-struct RunnerSlot<'a>(Option<&'a Batcher>);
-
-impl Drop for RunnerSlot<'_> {
-    fn drop(&mut self) {
-        if let Some(b) = self.0 {
-            let mut q = b.queue.lock().unwrap_or_else(PoisonError::into_inner);
-            q.in_flight -= 1;
-        }
+    fn push_args(&self, cmd: &mut redis::Cmd) {
+        let [a, b, c, d] = self.args;
+        cmd.arg(a).arg(b).arg(c).arg(d);
     }
-}
-
-impl Batcher {
-    async fn check(
-        self: &Arc<Self>,
-        key: Vec<u8>,
-        args: [u64; 4],
-    ) -> Result<RateDecision, StoreError> {
-        let (reply, rx) = oneshot::channel();
-        let start = {
-            let mut q = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
-            q.waiting.push(Pending { key, args, reply });
-            if q.in_flight < MAX_IN_FLIGHT {
-                q.in_flight += 1;
-                Some(q.take(self.max))
-            } else {
-                None
-            }
-        };
-        if let Some(batch) = start {
-            tokio::spawn(self.clone().run(batch));
-        }
-        // every queued decision is answered: the runner's calls are bounded by the per-call
-        // timeout, and a runner that is dropped (runtime shutdown) drops the senders
-        rx.await.unwrap_or_else(|_| {
-            Err(StoreError::Unavailable(
-                "throttle batch ended without an answer".into(),
-            ))
-        })
-    }
-
-    /// Runs batches until the queue is empty.
-    async fn run(self: Arc<Self>, mut batch: Vec<Pending>) {
-        let mut slot = RunnerSlot(Some(&self));
-        let mut decisions = Vec::new();
-        loop {
-            let res = self.eval(&batch, &mut decisions).await;
-            match res {
-                Ok(()) => {
-                    for (p, d) in batch.drain(..).zip(decisions.drain(..)) {
-                        let _ = p.reply.send(Ok(d));
-                    }
-                }
-                Err(e) => {
-                    decisions.clear();
-                    for p in batch.drain(..) {
-                        let _ = p.reply.send(Err(e.clone()));
-                    }
-                }
-            }
-            let mut q = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
-            if q.waiting.is_empty() {
-                // in the same critical section as the check: a decision queued after it
-                // sees the free slot and starts a runner
-                q.in_flight -= 1;
-                slot.0 = None;
-                if q.spare.len() < MAX_IN_FLIGHT {
-                    q.spare.push(batch);
-                }
-                return;
-            }
-            let next = q.take(self.max);
-            if q.spare.len() < MAX_IN_FLIGHT {
-                q.spare.push(batch);
-            }
-            batch = next;
-        }
-    }
-
-    async fn eval(&self, batch: &[Pending], out: &mut Vec<RateDecision>) -> Result<(), StoreError> {
-        let bytes = batch.iter().map(|p| p.key.len()).sum::<usize>() + 40 * batch.len();
-        let mut cmd = evalsha_cmd(&self.script, batch.len(), 5 * batch.len(), bytes);
-        for p in batch {
-            cmd.arg(p.key.as_slice());
-        }
-        for p in batch {
-            cmd.arg(p.args[0])
-                .arg(p.args[1])
-                .arg(p.args[2])
-                .arg(p.args[3]);
-        }
-        let reply: Value = self.conn.eval_cmd(&self.script, &cmd).await?;
-        parse_reply(&reply, batch.len(), out)
+    fn parse(&self, fields: &mut ReplyFields<'_>) -> Option<RateDecision> {
+        parse_decision(fields)
     }
 }
 
