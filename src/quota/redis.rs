@@ -18,7 +18,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use redis::Script;
 
-use crate::store::redis::RedisConn;
+use crate::error::ConfigError;
+use crate::store::redis::{BatchJob, Batcher, RedisConn, ReplyFields};
 use crate::store::{CounterDecision, CounterStore, StoreError};
 
 /// The Lua scripts, kept together. All numbers fit in a double exactly below 2^53.
@@ -107,6 +108,61 @@ end
 return out
 "#;
 
+    /// [`CHARGE`] for a batch of requests, decided one after the other: per request, ARGV
+    /// holds its cost, its number of quotas n and per quota limit, expire-at, p; KEYS its
+    /// counters and earlier buckets as in [`CHARGE`]. A request sees the counts of the ones
+    /// before it. Returns one string: per request `counted used_1 oldest_1 ...`, joined by
+    /// spaces.
+    pub const CHARGE_BATCH: &str = r#"
+local out = {}
+local a = 1
+local k = 1
+while a <= #ARGV do
+  local cost = tonumber(ARGV[a])
+  local n = tonumber(ARGV[a + 1])
+  a = a + 2
+  local a0 = a
+  local k0 = k
+  local ok = 1
+  local used = {}
+  local oldest = {}
+  local pend = {}
+  for i = 1, n do
+    local key = KEYS[k]
+    local nprev = tonumber(ARGV[a + 2])
+    local prev = 0
+    local old = 0
+    for j = 1, nprev do
+      local v = tonumber(redis.call('GET', KEYS[k + j]) or '0')
+      if v > 0 then
+        prev = prev + v
+        if old == 0 then old = nprev - j + 1 end
+      end
+    end
+    local u = prev + tonumber(redis.call('GET', key) or '0') + (pend[key] or 0)
+    pend[key] = (pend[key] or 0) + cost
+    if u + cost > tonumber(ARGV[a]) then ok = 0 end
+    used[i] = u
+    oldest[i] = old
+    k = k + 1 + nprev
+    a = a + 3
+  end
+  local parts = {ok}
+  for i = 1, n do
+    if ok == 1 then
+      redis.call('INCRBY', KEYS[k0], cost)
+      redis.call('EXPIREAT', KEYS[k0], ARGV[a0 + 1])
+      used[i] = used[i] + cost
+    end
+    parts[i + 1] = string.format('%d %d', used[i], oldest[i])
+    k0 = k0 + 1 + tonumber(ARGV[a0 + 2])
+    a0 = a0 + 3
+  end
+  out[#out + 1] = table.concat(parts, ' ')
+end
+return table.concat(out, ' ')
+"#;
+
     /// KEYS counters; ARGV cost. [`REFUND`] for each counter, in one call.
     pub const REFUND_ALL: &str = r#"
 local cost = tonumber(ARGV[1])
@@ -179,14 +235,90 @@ pub struct Charged {
 #[derive(Debug, Clone)]
 pub struct RedisCounterStore {
     conn: Arc<RedisConn>,
+    batcher: Option<Arc<Batcher<ChargeJob>>>,
 }
+
+/// One request's charge in a batch: its keys, its arguments (cost, n, then limit, expire-at,
+/// p per quota) and its number of quotas.
+struct ChargeJob {
+    keys: Vec<Vec<u8>>,
+    args: Vec<u64>,
+    quotas: usize,
+}
+
+impl BatchJob for ChargeJob {
+    type Output = (bool, Vec<Charged>);
+    fn size(&self) -> (usize, usize, usize) {
+        let bytes = self.keys.iter().map(Vec::len).sum::<usize>() + 20 * self.args.len();
+        (self.keys.len(), self.args.len(), bytes)
+    }
+    fn push_keys(&self, cmd: &mut redis::Cmd) {
+        for k in &self.keys {
+            cmd.arg(k.as_slice());
+        }
+    }
+    fn push_args(&self, cmd: &mut redis::Cmd) {
+        for a in &self.args {
+            cmd.arg(*a);
+        }
+    }
+    fn parse(&self, fields: &mut ReplyFields<'_>) -> Option<Self::Output> {
+        let counted = match fields.next_u64()? {
+            0 => false,
+            1 => true,
+            _ => return None,
+        };
+        let mut charged = Vec::with_capacity(self.quotas);
+        for _ in 0..self.quotas {
+            charged.push(Charged {
+                used: fields.next_u64()?,
+                oldest_back: u32::try_from(fields.next_u64()?).ok()?,
+            });
+        }
+        Some((counted, charged))
+    }
+}
+
+/// The largest batch [`RedisCounterStore::batched`] accepts.
+pub const MAX_BATCH: usize = 1024;
 
 impl RedisCounterStore {
     /// A store on `conn` (its key prefix and per-call timeout apply).
     pub fn new(conn: RedisConn) -> Self {
         Self {
             conn: Arc::new(conn),
+            batcher: None,
         }
+    }
+
+    /// A store whose [`charge`](Self::charge)s queued while a script is in flight are sent
+    /// together, up to `max_batch` (1 ..= [`MAX_BATCH`]) per script ([`charge_batch_script`](
+    /// Self::charge_batch_script)), with up to two scripts in flight. The requests are decided
+    /// one after the other as with one script each, but one script then touches the keys of
+    /// many callers: for a single Redis only, not Redis Cluster (`CROSSSLOT`). A charge waits
+    /// at most two per-call timeouts. Must be used inside a Tokio runtime.
+    pub fn batched(conn: RedisConn, max_batch: usize) -> Result<Self, ConfigError> {
+        if max_batch == 0 || max_batch > MAX_BATCH {
+            return Err(ConfigError::invalid(
+                "quota.store.batch",
+                format!("must be between 1 and {MAX_BATCH}, got {max_batch}"),
+            ));
+        }
+        let batcher = Batcher::new(conn.clone(), scripts::CHARGE_BATCH, max_batch, "quota");
+        Ok(Self {
+            conn: Arc::new(conn),
+            batcher: Some(Arc::new(batcher)),
+        })
+    }
+
+    /// The largest batch of charges, or `None` for one script per charge.
+    pub fn max_batch(&self) -> Option<usize> {
+        self.batcher.as_ref().map(|b| b.max())
+    }
+
+    /// The batched charge script's source, e.g. for `SCRIPT LOAD` in `redis-benchmark`.
+    pub fn charge_batch_script() -> &'static str {
+        scripts::CHARGE_BATCH
     }
 
     /// The connection.
@@ -228,6 +360,15 @@ impl RedisCounterStore {
             keys.push(self.redis_key(s.key));
             keys.extend(s.earlier.iter().map(|k| self.redis_key(k)));
             args.extend([s.limit, expire_at(s.window_end), s.earlier.len() as u64]);
+        }
+        if let Some(b) = &self.batcher {
+            return b
+                .submit(ChargeJob {
+                    keys,
+                    args,
+                    quotas: specs.len(),
+                })
+                .await;
         }
         let key_refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
         let arg_refs: Vec<&dyn crate::store::redis::ToRedisArgsDyn> = args
