@@ -19,7 +19,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{Criterion, Throughput, criterion_group};
 use tower_shield::store::redis::RedisConn;
 use tower_shield::store::{Gcra, RateDecision, RateStore};
 use tower_shield::throttle::RedisRateStore;
