@@ -111,9 +111,22 @@ return out
     /// [`CHARGE`] for a batch of requests, decided one after the other: per request, ARGV
     /// holds its cost, its number of quotas n and per quota limit, expire-at, p; KEYS its
     /// counters and earlier buckets as in [`CHARGE`]. A request sees the counts of the ones
-    /// before it. Returns one string: per request `counted used_1 oldest_1 ...`, joined by
-    /// spaces.
+    /// before it. Each counter is read once and written once per batch (`INCRBY` of the
+    /// batch's units, `EXPIREAT` of its last charge). Returns one string: per request
+    /// `counted used_1 oldest_1 ...`, joined by spaces.
     pub const CHARGE_BATCH: &str = r#"
+local val = {}
+local add = {}
+local exp = {}
+local order = {}
+local function get(key)
+  local v = val[key]
+  if v == nil then
+    v = tonumber(redis.call('GET', key) or '0')
+    val[key] = v
+  end
+  return v
+end
 local out = {}
 local a = 1
 local k = 1
@@ -133,13 +146,13 @@ while a <= #ARGV do
     local prev = 0
     local old = 0
     for j = 1, nprev do
-      local v = tonumber(redis.call('GET', KEYS[k + j]) or '0')
+      local v = get(KEYS[k + j])
       if v > 0 then
         prev = prev + v
         if old == 0 then old = nprev - j + 1 end
       end
     end
-    local u = prev + tonumber(redis.call('GET', key) or '0') + (pend[key] or 0)
+    local u = prev + get(key) + (pend[key] or 0)
     pend[key] = (pend[key] or 0) + cost
     if u + cost > tonumber(ARGV[a]) then ok = 0 end
     used[i] = u
@@ -150,8 +163,14 @@ while a <= #ARGV do
   local parts = {ok}
   for i = 1, n do
     if ok == 1 then
-      redis.call('INCRBY', KEYS[k0], cost)
-      redis.call('EXPIREAT', KEYS[k0], ARGV[a0 + 1])
+      local key = KEYS[k0]
+      val[key] = val[key] + cost
+      if add[key] == nil then
+        add[key] = 0
+        order[#order + 1] = key
+      end
+      add[key] = add[key] + cost
+      exp[key] = ARGV[a0 + 1]
       used[i] = used[i] + cost
     end
     parts[i + 1] = string.format('%d %d', used[i], oldest[i])
@@ -159,6 +178,11 @@ while a <= #ARGV do
     a0 = a0 + 3
   end
   out[#out + 1] = table.concat(parts, ' ')
+end
+for j = 1, #order do
+  local key = order[j]
+  redis.call('INCRBY', key, add[key])
+  redis.call('EXPIREAT', key, exp[key])
 end
 return table.concat(out, ' ')
 "#;
