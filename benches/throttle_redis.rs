@@ -1,14 +1,25 @@
 //! Throttle decisions per second through the Redis store from 64 concurrent tasks, against
 //! an own `redis-server` on a free port, side by side with `redis-benchmark` running the same
 //! GCRA script (EVALSHA, 64 connections, pipelining 16) against the same server, and the p50 /
-//! p99 latency of one decision under that load.
+//! p99 latency of one decision under that load. Both stores are measured: one script per
+//! decision ([`RedisRateStore::new`]) and batched ([`RedisRateStore::batched`]); the batched
+//! store is compared with `redis-benchmark` running the one-decision script, the rate a
+//! pipelining client reaches per decision. Each side-by-side line also gives the server time
+//! per decision from `INFO commandstats`.
 //!
 //! `cargo bench --bench throttle_redis --features throttle,redis -- --warm-up-time 1 --measurement-time 3`
+//!
+//! Instruction-count probe of the client (no criterion): `THROTTLE_REDIS_PROBE=single|batched`
+//! and `THROTTLE_REDIS_PROBE_N` (decisions per task, default 500) run the 64 tasks once
+//! against an own server and print the decisions and scripts sent, e.g.
+//! `THROTTLE_REDIS_PROBE=batched valgrind --tool=callgrind target/release/deps/throttle_redis-…`
+//! for two values of N: the difference of the totals over the difference of decisions is
+//! the client's cost per decision.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{Criterion, Throughput, criterion_group};
 use tower_shield::store::redis::RedisConn;
 use tower_shield::store::{Gcra, RateDecision, RateStore};
 use tower_shield::throttle::RedisRateStore;
@@ -89,6 +100,32 @@ fn redis_benchmark(port: u16, sha: &str) -> Option<f64> {
     line.split(',').nth(1)?.trim_matches('"').parse().ok()
 }
 
+/// `(EVALSHA calls, server µs per call)` since the last `CONFIG RESETSTAT`.
+fn evalsha_stats(port: u16) -> (f64, f64) {
+    let out = Command::new("redis-cli")
+        .args(["-p", &port.to_string(), "INFO", "commandstats"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("cmdstat_evalsha:"))
+        .unwrap_or("");
+    let field = |name: &str| -> f64 {
+        line.split(&[':', ','][..])
+            .find_map(|kv| kv.strip_prefix(name))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    (field("calls="), field("usec_per_call="))
+}
+
+fn reset_stats(port: u16) {
+    let _ = Command::new("redis-cli")
+        .args(["-p", &port.to_string(), "CONFIG", "RESETSTAT"])
+        .output();
+}
+
 /// Runs `per` decisions on each of 64 tasks; returns the elapsed time and, if asked, every
 /// decision's latency.
 async fn run(store: &RedisRateStore, per: u64, latencies: bool) -> (Duration, Vec<Duration>) {
@@ -121,7 +158,14 @@ async fn run(store: &RedisRateStore, per: u64, latencies: bool) -> (Duration, Ve
     (t0.elapsed(), all)
 }
 
-fn bench(c: &mut Criterion) {
+struct Setup {
+    redis: RedisServer,
+    rt: tokio::runtime::Runtime,
+    single: RedisRateStore,
+    batched: RedisRateStore,
+}
+
+fn setup() -> Setup {
     let redis = start();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -129,15 +173,62 @@ fn bench(c: &mut Criterion) {
         .build()
         .unwrap();
     let url = format!("redis://127.0.0.1:{}/0", redis.port);
-    let store = rt.block_on(async {
-        let conn = RedisConn::builder(url)
-            .key_prefix("bench")
-            .timeout(Duration::from_secs(5))
-            .connect()
-            .await
-            .unwrap();
-        RedisRateStore::new(conn)
+    let (single, batched) = rt.block_on(async {
+        let conn = || {
+            RedisConn::builder(url.clone())
+                .key_prefix("bench")
+                .timeout(Duration::from_secs(5))
+                .connect()
+        };
+        let single = RedisRateStore::new(conn().await.unwrap());
+        let batched = RedisRateStore::batched(conn().await.unwrap(), BATCH).unwrap();
+        (single, batched)
     });
+    Setup {
+        redis,
+        rt,
+        single,
+        batched,
+    }
+}
+
+/// Largest batch of the batched store: the 64 tasks fit in one.
+const BATCH: usize = 64;
+
+/// The client-side probe: one run of the 64 tasks, then the decisions and scripts sent.
+fn probe() -> bool {
+    let Ok(which) = std::env::var("THROTTLE_REDIS_PROBE") else {
+        return false;
+    };
+    let per: u64 = std::env::var("THROTTLE_REDIS_PROBE_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(500);
+    let s = setup();
+    let store = match which.as_str() {
+        "single" => &s.single,
+        "batched" => &s.batched,
+        other => panic!("unknown THROTTLE_REDIS_PROBE {other}"),
+    };
+    // warm: connection, script loaded
+    s.rt.block_on(run(store, 2, false));
+    reset_stats(s.redis.port);
+    s.rt.block_on(run(store, per, false));
+    let (calls, _) = evalsha_stats(s.redis.port);
+    eprintln!(
+        "probe {which}: {} decisions in {calls} scripts",
+        per * TASKS
+    );
+    true
+}
+
+fn bench(c: &mut Criterion) {
+    let Setup {
+        redis,
+        rt,
+        single,
+        batched,
+    } = setup();
     let sha = String::from_utf8(
         Command::new("redis-cli")
             .args(["-p", &redis.port.to_string(), "SCRIPT", "LOAD", GCRA_LUA])
@@ -146,28 +237,50 @@ fn bench(c: &mut Criterion) {
             .stdout,
     )
     .unwrap();
-
-    // side by side: the server's capacity for this script, then ours from 64 tasks
-    if let Some(rps) = redis_benchmark(redis.port, sha.trim()) {
-        let (took, _) = rt.block_on(run(&store, 4000, false));
-        let ours = (4000 * TASKS) as f64 / took.as_secs_f64();
-        eprintln!(
-            "redis-benchmark (64 conns, -P 16): {rps:.0} decisions/s; store from 64 tasks: {ours:.0} decisions/s ({:.2}x)",
-            ours / rps
-        );
-    } else {
-        eprintln!("redis-benchmark not available: no side-by-side figure");
-    }
     let pct = |lat: &mut Vec<Duration>, p: f64| {
         lat.sort_unstable();
         lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)]
     };
+    let port = redis.port;
+    let server_us = |decisions: u64| {
+        let (calls, per_call) = evalsha_stats(port);
+        (
+            calls * per_call / decisions as f64,
+            decisions as f64 / calls.max(1.0),
+        )
+    };
+
+    // side by side: the server's capacity for this script, then ours from 64 tasks
+    for _ in 0..2 {
+        reset_stats(port);
+        let Some(rps) = redis_benchmark(port, sha.trim()) else {
+            eprintln!("redis-benchmark not available: no side-by-side figure");
+            break;
+        };
+        let (rb_us, _) = server_us(400_000);
+        eprintln!(
+            "redis-benchmark (64 conns, -P 16): {rps:.0} decisions/s, server {rb_us:.2} µs/decision"
+        );
+        for (name, store) in [("one script per decision", &single), ("batched", &batched)] {
+            reset_stats(port);
+            let (took, _) = rt.block_on(run(store, 4000, false));
+            let ours = (4000 * TASKS) as f64 / took.as_secs_f64();
+            let (us, per_script) = server_us(4000 * TASKS);
+            let (_, mut lat) = rt.block_on(run(store, 1000, true));
+            eprintln!(
+                "  store, {name}, 64 tasks: {ours:.0} decisions/s ({:.2}x), server {us:.2} µs/decision, {per_script:.1} decisions/script; p50 {:?}, p99 {:?} with 64 in flight",
+                ours / rps,
+                pct(&mut lat, 0.50),
+                pct(&mut lat, 0.99)
+            );
+        }
+    }
     // one caller at a time: the round trip of a decision
     let mut lat = rt.block_on(async {
         let mut lat = Vec::with_capacity(5000);
         for _ in 0..5000 {
             let t = Instant::now();
-            store
+            single
                 .check(b"per-ip|ip=10.0.0.1", LIMIT, 1, Duration::ZERO)
                 .await
                 .unwrap();
@@ -180,28 +293,33 @@ fn bench(c: &mut Criterion) {
         pct(&mut lat, 0.50),
         pct(&mut lat, 0.99)
     );
-    // 64 callers: each waits behind the others (Little's law: p50 ≈ 64 / rate)
-    let (_, mut lat) = rt.block_on(run(&store, 2000, true));
-    eprintln!(
-        "latency of one decision with 64 tasks in flight: p50 {:?}, p99 {:?}",
-        pct(&mut lat, 0.50),
-        pct(&mut lat, 0.99)
-    );
 
     let mut g = c.benchmark_group("throttle_redis");
     g.throughput(Throughput::Elements(1));
-    g.bench_function("store_check_64_tasks", |b| {
-        b.iter_custom(|iters| {
-            rt.block_on(async {
-                let per = iters.div_ceil(TASKS);
-                let (took, _) = run(&store, per, false).await;
-                took.mul_f64(iters as f64 / (per * TASKS) as f64)
+    for (name, store) in [
+        ("store_check_64_tasks", &single),
+        ("batched_store_check_64_tasks", &batched),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    let per = iters.div_ceil(TASKS);
+                    let (took, _) = run(store, per, false).await;
+                    took.mul_f64(iters as f64 / (per * TASKS) as f64)
+                })
             })
-        })
-    });
+        });
+    }
     g.finish();
     drop(redis);
 }
 
 criterion_group!(benches, bench);
-criterion_main!(benches);
+
+fn main() {
+    if probe() {
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -380,3 +380,186 @@ async fn rolling_and_calendar_quotas_in_one_script() {
         .unwrap();
     assert_eq!((usage[0].used, usage[1].used), (2, 2));
 }
+
+mod batched {
+    use super::*;
+    use tower_shield::quota::ChargeSpec;
+    use tower_shield::store::StoreError;
+
+    fn batched_store(url: &str, prefix: &str, max: usize) -> RedisCounterStore {
+        let conn = RedisConn::builder(url)
+            .key_prefix(prefix)
+            .timeout(Duration::from_millis(300))
+            .connect_timeout(Duration::from_millis(200))
+            .build_lazy()
+            .unwrap();
+        RedisCounterStore::batched(conn, max).unwrap()
+    }
+
+    fn evalsha_calls(redis: &RedisServer) -> usize {
+        redis
+            .cli(&["INFO", "commandstats"])
+            .lines()
+            .find(|l| l.starts_with("cmdstat_evalsha:"))
+            .and_then(|l| l.split("calls=").nth(1))
+            .and_then(|v| v.split(',').next())
+            .map_or(0, |v| v.parse().unwrap())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn batched_charges_admit_exactly_the_remaining_units() {
+        let redis = RedisServer::start();
+        let l = QuotaLayer::builder()
+            .store(QuotaStore::Redis(batched_store(&redis.url(), "bq", 64)))
+            .failure_mode(FailureMode::Reject)
+            .plan(
+                "free",
+                [
+                    Quota::new("daily", 1000, Window::day()),
+                    Quota::new("monthly", 40, Window::month()),
+                ],
+            )
+            .default_plan("free")
+            .build()
+            .unwrap();
+        redis.cli(&["CONFIG", "RESETSTAT"]);
+        let tasks: Vec<_> = (0..200)
+            .map(|_| {
+                let l = l.clone();
+                tokio::spawn(async move { status(&l).await })
+            })
+            .collect();
+        let mut by_status = std::collections::BTreeMap::new();
+        for t in tasks {
+            *by_status.entry(t.await.unwrap()).or_insert(0) += 1;
+        }
+        assert_eq!(by_status, [(200, 40), (429, 160)].into_iter().collect());
+        let calls = evalsha_calls(&redis);
+        assert!(calls < 200, "{calls} scripts for 200 requests");
+        // all or nothing across the batch too: both counters hold exactly the admitted units
+        let keys = redis.cli(&["KEYS", "bq:*"]);
+        assert_eq!(keys.lines().count(), 2, "{keys}");
+        for k in keys.lines() {
+            assert_eq!(redis.cli(&["GET", k]), "40", "{k}");
+            let ttl: i64 = redis.cli(&["TTL", k]).parse().unwrap();
+            assert!(ttl > 0, "{k} expires");
+        }
+    }
+
+    /// The same charges, one by one, through the single and the batched script: the same
+    /// answers and the same counters, rolling buckets included; concurrently, the batched
+    /// store hands out exactly the units left.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn batched_charge_agrees_with_the_single_script() {
+        let redis = RedisServer::start();
+        let single = store(&redis.url(), "one");
+        let batched = batched_store(&redis.url(), "many", 16);
+        let end = SystemTime::now() + Duration::from_secs(3600);
+        for p in ["one", "many"] {
+            // two earlier buckets of a rolling window: 3 units two back, 0 one back
+            redis.cli(&["SET", &format!("{p}:{{c}}:h:b1"), "3"]);
+            redis.cli(&["SET", &format!("{p}:{{c}}:h:b2"), "0"]);
+        }
+        let earlier = vec![b"{c}:h:b1".to_vec(), b"{c}:h:b2".to_vec()];
+        let specs = || {
+            [
+                ChargeSpec {
+                    key: b"{c}:h:now",
+                    limit: 8,
+                    window_end: end,
+                    earlier: earlier.clone(),
+                },
+                ChargeSpec {
+                    key: b"{c}:d",
+                    limit: 100,
+                    window_end: end,
+                    earlier: Vec::new(),
+                },
+            ]
+        };
+        for cost in [2, 1, 3, 1, 1] {
+            let a = single.charge(&specs(), cost).await.unwrap();
+            let b = batched.charge(&specs(), cost).await.unwrap();
+            assert_eq!(a, b, "cost {cost}");
+        }
+        let last = batched.charge(&specs(), 1).await.unwrap();
+        assert!(!last.0);
+        assert_eq!(
+            (last.1[0].used, last.1[0].oldest_back, last.1[1].used),
+            (8, 2, 5)
+        );
+        for k in ["{c}:h:now", "{c}:d"] {
+            assert_eq!(
+                redis.cli(&["GET", &format!("one:{k}")]),
+                redis.cli(&["GET", &format!("many:{k}")])
+            );
+        }
+
+        // 30 concurrent charges of 1 against 20 units left of a fresh counter
+        let mut tasks = Vec::new();
+        for _ in 0..30 {
+            let s = batched.clone();
+            tasks.push(tokio::spawn(async move {
+                let spec = ChargeSpec {
+                    key: b"{d}:m",
+                    limit: 20,
+                    window_end: SystemTime::now() + Duration::from_secs(60),
+                    earlier: Vec::new(),
+                };
+                s.charge(&[spec], 1).await.unwrap()
+            }));
+        }
+        let mut counted_used = Vec::new();
+        for t in tasks {
+            let (counted, c) = t.await.unwrap();
+            if counted {
+                counted_used.push(c[0].used);
+            } else {
+                assert_eq!(c[0].used, 20);
+            }
+        }
+        counted_used.sort_unstable();
+        assert_eq!(counted_used, (1..=20).collect::<Vec<u64>>());
+        assert_eq!(redis.cli(&["GET", "many:{d}:m"]), "20");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn batched_charges_fail_fast_while_redis_is_down_and_resume() {
+        let mut redis = RedisServer::start();
+        let s = batched_store(&redis.url(), "down", 8);
+        let end = SystemTime::now() + Duration::from_secs(3600);
+        let charge = |s: RedisCounterStore| async move {
+            let spec = ChargeSpec {
+                key: b"{c}:m",
+                limit: 1000,
+                window_end: end,
+                earlier: Vec::new(),
+            };
+            s.charge(&[spec], 1).await
+        };
+        assert!(charge(s.clone()).await.unwrap().0);
+        redis.kill();
+        let t0 = std::time::Instant::now();
+        let tasks: Vec<_> = (0..40).map(|_| tokio::spawn(charge(s.clone()))).collect();
+        for t in tasks {
+            let r = t.await.unwrap();
+            assert!(
+                matches!(r, Err(StoreError::Unavailable(_) | StoreError::Timeout(_))),
+                "{r:?}"
+            );
+        }
+        assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+        redis.spawn();
+        let mut used = None;
+        for _ in 0..100 {
+            if let Ok((true, c)) = charge(s.clone()).await {
+                used = Some(c[0].used);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Redis lost its state (no persistence): counting restarts
+        assert_eq!(used, Some(1));
+        assert!(RedisCounterStore::batched(s.conn().clone(), 0).is_err());
+    }
+}

@@ -153,3 +153,203 @@ async fn delay_through_redis_reserves_paced_slots() {
         matches!(d4, RateDecision::Limited { retry_after, .. } if retry_after > Duration::from_secs(29))
     );
 }
+
+mod batched {
+    use super::*;
+    use tower_shield::store::{Gcra, RateDecision, RateStore, StoreError};
+
+    async fn store(url: &str, prefix: &str, max_batch: usize) -> RedisRateStore {
+        let conn = RedisConn::builder(url)
+            .key_prefix(prefix)
+            .timeout(Duration::from_millis(300))
+            .connect_timeout(Duration::from_millis(200))
+            .build_lazy()
+            .unwrap();
+        RedisRateStore::batched(conn, max_batch).unwrap()
+    }
+
+    const SLOW: Gcra = Gcra {
+        emission_interval: Duration::from_secs(3600),
+        burst: 10,
+    };
+
+    /// `n` concurrent decisions on each of `keys`; the decisions per key, in no order.
+    async fn burst_of(
+        s: &RedisRateStore,
+        keys: usize,
+        n: usize,
+    ) -> Vec<Vec<Result<RateDecision, StoreError>>> {
+        let mut tasks = Vec::new();
+        for i in 0..keys * n {
+            let s = s.clone();
+            tasks.push(tokio::spawn(async move {
+                let key = format!("k{}", i % keys);
+                (
+                    i % keys,
+                    s.check(key.as_bytes(), SLOW, 1, Duration::ZERO).await,
+                )
+            }));
+        }
+        let mut out = vec![Vec::new(); keys];
+        for t in tasks {
+            let (k, d) = t.await.unwrap();
+            out[k].push(d);
+        }
+        out
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn batched_store_admits_exactly_the_burst_under_concurrency() {
+        let redis = RedisServer::start();
+        let s = store(&redis.url(), "exact", 64).await;
+        redis.cli(&["CONFIG", "RESETSTAT"]);
+        for decisions in burst_of(&s, 5, 40).await {
+            let mut remaining: Vec<u64> = decisions
+                .iter()
+                .filter_map(|d| match d.as_ref().unwrap() {
+                    RateDecision::Allowed {
+                        wait, remaining, ..
+                    } => {
+                        assert!(wait.is_zero());
+                        Some(*remaining)
+                    }
+                    RateDecision::Limited { retry_after, .. } => {
+                        assert!(*retry_after > Duration::from_secs(3590));
+                        None
+                    }
+                })
+                .collect();
+            remaining.sort_unstable();
+            // exactly the burst is admitted, each admitted one sees the one before it
+            assert_eq!(remaining, (0..10).collect::<Vec<u64>>());
+        }
+        // the 200 decisions went in fewer scripts than decisions
+        let stats = redis.cli(&["INFO", "commandstats"]);
+        let calls: usize = stats
+            .lines()
+            .find(|l| l.starts_with("cmdstat_evalsha:"))
+            .and_then(|l| l.split("calls=").nth(1))
+            .and_then(|v| v.split(',').next())
+            .and_then(|v| v.parse().ok())
+            .expect("evalsha stats");
+        assert!(calls < 200, "{calls} scripts for 200 decisions");
+        // each admitted key holds its schedule with an expiry
+        for k in 0..5 {
+            let key = format!("exact:throttle:{{k{k}}}");
+            let tat: u64 = redis.cli(&["GET", &key]).parse().unwrap();
+            assert!(tat > 0);
+            let ttl: u64 = redis.cli(&["PTTL", &key]).parse().unwrap();
+            assert!(ttl > 35_000_000 && ttl <= 36_000_001, "{ttl}");
+        }
+    }
+
+    #[tokio::test]
+    async fn batched_store_paces_like_the_single_script() {
+        let redis = RedisServer::start();
+        let single = RedisRateStore::new(
+            RedisConn::builder(redis.url())
+                .key_prefix("one")
+                .connect()
+                .await
+                .unwrap(),
+        );
+        let batched = store(&redis.url(), "many", 8).await;
+        let limit = Gcra {
+            emission_interval: Duration::from_secs(10),
+            burst: 1,
+        };
+        let max_wait = Duration::from_secs(25);
+        for s in [&single, &batched] {
+            let mut got = Vec::new();
+            for _ in 0..4 {
+                got.push(s.check(b"k", limit, 1, max_wait).await.unwrap());
+            }
+            assert!(
+                matches!(got[0], RateDecision::Allowed { wait, remaining: 0, .. } if wait.is_zero())
+            );
+            assert!(
+                matches!(got[1], RateDecision::Allowed { wait, .. } if wait > Duration::from_secs(9) && wait <= Duration::from_secs(10))
+            );
+            assert!(
+                matches!(got[2], RateDecision::Allowed { wait, .. } if wait > Duration::from_secs(19) && wait <= Duration::from_secs(20))
+            );
+            assert!(
+                matches!(got[3], RateDecision::Limited { retry_after, reset_after } if retry_after > Duration::from_secs(29) && reset_after > Duration::from_secs(29))
+            );
+        }
+        // a cost above the burst never conforms without waiting
+        let d = batched
+            .check(b"big", limit, 3, Duration::ZERO)
+            .await
+            .unwrap();
+        assert!(
+            matches!(d, RateDecision::Limited { retry_after, .. } if retry_after > Duration::from_secs(19))
+        );
+        assert_eq!(redis.cli(&["EXISTS", "many:throttle:{big}"]), "0");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn batched_store_fails_fast_while_redis_is_down_and_resumes() {
+        let mut redis = RedisServer::start();
+        let s = store(&redis.url(), "down", 16).await;
+        assert!(s.check(b"k", SLOW, 1, Duration::ZERO).await.is_ok());
+        redis.kill();
+        let t0 = std::time::Instant::now();
+        for decisions in burst_of(&s, 4, 25).await {
+            for d in decisions {
+                assert!(
+                    matches!(d, Err(StoreError::Unavailable(_) | StoreError::Timeout(_))),
+                    "{d:?}"
+                );
+            }
+        }
+        // bounded: at most two per-call timeouts per decision, however many are queued
+        assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+        redis.spawn();
+        let mut ok = false;
+        for _ in 0..100 {
+            if s.check(b"k0", SLOW, 1, Duration::ZERO).await.is_ok() {
+                ok = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(ok, "decisions resume after restart");
+        // fresh state after the restart (no persistence): burst of 10, the first one taken
+        for decisions in burst_of(&s, 1, 12).await {
+            let admitted = decisions
+                .iter()
+                .filter(|d| matches!(d, Ok(RateDecision::Allowed { .. })))
+                .count();
+            assert_eq!(admitted, 9);
+        }
+        // after SCRIPT FLUSH the script is loaded again
+        assert_eq!(redis.cli(&["SCRIPT", "FLUSH"]), "OK");
+        assert!(s.check(b"other", SLOW, 1, Duration::ZERO).await.is_ok());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn batched_layers_share_one_global_limit_exactly() {
+        let redis = RedisServer::start();
+        let mut layers = Vec::new();
+        for _ in 0..3 {
+            layers.push(
+                ThrottleLayer::builder()
+                    .policy(Policy::rate("per-ip", Rate::per_hour(1)).burst(50))
+                    .redis(store(&redis.url(), "fleet", 32).await, FailureMode::Reject)
+                    .build()
+                    .unwrap(),
+            );
+        }
+        let mut tasks = Vec::new();
+        for i in 0..300 {
+            let l = layers[i % 3].clone();
+            tasks.push(tokio::spawn(async move { status(&l).await }));
+        }
+        let mut by_status = std::collections::BTreeMap::new();
+        for t in tasks {
+            *by_status.entry(t.await.unwrap()).or_insert(0) += 1;
+        }
+        assert_eq!(by_status, [(200, 50), (429, 250)].into_iter().collect());
+    }
+}

@@ -18,22 +18,24 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use redis::Script;
 
-use crate::store::redis::RedisConn;
+use crate::error::ConfigError;
+use crate::store::redis::{BatchJob, Batcher, RedisConn, ReplyFields};
 use crate::store::{CounterDecision, CounterStore, StoreError};
 
 /// The Lua scripts, kept together. All numbers fit in a double exactly below 2^53.
 mod scripts {
     /// KEYS[1] counter; ARGV cost, limit, expire-at (Unix seconds).
-    /// Returns {1, used} when counted, {0, used} when refused (unchanged).
+    /// Returns one integer: the counter after counting, or `-1 - used` when refused (the
+    /// counter is unchanged).
     pub const ADD_WITHIN: &str = r#"
 local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
 local cost = tonumber(ARGV[1])
 if cur + cost > tonumber(ARGV[2]) then
-  return {0, cur}
+  return -1 - cur
 end
 local v = redis.call('INCRBY', KEYS[1], cost)
 redis.call('EXPIREAT', KEYS[1], ARGV[3])
-return {1, v}
+return v
 "#;
 
     /// KEYS[1] counter; ARGV cost. Decrements, floored at 0, keeping the expiry; an absent
@@ -104,6 +106,85 @@ if out[1] == 1 then
   end
 end
 return out
+"#;
+
+    /// [`CHARGE`] for a batch of requests, decided one after the other: per request, ARGV
+    /// holds its cost, its number of quotas n and per quota limit, expire-at, p; KEYS its
+    /// counters and earlier buckets as in [`CHARGE`]. A request sees the counts of the ones
+    /// before it. Each counter is read once and written once per batch (`INCRBY` of the
+    /// batch's units, `EXPIREAT` of its last charge). Returns one string: per request
+    /// `counted used_1 oldest_1 ...`, joined by spaces.
+    pub const CHARGE_BATCH: &str = r#"
+local val = {}
+local add = {}
+local exp = {}
+local order = {}
+local function get(key)
+  local v = val[key]
+  if v == nil then
+    v = tonumber(redis.call('GET', key) or '0')
+    val[key] = v
+  end
+  return v
+end
+local out = {}
+local a = 1
+local k = 1
+while a <= #ARGV do
+  local cost = tonumber(ARGV[a])
+  local n = tonumber(ARGV[a + 1])
+  a = a + 2
+  local a0 = a
+  local k0 = k
+  local ok = 1
+  local used = {}
+  local oldest = {}
+  local pend = {}
+  for i = 1, n do
+    local key = KEYS[k]
+    local nprev = tonumber(ARGV[a + 2])
+    local prev = 0
+    local old = 0
+    for j = 1, nprev do
+      local v = get(KEYS[k + j])
+      if v > 0 then
+        prev = prev + v
+        if old == 0 then old = nprev - j + 1 end
+      end
+    end
+    local u = prev + get(key) + (pend[key] or 0)
+    pend[key] = (pend[key] or 0) + cost
+    if u + cost > tonumber(ARGV[a]) then ok = 0 end
+    used[i] = u
+    oldest[i] = old
+    k = k + 1 + nprev
+    a = a + 3
+  end
+  local parts = {ok}
+  for i = 1, n do
+    if ok == 1 then
+      local key = KEYS[k0]
+      val[key] = val[key] + cost
+      if add[key] == nil then
+        add[key] = 0
+        order[#order + 1] = key
+      end
+      add[key] = add[key] + cost
+      exp[key] = ARGV[a0 + 1]
+      used[i] = used[i] + cost
+    end
+    parts[i + 1] = string.format('%d %d', used[i], oldest[i])
+    k0 = k0 + 1 + tonumber(ARGV[a0 + 2])
+    a0 = a0 + 3
+  end
+  out[#out + 1] = table.concat(parts, ' ')
+end
+for j = 1, #order do
+  local key = order[j]
+  redis.call('INCRBY', key, add[key])
+  redis.call('EXPIREAT', key, exp[key])
+end
+return table.concat(out, ' ')
 "#;
 
     /// KEYS counters; ARGV cost. [`REFUND`] for each counter, in one call.
@@ -178,14 +259,90 @@ pub struct Charged {
 #[derive(Debug, Clone)]
 pub struct RedisCounterStore {
     conn: Arc<RedisConn>,
+    batcher: Option<Arc<Batcher<ChargeJob>>>,
 }
+
+/// One request's charge in a batch: its keys, its arguments (cost, n, then limit, expire-at,
+/// p per quota) and its number of quotas.
+struct ChargeJob {
+    keys: Vec<Vec<u8>>,
+    args: Vec<u64>,
+    quotas: usize,
+}
+
+impl BatchJob for ChargeJob {
+    type Output = (bool, Vec<Charged>);
+    fn size(&self) -> (usize, usize, usize) {
+        let bytes = self.keys.iter().map(Vec::len).sum::<usize>() + 20 * self.args.len();
+        (self.keys.len(), self.args.len(), bytes)
+    }
+    fn push_keys(&self, cmd: &mut redis::Cmd) {
+        for k in &self.keys {
+            cmd.arg(k.as_slice());
+        }
+    }
+    fn push_args(&self, cmd: &mut redis::Cmd) {
+        for a in &self.args {
+            cmd.arg(*a);
+        }
+    }
+    fn parse(&self, fields: &mut ReplyFields<'_>) -> Option<Self::Output> {
+        let counted = match fields.next_u64()? {
+            0 => false,
+            1 => true,
+            _ => return None,
+        };
+        let mut charged = Vec::with_capacity(self.quotas);
+        for _ in 0..self.quotas {
+            charged.push(Charged {
+                used: fields.next_u64()?,
+                oldest_back: u32::try_from(fields.next_u64()?).ok()?,
+            });
+        }
+        Some((counted, charged))
+    }
+}
+
+/// The largest batch [`RedisCounterStore::batched`] accepts.
+pub const MAX_BATCH: usize = 1024;
 
 impl RedisCounterStore {
     /// A store on `conn` (its key prefix and per-call timeout apply).
     pub fn new(conn: RedisConn) -> Self {
         Self {
             conn: Arc::new(conn),
+            batcher: None,
         }
+    }
+
+    /// A store whose [`charge`](Self::charge)s queued while a script is in flight are sent
+    /// together, up to `max_batch` (1 ..= [`MAX_BATCH`]) per script ([`charge_batch_script`](
+    /// Self::charge_batch_script)), with up to two scripts in flight. The requests are decided
+    /// one after the other as with one script each, but one script then touches the keys of
+    /// many callers: for a single Redis only, not Redis Cluster (`CROSSSLOT`). A charge waits
+    /// at most two per-call timeouts. Must be used inside a Tokio runtime.
+    pub fn batched(conn: RedisConn, max_batch: usize) -> Result<Self, ConfigError> {
+        if max_batch == 0 || max_batch > MAX_BATCH {
+            return Err(ConfigError::invalid(
+                "quota.store.batch",
+                format!("must be between 1 and {MAX_BATCH}, got {max_batch}"),
+            ));
+        }
+        let batcher = Batcher::new(conn.clone(), scripts::CHARGE_BATCH, max_batch, "quota");
+        Ok(Self {
+            conn: Arc::new(conn),
+            batcher: Some(Arc::new(batcher)),
+        })
+    }
+
+    /// The largest batch of charges, or `None` for one script per charge.
+    pub fn max_batch(&self) -> Option<usize> {
+        self.batcher.as_ref().map(|b| b.max())
+    }
+
+    /// The batched charge script's source, e.g. for `SCRIPT LOAD` in `redis-benchmark`.
+    pub fn charge_batch_script() -> &'static str {
+        scripts::CHARGE_BATCH
     }
 
     /// The connection.
@@ -228,6 +385,15 @@ impl RedisCounterStore {
             keys.extend(s.earlier.iter().map(|k| self.redis_key(k)));
             args.extend([s.limit, expire_at(s.window_end), s.earlier.len() as u64]);
         }
+        if let Some(b) = &self.batcher {
+            return b
+                .submit(ChargeJob {
+                    keys,
+                    args,
+                    quotas: specs.len(),
+                })
+                .await;
+        }
         let key_refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
         let arg_refs: Vec<&dyn crate::store::redis::ToRedisArgsDyn> = args
             .iter()
@@ -265,6 +431,18 @@ fn expire_at(end: SystemTime) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
+/// The decision of an [`scripts::ADD_WITHIN`] reply: `used` when counted, `-1 - used` when
+/// refused.
+fn add_within_decision(v: i64) -> CounterDecision {
+    if v >= 0 {
+        CounterDecision::Counted { used: v as u64 }
+    } else {
+        CounterDecision::Exceeded {
+            used: (-1 - v) as u64,
+        }
+    }
+}
+
 impl CounterStore for RedisCounterStore {
     fn add_within(
         &self,
@@ -276,20 +454,14 @@ impl CounterStore for RedisCounterStore {
         let key = self.redis_key(key);
         let conn = self.conn.clone();
         async move {
-            let (counted, used): (i64, i64) = conn
+            let v: i64 = conn
                 .eval(
                     &ADD_WITHIN,
                     &[&key],
                     &[&cost, &limit, &expire_at(window_end)],
                 )
                 .await?;
-            let used = u64::try_from(used)
-                .map_err(|_| StoreError::Protocol("negative quota counter".into()))?;
-            Ok(if counted == 1 {
-                CounterDecision::Counted { used }
-            } else {
-                CounterDecision::Exceeded { used }
-            })
+            Ok(add_within_decision(v))
         }
     }
 
@@ -309,5 +481,33 @@ impl CounterStore for RedisCounterStore {
             let v: i64 = conn.eval(&GET, &[&key], &[]).await?;
             Ok(u64::try_from(v).unwrap_or(0))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn add_within_replies_map_to_decisions() {
+        assert_eq!(add_within_decision(0), CounterDecision::Counted { used: 0 });
+        assert_eq!(
+            add_within_decision(41),
+            CounterDecision::Counted { used: 41 }
+        );
+        assert_eq!(
+            add_within_decision(-1),
+            CounterDecision::Exceeded { used: 0 }
+        );
+        assert_eq!(
+            add_within_decision(-81),
+            CounterDecision::Exceeded { used: 80 }
+        );
+        assert_eq!(
+            add_within_decision(i64::MIN),
+            CounterDecision::Exceeded {
+                used: i64::MAX as u64
+            }
+        );
     }
 }

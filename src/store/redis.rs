@@ -29,8 +29,10 @@
 //! replaced so that they cannot end the tag early.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
+
+use tokio::sync::oneshot;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{FromRedisValue, Script, ToRedisArgs};
@@ -217,11 +219,16 @@ impl RedisConn {
         out.push(b':');
         out.extend_from_slice(namespace.as_bytes());
         out.extend_from_slice(b":{");
-        out.extend(key.iter().map(|&b| match b {
-            b'{' => b'(',
-            b'}' => b')',
-            b => b,
-        }));
+        let start = out.len();
+        out.extend_from_slice(key);
+        // in place, branch-free: the compiler turns this into vector selects
+        for b in &mut out[start..] {
+            *b = match *b {
+                b'{' => b'(',
+                b'}' => b')',
+                b => b,
+            };
+        }
         out.push(b'}');
         out
     }
@@ -245,36 +252,41 @@ impl RedisConn {
         args: &[&dyn ToRedisArgsDyn],
     ) -> Result<T, StoreError> {
         // One EVALSHA command built in place (two buffers), rather than a ScriptInvocation
-        // (a buffer per key and argument, copied again into the command). Only when the
-        // server does not know the script yet (NOSCRIPT) does the invocation load it.
+        // (a buffer per key and argument, copied again into the command).
         // sized up front: growing the buffers argument by argument costs more than the call
-        let data = 48 + keys.iter().map(|k| k.len()).sum::<usize>() + 24 * args.len();
-        let mut cmd = redis::Cmd::with_capacity(3 + keys.len() + args.len(), data);
-        cmd.arg("EVALSHA").arg(script.get_hash()).arg(keys.len());
+        let data = keys.iter().map(|k| k.len()).sum::<usize>() + 24 * args.len();
+        let mut cmd = evalsha_cmd(script, keys.len(), keys.len() + args.len(), data);
         for k in keys {
             cmd.arg(*k);
         }
         for a in args {
             a.push_to_cmd(&mut cmd);
         }
+        self.eval_cmd(script, &cmd).await
+    }
+
+    /// Sends `cmd`, an `EVALSHA` of `script` built with [`evalsha_cmd`], and converts the
+    /// reply, within the per-call timeout. When the server does not know the script
+    /// (`NOSCRIPT`: first use, a restart, `SCRIPT FLUSH`), loads it and sends `cmd` again.
+    pub(crate) async fn eval_cmd<T: FromRedisValue>(
+        &self,
+        script: &Script,
+        cmd: &redis::Cmd,
+    ) -> Result<T, StoreError> {
         let mut conn = self.manager.clone();
         let fut = async {
             match cmd.query_async::<T>(&mut conn).await {
                 Err(e)
                     if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
                 {
-                    let mut inv = script.prepare_invoke();
-                    for k in keys {
-                        inv.key(*k);
-                    }
-                    for a in args {
-                        a.push_to(&mut inv);
-                    }
-                    inv.invoke_async::<T>(&mut conn).await
+                    script.load_async(&mut conn).await?;
+                    cmd.query_async::<T>(&mut conn).await
                 }
                 other => other,
             }
         };
+        // This timeout must stay: the manager's response timeout does not bound a call that
+        // waits through reconnect attempts.
         match tokio::time::timeout(self.inner.timeout, fut).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => {
@@ -286,6 +298,244 @@ impl RedisConn {
             }
             Err(_) => Err(StoreError::Timeout(self.inner.timeout)),
         }
+    }
+}
+
+/// `EVALSHA <sha> <nkeys>` with room for `args` more arguments of `bytes` bytes in total;
+/// push the keys, then the arguments, and send it with [`RedisConn::eval_cmd`].
+pub(crate) fn evalsha_cmd(script: &Script, nkeys: usize, args: usize, bytes: usize) -> redis::Cmd {
+    let mut cmd = redis::Cmd::with_capacity(3 + args, 48 + bytes);
+    cmd.arg("EVALSHA").arg(script.get_hash()).arg(nkeys);
+    cmd
+}
+
+/// The fields of a flat script reply: decimal integers separated by single spaces.
+pub(crate) struct ReplyFields<'a>(std::slice::Split<'a, u8, fn(&u8) -> bool>);
+
+impl<'a> ReplyFields<'a> {
+    /// The fields of a bulk-string reply, or `None` for any other kind of reply.
+    pub(crate) fn of(reply: &'a redis::Value) -> Option<Self> {
+        match reply {
+            redis::Value::BulkString(bytes) => {
+                Some(Self(bytes.split((|&b| b == b' ') as fn(&u8) -> bool)))
+            }
+            _ => None,
+        }
+    }
+
+    /// The next field as an unsigned decimal integer (no sign, no blanks, no exponent).
+    pub(crate) fn next_u64(&mut self) -> Option<u64> {
+        let s = self.0.next()?;
+        if s.is_empty() || s.len() > 20 {
+            return None;
+        }
+        s.iter().try_fold(0u64, |n, &b| {
+            let d = b.wrapping_sub(b'0');
+            if d > 9 {
+                return None;
+            }
+            n.checked_mul(10)?.checked_add(u64::from(d))
+        })
+    }
+
+    /// Whether every field was read.
+    pub(crate) fn is_done(mut self) -> bool {
+        self.0.next().is_none()
+    }
+}
+
+/// One request of a batch script: what it adds to the command and reads from the reply.
+pub(crate) trait BatchJob: Send + Sync + 'static {
+    /// The request's answer.
+    type Output: Send + 'static;
+    /// Keys and arguments it adds, and roughly how many bytes (to size the command).
+    fn size(&self) -> (usize, usize, usize);
+    /// Appends its keys.
+    fn push_keys(&self, cmd: &mut redis::Cmd);
+    /// Appends its arguments.
+    fn push_args(&self, cmd: &mut redis::Cmd);
+    /// Reads its answer from the batch's reply; `None` when the reply is malformed.
+    fn parse(&self, fields: &mut ReplyFields<'_>) -> Option<Self::Output>;
+}
+
+type Answer<J> = oneshot::Sender<Result<<J as BatchJob>::Output, StoreError>>;
+
+struct Queue<J: BatchJob> {
+    waiting: Vec<(J, Answer<J>)>,
+    in_flight: usize,
+    /// Emptied batch vectors, reused so that queueing does not reallocate.
+    spare: Vec<Vec<(J, Answer<J>)>>,
+}
+
+impl<J: BatchJob> Queue<J> {
+    fn take(&mut self, max: usize) -> Vec<(J, Answer<J>)> {
+        let mut next = self.spare.pop().unwrap_or_default();
+        if self.waiting.len() <= max {
+            std::mem::swap(&mut self.waiting, &mut next);
+        } else {
+            next.extend(self.waiting.drain(..max));
+        }
+        next
+    }
+}
+
+/// How many batch scripts may be in flight at once: while one is on the server, the next
+/// is already on the connection behind it.
+const MAX_IN_FLIGHT: usize = 2;
+
+/// Sends the requests queued while a script is in flight as one script (one `EVALSHA` of
+/// all their keys, then all their arguments), up to `max` per script and [`MAX_IN_FLIGHT`]
+/// scripts at once, on spawned tasks. The script's reply is the requests' flat replies
+/// joined by spaces, in order. Every request is answered: a script's call is bounded by the
+/// per-call timeout, so a request waits at most two of them (the script ahead of it, then
+/// its own); a runner dropped with its runtime drops its senders, which answers
+/// [`StoreError::Unavailable`].
+pub(crate) struct Batcher<J: BatchJob> {
+    conn: RedisConn,
+    script: Script,
+    max: usize,
+    what: &'static str,
+    queue: Mutex<Queue<J>>,
+}
+
+impl<J: BatchJob> fmt::Debug for Batcher<J> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Batcher")
+            .field("script", &self.what)
+            .field("max", &self.max)
+            .finish()
+    }
+}
+
+/// Frees a runner's slot if the runner panics, so that later requests start a new one.
+struct RunnerSlot<'a, J: BatchJob>(Option<&'a Batcher<J>>);
+
+impl<J: BatchJob> Drop for RunnerSlot<'_, J> {
+    fn drop(&mut self) {
+        if let Some(b) = self.0 {
+            b.lock().in_flight -= 1;
+        }
+    }
+}
+
+impl<J: BatchJob> Batcher<J> {
+    /// A batcher of up to `max` requests per script `code`; `what` names the script in
+    /// errors.
+    pub(crate) fn new(conn: RedisConn, code: &str, max: usize, what: &'static str) -> Self {
+        Self {
+            conn,
+            script: Script::new(code),
+            max: max.max(1),
+            what,
+            queue: Mutex::new(Queue {
+                waiting: Vec::new(),
+                in_flight: 0,
+                spare: Vec::new(),
+            }),
+        }
+    }
+
+    /// The largest batch.
+    pub(crate) fn max(&self) -> usize {
+        self.max
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue<J>> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues `job` and waits for its answer.
+    pub(crate) async fn submit(self: &Arc<Self>, job: J) -> Result<J::Output, StoreError> {
+        let (answer, rx) = oneshot::channel();
+        let start = {
+            let mut q = self.lock();
+            q.waiting.push((job, answer));
+            if q.in_flight < MAX_IN_FLIGHT {
+                q.in_flight += 1;
+                Some(q.take(self.max))
+            } else {
+                None
+            }
+        };
+        if let Some(batch) = start {
+            tokio::spawn(self.clone().run(batch));
+        }
+        rx.await.unwrap_or_else(|_| {
+            Err(StoreError::Unavailable(format!(
+                "{} batch ended without an answer",
+                self.what
+            )))
+        })
+    }
+
+    /// Runs batches until the queue is empty.
+    async fn run(self: Arc<Self>, mut batch: Vec<(J, Answer<J>)>) {
+        let mut slot = RunnerSlot(Some(&*self));
+        let mut answers = Vec::new();
+        loop {
+            match self.eval(&batch, &mut answers).await {
+                Ok(()) => {
+                    for ((_, tx), a) in batch.drain(..).zip(answers.drain(..)) {
+                        let _ = tx.send(Ok(a));
+                    }
+                }
+                Err(e) => {
+                    answers.clear();
+                    for (_, tx) in batch.drain(..) {
+                        let _ = tx.send(Err(e.clone()));
+                    }
+                }
+            }
+            let mut q = self.lock();
+            let next = if q.waiting.is_empty() {
+                // in the same critical section as the check: a request queued after it
+                // sees the free slot and starts a runner
+                q.in_flight -= 1;
+                slot.0 = None;
+                None
+            } else {
+                Some(q.take(self.max))
+            };
+            if q.spare.len() < MAX_IN_FLIGHT {
+                q.spare.push(batch);
+            }
+            match next {
+                Some(next) => batch = next,
+                None => return,
+            }
+        }
+    }
+
+    async fn eval(
+        &self,
+        batch: &[(J, Answer<J>)],
+        out: &mut Vec<J::Output>,
+    ) -> Result<(), StoreError> {
+        let (mut keys, mut args, mut bytes) = (0, 0, 0);
+        for (j, _) in batch {
+            let (k, a, b) = j.size();
+            keys += k;
+            args += a;
+            bytes += b;
+        }
+        let mut cmd = evalsha_cmd(&self.script, keys, keys + args, bytes);
+        for (j, _) in batch {
+            j.push_keys(&mut cmd);
+        }
+        for (j, _) in batch {
+            j.push_args(&mut cmd);
+        }
+        let reply: redis::Value = self.conn.eval_cmd(&self.script, &cmd).await?;
+        let bad = || StoreError::Protocol(format!("unexpected {} batch reply", self.what));
+        let mut fields = ReplyFields::of(&reply).ok_or_else(bad)?;
+        for (j, _) in batch {
+            out.push(j.parse(&mut fields).ok_or_else(bad)?);
+        }
+        if !fields.is_done() {
+            out.clear();
+            return Err(bad());
+        }
+        Ok(())
     }
 }
 

@@ -7,6 +7,7 @@
 //! redis_url = "redis://:secret@10.0.0.5:6379/0"   # optional: decide in Redis (fleet-wide)
 //! failure_mode = "local_fallback"  # reject | allow | local_fallback (when Redis fails)
 //! redis_timeout_ms = 50
+//! # redis_batch = 64              # optional: one script per batch (single Redis, not Cluster)
 //!
 //! [[throttle.pre_auth]]            # before auth, keyed by client IP
 //! name = "per-ip"
@@ -80,6 +81,10 @@ pub struct ThrottleConfig {
     pub redis_timeout_ms: Option<u64>,
     /// Redis key prefix (default `tower-shield`).
     pub redis_key_prefix: Option<String>,
+    /// Send the Redis decisions queued while a script is in flight as one script, up to this
+    /// many (1 ..= 1024; default: one script per decision). For a single Redis only, not
+    /// Redis Cluster (see `RedisRateStore::batched`).
+    pub redis_batch: Option<usize>,
 }
 
 /// One policy in the config.
@@ -209,7 +214,17 @@ impl ThrottleConfig {
                 }
                 other => other,
             })?;
-            b = b.redis(super::redis::RedisRateStore::new(conn), self.failure_mode);
+            let store = match self.redis_batch {
+                Some(n) => super::redis::RedisRateStore::batched(conn, n)?,
+                None => super::redis::RedisRateStore::new(conn),
+            };
+            b = b.redis(store, self.failure_mode);
+        }
+        if self.redis_url.is_none() && self.redis_batch.is_some() {
+            return Err(ConfigError::invalid(
+                "throttle.redis_batch",
+                "needs a redis_url",
+            ));
         }
         #[cfg(not(feature = "redis"))]
         if self.redis_url.is_some() {
@@ -266,6 +281,36 @@ mod tests {
         let c = parse(&toml);
         let (pre, post) = c.into_layers().unwrap();
         assert!(pre.is_some() && post.is_some());
+    }
+
+    #[test]
+    fn redis_batch_is_checked() {
+        let c = parse(
+            "[throttle]\nredis_batch = 8\n[[throttle.pre_auth]]\nname='a'\nrate='1 per second'\n",
+        );
+        let e = c.into_layers().unwrap_err().to_string();
+        assert_eq!(e, "throttle.redis_batch: needs a redis_url");
+        #[cfg(feature = "redis")]
+        {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let _g = rt.enter();
+            let with = |n: &str| {
+                parse(&format!(
+                    "[throttle]\nredis_url = 'redis://127.0.0.1:1'\nredis_batch = {n}\n[[throttle.pre_auth]]\nname='a'\nrate='1 per second'\n"
+                ))
+                .into_layers()
+            };
+            let e = with("0").unwrap_err().to_string();
+            assert!(
+                e.starts_with("throttle.redis_batch: must be between 1 and 1024"),
+                "{e}"
+            );
+            assert!(with("1025").is_err());
+            assert!(with("64").unwrap().0.is_some());
+        }
     }
 
     #[test]
