@@ -545,7 +545,9 @@ impl<St: CounterStore + Clone> QuotaLayerBuilder<St> {
         self
     }
 
-    /// Whether admitted responses carry `RateLimit-Policy`/`RateLimit` (default true).
+    /// Whether admitted responses carry `RateLimit-Policy`/`RateLimit` too (default false:
+    /// denials always carry them). The draft lets servers omit them on success; on a
+    /// response without other header fields they cost the header map's allocations.
     pub fn headers_on_success(mut self, on: bool) -> Self {
         self.headers_on_success = on;
         self
@@ -687,7 +689,7 @@ impl QuotaLayer<QuotaStore> {
             policy: CountPolicy::default(),
             failure_mode: FailureMode::Reject,
             shadow: false,
-            headers_on_success: true,
+            headers_on_success: false,
             prefix: "quota:".into(),
             clock: None,
             renderer: Renderer::default(),
