@@ -1352,10 +1352,40 @@ type BoxFut<R, E> = Pin<Box<dyn Future<Output = Result<R, E>> + Send + 'static>>
 
 /// How an admitted request's units are given back.
 enum Refund {
-    /// Counters of the built-in in-process table: one shard, `(key hash, id)` per quota.
-    Local { shard: u32, ids: List<(u64, u64)> },
+    /// Counters of the built-in in-process table: one shard, `(key hash, id)` of each of
+    /// the first `n` (one or two) quotas.
+    Local {
+        shard: u32,
+        n: u32,
+        ids: [(u64, u64); 2],
+    },
+    /// The same for more than two quotas.
+    LocalMany { shard: u32, ids: Box<[(u64, u64)]> },
     /// Another immediate store: the keys are rebuilt from the caller and the time.
     Keys(Box<(Limits, KeySource, SystemTime)>),
+}
+
+impl Refund {
+    #[inline]
+    fn local(shard: usize, charges: &[Charge]) -> Self {
+        let shard = shard as u32;
+        match charges {
+            [a] => Self::Local {
+                shard,
+                n: 1,
+                ids: [(a.hash, a.id), (0, 0)],
+            },
+            [a, b] => Self::Local {
+                shard,
+                n: 2,
+                ids: [(a.hash, a.id), (b.hash, b.id)],
+            },
+            _ => Self::LocalMany {
+                shard,
+                ids: charges.iter().map(|c| (c.hash, c.id)).collect(),
+            },
+        }
+    }
 }
 
 /// What is left to do when the inner service answers an admitted request (in-process
@@ -1390,7 +1420,13 @@ impl<St: CounterStore> After<St> {
     fn refund(&self) {
         let shared = &*self.shared;
         match &self.refund {
-            Refund::Local { shard, ids } => {
+            Refund::Local { shard, n, ids } => {
+                if let Some(t) = local_table(&shared.store) {
+                    let ids = &ids[..(*n as usize).min(ids.len())];
+                    t.refund_ids(*shard as usize, ids.iter().copied(), self.cost);
+                }
+            }
+            Refund::LocalMany { shard, ids } => {
                 if let Some(t) = local_table(&shared.store) {
                     t.refund_ids(*shard as usize, ids.iter().copied(), self.cost);
                 }
@@ -1493,21 +1529,8 @@ enum KeyRef<'a> {
 }
 
 impl<'a> KeyRef<'a> {
-    /// The caller of a request: its principal, or the fallback. `None` when the caller
-    /// cannot be identified.
-    /// `ip` is the client address when the fallback needs it ([`fallback_ip`]).
-    #[inline]
-    fn of<B>(
-        req: &'a Request<B>,
-        shared: &Shared<impl Sized>,
-        ip: Option<std::net::IpAddr>,
-    ) -> Option<Self> {
-        if let Some(p) = req.extensions().get::<Principal>() {
-            return Some(Self::Principal(p));
-        }
-        Self::fallback(req, shared, ip)
-    }
-
+    /// The fallback caller of a request without a principal (`ip`: its client address,
+    /// when callers are keyed by address). `None` when the caller cannot be identified.
     fn fallback<B>(
         req: &'a Request<B>,
         shared: &Shared<impl Sized>,
@@ -1587,18 +1610,6 @@ fn cost_of(shared: &Shared<impl Sized>, method: &Method, path: &str, query: Opti
     }
 }
 
-/// The client address (IPv6 by /64) when the request has no principal and callers are
-/// keyed by address (resolving it may record it in the request's extensions).
-#[inline]
-fn fallback_ip<B>(req: &mut Request<B>, shared: &Shared<impl Sized>) -> Option<std::net::IpAddr> {
-    if !matches!(shared.key_fallback, KeyFallback::ClientIp)
-        || req.extensions().get::<Principal>().is_some()
-    {
-        return None;
-    }
-    client_ip_of(req, &shared.resolver).map(|ip| ip.prefix_key(64))
-}
-
 /// The Redis store behind a store type, if it is one.
 #[cfg(feature = "redis")]
 #[inline]
@@ -1629,7 +1640,6 @@ const BLANK: Charge = Charge {
     at: (0, 0),
     hash: 0,
     limit: 0,
-    end: UNIX_EPOCH,
     end_ns: 0,
     used: 0,
     exceeded: false,
@@ -1640,7 +1650,6 @@ const BLANK: Charge = Charge {
 /// into one buffer, hashed once each, and charged all or nothing under one shard lock.
 /// `None` when a quota cannot take this path (a rolling window, an uncacheable label).
 #[inline]
-#[allow(clippy::too_many_arguments)]
 fn decide_local<St>(
     shared: &Shared<St>,
     table: &Table,
@@ -1648,7 +1657,6 @@ fn decide_local<St>(
     limits: &[Quota],
     charges: &mut [Charge],
     cost: u64,
-    now: SystemTime,
     now_ns: u64,
 ) -> Option<Result<(bool, usize), StoreError>> {
     let mut keys = Buf::<160>::default();
@@ -1677,12 +1685,11 @@ fn decide_local<St>(
         c.at = (start as u32, end as u32);
         c.hash = table.hash_key(&keys.as_slice()[start..end]);
         c.limit = q.limit;
-        c.end = span.end();
         c.end_ns = span.end_nanos();
     }
     Some(
         table
-            .charge(shard, keys.as_slice(), charges, cost, now)
+            .charge(shard, keys.as_slice(), charges, cost, now_ns)
             .map(|counted| (counted, shard)),
     )
 }
@@ -1713,7 +1720,7 @@ fn local_outcomes(charges: &[Charge]) -> List<Outcome> {
             used: c.used,
             exceeded: c.exceeded,
             counted: false,
-            reset_at: c.end,
+            reset_at: UNIX_EPOCH + Duration::from_nanos(c.end_ns),
         });
     }
     out
@@ -1736,112 +1743,168 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
+    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        let layer = &self.layer;
-        let shared = &*layer.shared;
-
-        let ip = fallback_ip(&mut req, shared);
-        let Some(caller) = KeyRef::of(&req, shared, ip) else {
-            let d = Denial::new(StatusCode::FORBIDDEN, "quota", "quota_key_missing")
-                .with_detail("The caller could not be identified for quota accounting.");
-            return deny_or_shadow(layer, d, req, inner);
-        };
-        let principal = caller.principal();
-        let plan = principal.and_then(|p| p.plan());
-        // the plan table's entries carry their `RateLimit-Policy` value; a provider's
-        // limits get theirs built per request
-        let owned;
-        let (limits, policy): (&Limits, Option<&HeaderValue>) = match &shared.plans {
-            Some(table) => match table.entry(plan) {
-                Some(e) => (&e.limits, e.policy.as_ref()),
-                None => return unknown_plan(layer, req, inner),
-            },
-            None => {
-                let mut key = CallerKey::default();
-                caller.write(&mut key);
-                owned = layer.limits_for(&Caller {
-                    principal,
-                    plan,
-                    key: key.as_str(),
-                });
-                match &owned {
-                    Some(l) => (l, None),
-                    None => return unknown_plan(layer, req, inner),
-                }
-            }
-        };
-        let cost = cost_of(shared, req.method(), req.uri().path(), req.uri().query());
-        if cost == 0 || limits.is_empty() {
-            return ResponseFuture::Inner {
-                fut: inner_call(inner, req),
-                after: None,
-            };
-        }
-        let now = shared.clock.wall();
-
-        // The built-in in-process stores: decide here under one lock, without boxing.
-        let mut failed = false;
-        let mut inline = [BLANK; 2];
-        let mut heap = Vec::new();
-        let charges: &mut [Charge] = if limits.len() <= inline.len() {
-            &mut inline[..limits.len()]
-        } else {
-            heap.resize(limits.len(), BLANK);
-            &mut heap
-        };
-        if let Some(table) = local_table(&shared.store)
-            && let Some(now_ns) = nanos(now)
-            && let Some(decided) =
-                decide_local(shared, table, caller, limits, charges, cost, now, now_ns)
-        {
-            let (counted, shard) = match decided {
-                Ok(d) => d,
-                Err(e) => {
-                    tracing::warn!(error = %e, "quota store failed");
-                    failed = true;
-                    let source = caller.to_owned();
-                    return call_slow(layer, inner, req, source, limits.clone(), cost, now, failed);
-                }
-            };
-            let charges = &*charges;
-            if !counted {
-                let outcomes = local_outcomes(charges);
-                let d = QuotaLayer::<St>::denial_of(limits, &outcomes, now);
-                return deny_counted(layer, d, req, inner);
-            }
-            let fields = shared.headers_on_success.then(|| {
-                let policy = match policy {
-                    Some(p) => Some(p.clone()),
-                    None => policy_value(limits),
-                };
-                (policy, local_ratelimit(limits, charges, now_ns))
-            });
-            let after = (fields.is_some() || shared.policy != CountPolicy::EveryCall).then(|| {
-                let mut ids = List::default();
-                for c in charges {
-                    ids.push((c.hash, c.id));
-                }
-                After {
-                    shared: layer.shared.clone(),
-                    refund: Refund::Local {
-                        shard: shard as u32,
-                        ids,
-                    },
-                    cost,
-                    fields,
-                }
-            });
-            return ResponseFuture::Inner {
-                fut: inner_call(inner, req),
-                after,
-            };
-        }
-        let limits = limits.clone();
-        let source = caller.to_owned();
-        call_slow(layer, inner, req, source, limits, cost, now, failed)
+        admit::<false, S, St, ReqB, ResB>(&self.layer, inner, req, None)
     }
+}
+
+/// A request without a principal: keyed by the fallback (resolving the client address may
+/// record it in the request's extensions).
+#[inline(never)]
+fn anonymous<S, St, ReqB, ResB>(
+    layer: &QuotaLayer<St>,
+    inner: S,
+    mut req: Request<ReqB>,
+) -> ResponseFuture<S::Future, St, ResB, S::Error>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    St: CounterStore + Clone,
+    ReqB: Send + 'static,
+    ResB: BodyFromBytes + Send + 'static,
+{
+    let shared = &*layer.shared;
+    let ip = match shared.key_fallback {
+        KeyFallback::ClientIp => {
+            client_ip_of(&mut req, &shared.resolver).map(|ip| ip.prefix_key(64))
+        }
+        _ => None,
+    };
+    admit::<true, S, St, ReqB, ResB>(layer, inner, req, ip)
+}
+
+/// Decides a request and passes it on or refuses it. `ANON`: the request has no principal
+/// ([`anonymous`] resolved its fallback `ip`); otherwise the principal is looked up here,
+/// once.
+#[inline(always)]
+fn admit<const ANON: bool, S, St, ReqB, ResB>(
+    layer: &QuotaLayer<St>,
+    inner: S,
+    req: Request<ReqB>,
+    ip: Option<std::net::IpAddr>,
+) -> ResponseFuture<S::Future, St, ResB, S::Error>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    St: CounterStore + Clone,
+    ReqB: Send + 'static,
+    ResB: BodyFromBytes + Send + 'static,
+{
+    let shared = &*layer.shared;
+    let caller = if ANON {
+        match KeyRef::fallback(&req, shared, ip) {
+            Some(c) => c,
+            None => return key_missing(layer, req, inner),
+        }
+    } else {
+        match req.extensions().get::<Principal>() {
+            Some(p) => KeyRef::Principal(p),
+            None => return anonymous(layer, inner, req),
+        }
+    };
+    let principal = caller.principal();
+    let plan = principal.and_then(|p| p.plan());
+    // the plan table's entries carry their `RateLimit-Policy` value; a provider's
+    // limits get theirs built per request
+    let owned;
+    let (limits, policy): (&Limits, Option<&HeaderValue>) = match &shared.plans {
+        Some(table) => match table.entry(plan) {
+            Some(e) => (&e.limits, e.policy.as_ref()),
+            None => return unknown_plan(layer, req, inner),
+        },
+        None => {
+            let mut key = CallerKey::default();
+            caller.write(&mut key);
+            owned = layer.limits_for(&Caller {
+                principal,
+                plan,
+                key: key.as_str(),
+            });
+            match &owned {
+                Some(l) => (l, None),
+                None => return unknown_plan(layer, req, inner),
+            }
+        }
+    };
+    let cost = cost_of(shared, req.method(), req.uri().path(), req.uri().query());
+    if cost == 0 || limits.is_empty() {
+        return ResponseFuture::Inner {
+            fut: inner_call(inner, req),
+            after: None,
+        };
+    }
+    let now = shared.clock.wall();
+
+    // The built-in in-process stores: decide here under one lock, without boxing.
+    let mut failed = false;
+    let mut inline = [BLANK; 2];
+    let mut heap = Vec::new();
+    let charges: &mut [Charge] = if limits.len() <= inline.len() {
+        &mut inline[..limits.len()]
+    } else {
+        heap.resize(limits.len(), BLANK);
+        &mut heap
+    };
+    if let Some(table) = local_table(&shared.store)
+        && let Some(now_ns) = nanos(now)
+        && let Some(decided) = decide_local(shared, table, caller, limits, charges, cost, now_ns)
+    {
+        let (counted, shard) = match decided {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(error = %e, "quota store failed");
+                failed = true;
+                let source = caller.to_owned();
+                return call_slow(layer, inner, req, source, limits.clone(), cost, now, failed);
+            }
+        };
+        let charges = &*charges;
+        if !counted {
+            let outcomes = local_outcomes(charges);
+            let d = QuotaLayer::<St>::denial_of(limits, &outcomes, now);
+            return deny_counted(layer, d, req, inner);
+        }
+        let fields = shared.headers_on_success.then(|| {
+            let policy = match policy {
+                Some(p) => Some(p.clone()),
+                None => policy_value(limits),
+            };
+            (policy, local_ratelimit(limits, charges, now_ns))
+        });
+        let after = (fields.is_some() || shared.policy != CountPolicy::EveryCall).then(|| After {
+            shared: layer.shared.clone(),
+            refund: Refund::local(shard, charges),
+            cost,
+            fields,
+        });
+        return ResponseFuture::Inner {
+            fut: inner_call(inner, req),
+            after,
+        };
+    }
+    let limits = limits.clone();
+    let source = caller.to_owned();
+    call_slow(layer, inner, req, source, limits, cost, now, failed)
+}
+
+#[cold]
+#[inline(never)]
+fn key_missing<S, St, ReqB, ResB>(
+    layer: &QuotaLayer<St>,
+    req: Request<ReqB>,
+    inner: S,
+) -> ResponseFuture<S::Future, St, ResB, S::Error>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>>,
+    ResB: BodyFromBytes,
+{
+    let d = Denial::new(StatusCode::FORBIDDEN, "quota", "quota_key_missing")
+        .with_detail("The caller could not be identified for quota accounting.");
+    deny_or_shadow(layer, d, req, inner)
 }
 
 /// Any store but the built-in in-process table (or a rolling window): an immediate
