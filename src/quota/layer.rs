@@ -1389,14 +1389,16 @@ impl Refund {
 }
 
 /// What is left to do when the inner service answers an admitted request (in-process
-/// stores only; their calls complete at once): refunds and the `RateLimit` fields.
+/// stores only; their calls complete at once): the refund, unless every call counts.
 struct After<St> {
     shared: Arc<Shared<St>>,
     refund: Refund,
     cost: u64,
-    /// `RateLimit-Policy` and `RateLimit`, when admitted responses carry the fields.
-    fields: Option<(Option<HeaderValue>, Option<HeaderValue>)>,
 }
+
+/// `RateLimit-Policy` and `RateLimit` of an admitted response (with
+/// [`QuotaLayerBuilder::headers_on_success`]).
+type Fields = (Option<HeaderValue>, Option<HeaderValue>);
 
 impl<St: CounterStore> After<St> {
     #[inline]
@@ -1407,11 +1409,6 @@ impl<St: CounterStore> After<St> {
             .refunds(result.as_ref().ok().map(|r| r.status()))
         {
             self.refund();
-        }
-        if let Ok(res) = result
-            && let Some((policy, ratelimit)) = &mut self.fields
-        {
-            append_fields(res.headers_mut(), policy.take(), ratelimit.take());
         }
     }
 
@@ -1461,6 +1458,13 @@ pin_project! {
             fut: F,
             after: Option<After<St>>,
         },
+        /// Passed on; the response gets the `RateLimit` fields.
+        WithFields {
+            #[pin]
+            fut: F,
+            after: Option<After<St>>,
+            fields: Fields,
+        },
         /// Refused (boxed: keeps the future small for the common, admitted case).
         Denied { res: Option<Box<Response<B>>> },
         /// Deciding with a remote store (or handling a store failure).
@@ -1484,6 +1488,17 @@ where
                 if let Some(a) = after {
                     a.finish(&mut out);
                     *after = None;
+                }
+                Poll::Ready(out)
+            }
+            RfProj::WithFields { fut, after, fields } => {
+                let mut out = std::task::ready!(fut.poll(cx));
+                if let Some(a) = after {
+                    a.finish(&mut out);
+                    *after = None;
+                }
+                if let Ok(res) = &mut out {
+                    append_fields(res.headers_mut(), fields.0.take(), fields.1.take());
                 }
                 Poll::Ready(out)
             }
@@ -1726,6 +1741,104 @@ fn local_outcomes(charges: &[Charge]) -> List<Outcome> {
     out
 }
 
+/// Decides the request of `$caller` (borrowed from `$req`) and passes it on or refuses it:
+/// the body of [`QuotaService::call`] and [`anonymous`], expanded in both.
+macro_rules! admit {
+    ($layer:ident, $inner:ident, $req:ident, $caller:ident) => {{
+        let shared = &*$layer.shared;
+    let principal = $caller.principal();
+    let plan = principal.and_then(|p| p.plan());
+    // the plan table's entries carry their `RateLimit-Policy` value; a provider's
+    // limits get theirs built per request
+    let owned;
+    let (limits, policy): (&Limits, Option<&HeaderValue>) = match &shared.plans {
+        Some(table) => match table.entry(plan) {
+            Some(e) => (&e.limits, e.policy.as_ref()),
+            None => return unknown_plan($layer, $req, $inner),
+        },
+        None => {
+            let mut key = CallerKey::default();
+            $caller.write(&mut key);
+            owned = $layer.limits_for(&Caller {
+                principal,
+                plan,
+                key: key.as_str(),
+            });
+            match &owned {
+                Some(l) => (l, None),
+                None => return unknown_plan($layer, $req, $inner),
+            }
+        }
+    };
+    let cost = cost_of(shared, $req.method(), $req.uri().path(), $req.uri().query());
+    if cost == 0 || limits.is_empty() {
+        return ResponseFuture::Inner {
+            fut: inner_call($inner, $req),
+            after: None,
+        };
+    }
+    let now = shared.clock.wall();
+
+    // The built-in in-process stores: decide here under one lock, without boxing.
+    let mut failed = false;
+    let mut inline = [BLANK; 2];
+    let mut heap = Vec::new();
+    let charges: &mut [Charge] = if limits.len() <= inline.len() {
+        &mut inline[..limits.len()]
+    } else {
+        heap.resize(limits.len(), BLANK);
+        &mut heap
+    };
+    if let Some(table) = local_table(&shared.store)
+        && let Some(now_ns) = nanos(now)
+        && let Some(decided) = decide_local(shared, table, $caller, limits, charges, cost, now_ns)
+    {
+        let (counted, shard) = match decided {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(error = %e, "quota store failed");
+                failed = true;
+                let source = $caller.to_owned();
+                return call_slow($layer, $inner, $req, source, limits.clone(), cost, now, failed);
+            }
+        };
+        let charges = &*charges;
+        if !counted {
+            let outcomes = local_outcomes(charges);
+            let d = QuotaLayer::<St>::denial_of(limits, &outcomes, now);
+            return deny_counted($layer, d, $req, $inner);
+        }
+        let fields = shared.headers_on_success.then(|| {
+            let policy = match policy {
+                Some(p) => Some(p.clone()),
+                None => policy_value(limits),
+            };
+            (policy, local_ratelimit(limits, charges, now_ns))
+        });
+        let after = (shared.policy != CountPolicy::EveryCall).then(|| After {
+            shared: $layer.shared.clone(),
+            refund: Refund::local(shard, charges),
+            cost,
+        });
+        // admitted responses without fields (the default) keep the future's state small
+        return match fields {
+            None => ResponseFuture::Inner {
+                fut: inner_call($inner, $req),
+                after,
+            },
+            Some(fields) => ResponseFuture::WithFields {
+                fut: inner_call($inner, $req),
+                after,
+                fields,
+            },
+        };
+    }
+    let limits = limits.clone();
+    let source = $caller.to_owned();
+    call_slow($layer, $inner, $req, source, limits, cost, now, failed)
+    }};
+}
+
 impl<S, St, ReqB, ResB> Service<Request<ReqB>> for QuotaService<S, St>
 where
     S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
@@ -1746,7 +1859,15 @@ where
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        admit::<false, S, St, ReqB, ResB>(&self.layer, inner, req, None)
+        let layer = &self.layer;
+        // the principal is looked up once; a request without one takes the fallback
+        let caller = match req.extensions().get::<Principal>() {
+            Some(p) => KeyRef::Principal(p),
+            None => return anonymous(layer, inner, req),
+        };
+        // the decision is expanded here, not called: the request and the inner future are
+        // then moved fewer times
+        admit!(layer, inner, req, caller)
     }
 }
 
@@ -1773,122 +1894,10 @@ where
         }
         _ => None,
     };
-    admit::<true, S, St, ReqB, ResB>(layer, inner, req, ip)
-}
-
-/// Decides a request and passes it on or refuses it. `ANON`: the request has no principal
-/// ([`anonymous`] resolved its fallback `ip`); otherwise the principal is looked up here,
-/// once.
-#[inline(always)]
-fn admit<const ANON: bool, S, St, ReqB, ResB>(
-    layer: &QuotaLayer<St>,
-    inner: S,
-    req: Request<ReqB>,
-    ip: Option<std::net::IpAddr>,
-) -> ResponseFuture<S::Future, St, ResB, S::Error>
-where
-    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-    St: CounterStore + Clone,
-    ReqB: Send + 'static,
-    ResB: BodyFromBytes + Send + 'static,
-{
-    let shared = &*layer.shared;
-    let caller = if ANON {
-        match KeyRef::fallback(&req, shared, ip) {
-            Some(c) => c,
-            None => return key_missing(layer, req, inner),
-        }
-    } else {
-        match req.extensions().get::<Principal>() {
-            Some(p) => KeyRef::Principal(p),
-            None => return anonymous(layer, inner, req),
-        }
+    let Some(caller) = KeyRef::fallback(&req, shared, ip) else {
+        return key_missing(layer, req, inner);
     };
-    let principal = caller.principal();
-    let plan = principal.and_then(|p| p.plan());
-    // the plan table's entries carry their `RateLimit-Policy` value; a provider's
-    // limits get theirs built per request
-    let owned;
-    let (limits, policy): (&Limits, Option<&HeaderValue>) = match &shared.plans {
-        Some(table) => match table.entry(plan) {
-            Some(e) => (&e.limits, e.policy.as_ref()),
-            None => return unknown_plan(layer, req, inner),
-        },
-        None => {
-            let mut key = CallerKey::default();
-            caller.write(&mut key);
-            owned = layer.limits_for(&Caller {
-                principal,
-                plan,
-                key: key.as_str(),
-            });
-            match &owned {
-                Some(l) => (l, None),
-                None => return unknown_plan(layer, req, inner),
-            }
-        }
-    };
-    let cost = cost_of(shared, req.method(), req.uri().path(), req.uri().query());
-    if cost == 0 || limits.is_empty() {
-        return ResponseFuture::Inner {
-            fut: inner_call(inner, req),
-            after: None,
-        };
-    }
-    let now = shared.clock.wall();
-
-    // The built-in in-process stores: decide here under one lock, without boxing.
-    let mut failed = false;
-    let mut inline = [BLANK; 2];
-    let mut heap = Vec::new();
-    let charges: &mut [Charge] = if limits.len() <= inline.len() {
-        &mut inline[..limits.len()]
-    } else {
-        heap.resize(limits.len(), BLANK);
-        &mut heap
-    };
-    if let Some(table) = local_table(&shared.store)
-        && let Some(now_ns) = nanos(now)
-        && let Some(decided) = decide_local(shared, table, caller, limits, charges, cost, now_ns)
-    {
-        let (counted, shard) = match decided {
-            Ok(d) => d,
-            Err(e) => {
-                tracing::warn!(error = %e, "quota store failed");
-                failed = true;
-                let source = caller.to_owned();
-                return call_slow(layer, inner, req, source, limits.clone(), cost, now, failed);
-            }
-        };
-        let charges = &*charges;
-        if !counted {
-            let outcomes = local_outcomes(charges);
-            let d = QuotaLayer::<St>::denial_of(limits, &outcomes, now);
-            return deny_counted(layer, d, req, inner);
-        }
-        let fields = shared.headers_on_success.then(|| {
-            let policy = match policy {
-                Some(p) => Some(p.clone()),
-                None => policy_value(limits),
-            };
-            (policy, local_ratelimit(limits, charges, now_ns))
-        });
-        let after = (fields.is_some() || shared.policy != CountPolicy::EveryCall).then(|| After {
-            shared: layer.shared.clone(),
-            refund: Refund::local(shard, charges),
-            cost,
-            fields,
-        });
-        return ResponseFuture::Inner {
-            fut: inner_call(inner, req),
-            after,
-        };
-    }
-    let limits = limits.clone();
-    let source = caller.to_owned();
-    call_slow(layer, inner, req, source, limits, cost, now, failed)
+    admit!(layer, inner, req, caller)
 }
 
 #[cold]
@@ -1954,15 +1963,21 @@ where
                 ratelimit_value(&limits, &outcomes, now),
             )
         });
-        let after = (fields.is_some() || shared.policy != CountPolicy::EveryCall).then(|| After {
+        let after = (shared.policy != CountPolicy::EveryCall).then(|| After {
             shared: layer.shared.clone(),
             refund: Refund::Keys(Box::new((limits, source, now))),
             cost,
-            fields,
         });
-        return ResponseFuture::Inner {
-            fut: inner.call(req),
-            after,
+        return match fields {
+            None => ResponseFuture::Inner {
+                fut: inner.call(req),
+                after,
+            },
+            Some(fields) => ResponseFuture::WithFields {
+                fut: inner.call(req),
+                after,
+                fields,
+            },
         };
     }
 
