@@ -1479,35 +1479,53 @@ where
 {
     type Output = Result<Response<B>, E>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // the common variant stays small enough to be inlined into the caller's poll; the
+        // others are out of line
         match self.project() {
             RfProj::Inner { fut, after } => {
                 let mut out = std::task::ready!(fut.poll(cx));
-                // finished in place: the response is not moved through the refund and the
-                // fields
+                // finished in place: the response is not moved through the refund
                 if let Some(a) = after {
                     a.finish(&mut out);
                     *after = None;
                 }
                 Poll::Ready(out)
             }
-            RfProj::WithFields { fut, after, fields } => {
-                let mut out = std::task::ready!(fut.poll(cx));
-                if let Some(a) = after {
-                    a.finish(&mut out);
-                    *after = None;
-                }
-                if let Ok(res) = &mut out {
-                    append_fields(res.headers_mut(), fields.0.take(), fields.1.take());
-                }
-                Poll::Ready(out)
-            }
-            RfProj::Denied { res } => Poll::Ready(Ok(*res
-                .take()
-                .expect("ResponseFuture polled after completion"))),
+            RfProj::WithFields { fut, after, fields } => poll_with_fields(fut, after, fields, cx),
+            RfProj::Denied { res } => Poll::Ready(Ok(take_denied(res))),
             RfProj::Waiting { fut } => fut.as_mut().poll(cx),
         }
     }
+}
+
+#[inline(never)]
+fn poll_with_fields<F, St, B, E>(
+    fut: Pin<&mut F>,
+    after: &mut Option<After<St>>,
+    fields: &mut Fields,
+    cx: &mut Context<'_>,
+) -> Poll<Result<Response<B>, E>>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    St: CounterStore,
+{
+    let mut out = std::task::ready!(fut.poll(cx));
+    if let Some(a) = after {
+        a.finish(&mut out);
+        *after = None;
+    }
+    if let Ok(res) = &mut out {
+        append_fields(res.headers_mut(), fields.0.take(), fields.1.take());
+    }
+    Poll::Ready(out)
+}
+
+#[cold]
+#[inline(never)]
+fn take_denied<B>(res: &mut Option<Box<Response<B>>>) -> Response<B> {
+    *res.take().expect("ResponseFuture polled after completion")
 }
 
 impl<St> fmt::Debug for After<St> {
