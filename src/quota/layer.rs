@@ -14,7 +14,7 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::fast::{Buf, CachedSpan, List, SpanCache, nanos};
+use super::fast::{Buf, CachedSpan, List, Padded, SpanCache, nanos};
 use super::store::{Charge, MemoryCounterStore, QuotaStore, Table};
 use super::window::Window;
 use crate::body::BodyFromBytes;
@@ -55,6 +55,9 @@ struct QuotaCache {
     policy: Option<HeaderValue>,
     /// The start of its `RateLimit` item (`"monthly";r=`).
     r_prefix: Box<[u8]>,
+    /// `:<key name>:`, the part of its store keys between the caller and the window label,
+    /// when it fits a padded block.
+    key_mid: Option<Padded>,
 }
 
 impl PartialEq for Quota {
@@ -89,6 +92,13 @@ impl Quota {
             window,
             cache: Arc::new(QuotaCache {
                 span: SpanCache::default(),
+                key_mid: {
+                    let mut mid = Buf::<0>::default();
+                    mid.push(b':');
+                    mid.extend_from_slice(key_name.as_slice());
+                    mid.push(b':');
+                    Padded::new(mid.as_slice())
+                },
                 key_name: key_name.as_slice().into(),
                 policy,
                 r_prefix: r_prefix.into(),
@@ -397,6 +407,8 @@ struct Shared<St> {
     prefix: String,
     /// `<prefix>{`
     key_head: String,
+    /// `<prefix>{p%3A`: the start of a principal's store keys, when it fits a padded block.
+    principal_head: Option<Padded>,
     /// Where the hash tag starts in a store key (`key_head.len()`), when the prefix has no
     /// braces of its own.
     tag_at: Option<usize>,
@@ -639,6 +651,7 @@ impl<St: CounterStore + Clone> QuotaLayerBuilder<St> {
                 shadow: self.shadow,
                 headers_on_success: self.headers_on_success,
                 key_head: format!("{}{{", self.prefix),
+                principal_head: Padded::new(format!("{}{{p%3A", self.prefix).as_bytes()),
                 tag_at: (!self.prefix.contains(['{', '}'])).then_some(self.prefix.len() + 1),
                 prefix: self.prefix,
                 clock,
@@ -1693,8 +1706,16 @@ fn decide_local<St>(
     now_ns: u64,
 ) -> Option<Result<(bool, usize), StoreError>> {
     let mut keys = Buf::<160>::default();
-    keys.extend_from_slice(shared.key_head.as_bytes());
-    caller.write_escaped(&mut keys);
+    match (caller, &shared.principal_head) {
+        (KeyRef::Principal(p), Some(head)) => {
+            keys.extend_padded(head);
+            push_escaped(&mut keys, p.id().as_bytes());
+        }
+        _ => {
+            keys.extend_from_slice(shared.key_head.as_bytes());
+            caller.write_escaped(&mut keys);
+        }
+    }
     keys.push(b'}');
     let head = keys.len();
     // the hash tag is the escaped caller, unless the prefix has braces of its own
@@ -1713,7 +1734,13 @@ fn decide_local<St>(
             keys.extend_from_within(..head);
             start
         };
-        q.push_suffix(&mut keys, span.label().as_slice());
+        match &q.cache.key_mid {
+            Some(mid) => {
+                keys.extend_padded(mid);
+                keys.extend_padded(&span.label_padded());
+            }
+            None => q.push_suffix(&mut keys, span.label().as_slice()),
+        }
         let end = keys.len();
         c.at = (start as u32, end as u32);
         c.hash = table.hash_key(&keys.as_slice()[start..end]);
