@@ -11,9 +11,9 @@
 //! requests of one case and exits without criterion, e.g.
 //! `QUOTA_PROBE=memory_one_quota QUOTA_PROBE_N=20000 valgrind --tool=callgrind <bench binary>`;
 //! run it with two values of `n` and divide the difference of the totals by the difference
-//! of `n`. Cases: `bare`, `memory_one_quota`, `memory_two_quotas`,
-//! `memory_one_quota_no_headers`, `durable_one_quota`, `durable_two_quotas`, and the same
-//! with `_ct` appended.
+//! of `n`. Cases: `bare`, `memory_one_quota`, `memory_two_quotas`, `durable_one_quota`,
+//! `durable_two_quotas` (admitted responses without `RateLimit` fields, the default), the
+//! same with `_with_fields` (`headers_on_success(true)`), and all of them with `_ct` appended.
 
 use std::convert::Infallible;
 use std::hint::black_box;
@@ -51,7 +51,9 @@ fn inner(ct: bool) -> Inner {
     tower::service_fn(if ct { with_content_type } else { plain })
 }
 
-fn layer(store: QuotaStore) -> QuotaLayer {
+/// The layer of the cases: `fields` turns on `RateLimit` fields on admitted responses (off
+/// by default; denials always carry them).
+fn layer(store: QuotaStore, fields: bool) -> QuotaLayer {
     QuotaLayer::builder()
         .store(store)
         .plan(
@@ -65,18 +67,7 @@ fn layer(store: QuotaStore) -> QuotaLayer {
                 Quota::new("daily", u64::MAX / 2, Window::day()),
             ],
         )
-        .build()
-        .unwrap()
-}
-
-fn quiet_layer() -> QuotaLayer {
-    QuotaLayer::builder()
-        .store(QuotaStore::Memory(MemoryCounterStore::new(system_clock())))
-        .plan(
-            "free",
-            [Quota::new("monthly", u64::MAX / 2, Window::month())],
-        )
-        .headers_on_success(false)
+        .headers_on_success(fields)
         .build()
         .unwrap()
 }
@@ -113,37 +104,37 @@ fn cases(dir: &tempfile::TempDir) -> Vec<(String, Boxed)> {
             format!("bare_service_fn{sfx}"),
             Box::new(move || bare.call(req(&f)).now_or_never().unwrap().unwrap()),
         ));
-        let mem = layer(QuotaStore::Memory(MemoryCounterStore::new(system_clock())));
-        let (mut a, mut b) = (mem.layer(inner(ct)), mem.layer(inner(ct)));
-        let (f, p) = (free.clone(), pro.clone());
-        out.push((
-            format!("memory_one_quota{sfx}"),
-            Box::new(move || a.call(req(&f)).now_or_never().unwrap().unwrap()),
-        ));
-        out.push((
-            format!("memory_two_quotas{sfx}"),
-            Box::new(move || b.call(req(&p)).now_or_never().unwrap().unwrap()),
-        ));
-        let mut q = quiet_layer().layer(inner(ct));
-        let f = free.clone();
-        out.push((
-            format!("memory_one_quota_no_headers{sfx}"),
-            Box::new(move || q.call(req(&f)).now_or_never().unwrap().unwrap()),
-        ));
-        let dur = layer(QuotaStore::Durable(durable(
-            dir,
-            &format!("bench{sfx}.redb"),
-        )));
-        let (mut a, mut b) = (dur.layer(inner(ct)), dur.layer(inner(ct)));
-        let (f, p) = (free.clone(), pro.clone());
-        out.push((
-            format!("durable_one_quota{sfx}"),
-            Box::new(move || a.call(req(&f)).now_or_never().unwrap().unwrap()),
-        ));
-        out.push((
-            format!("durable_two_quotas{sfx}"),
-            Box::new(move || b.call(req(&p)).now_or_never().unwrap().unwrap()),
-        ));
+        for fields in [false, true] {
+            let f_sfx = if fields { "_with_fields" } else { "" };
+            let mem = layer(
+                QuotaStore::Memory(MemoryCounterStore::new(system_clock())),
+                fields,
+            );
+            let (mut a, mut b) = (mem.layer(inner(ct)), mem.layer(inner(ct)));
+            let (f, p) = (free.clone(), pro.clone());
+            out.push((
+                format!("memory_one_quota{f_sfx}{sfx}"),
+                Box::new(move || a.call(req(&f)).now_or_never().unwrap().unwrap()),
+            ));
+            out.push((
+                format!("memory_two_quotas{f_sfx}{sfx}"),
+                Box::new(move || b.call(req(&p)).now_or_never().unwrap().unwrap()),
+            ));
+            let dur = layer(
+                QuotaStore::Durable(durable(dir, &format!("bench{f_sfx}{sfx}.redb"))),
+                fields,
+            );
+            let (mut a, mut b) = (dur.layer(inner(ct)), dur.layer(inner(ct)));
+            let (f, p) = (free.clone(), pro.clone());
+            out.push((
+                format!("durable_one_quota{f_sfx}{sfx}"),
+                Box::new(move || a.call(req(&f)).now_or_never().unwrap().unwrap()),
+            ));
+            out.push((
+                format!("durable_two_quotas{f_sfx}{sfx}"),
+                Box::new(move || b.call(req(&p)).now_or_never().unwrap().unwrap()),
+            ));
+        }
     }
     out
 }

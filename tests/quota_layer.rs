@@ -58,6 +58,7 @@ fn base(clock: &ManualClock) -> tower_shield::quota::QuotaLayerBuilder {
         )
         .weight("GET /products?search", 10)
         .weight("GET /health", 0)
+        .headers_on_success(true)
         .clock(Arc::new(clock.clone()))
 }
 
@@ -223,6 +224,7 @@ async fn weighted_routes_cost_more_and_zero_weight_is_free() {
         .plan("free", [Quota::new("monthly", 25, Window::month())])
         .weight("GET /products?search=", 10)
         .weight("GET /health", 0)
+        .headers_on_success(true)
         .clock(Arc::new(c.clone()))
         .build()
         .unwrap();
@@ -854,6 +856,7 @@ async fn cached_window_moves_to_the_next_period() {
     let layer = QuotaLayer::builder()
         .store(QuotaStore::Memory(store.clone()))
         .plan("free", [Quota::new("monthly", 1, Window::month())])
+        .headers_on_success(true)
         .clock(Arc::new(c.clone()))
         .build()
         .unwrap();
@@ -878,4 +881,110 @@ async fn cached_window_moves_to_the_next_period() {
         store.get(b"quota:{p%3Am}:monthly:2026-12").await.unwrap(),
         1
     );
+}
+
+fn ok_typed(_req: Request<()>) -> ReadyOk {
+    let mut res = Response::new(Full::new(Bytes::from("{}")));
+    res.headers_mut().insert(
+        "content-type",
+        http::HeaderValue::from_static("application/json"),
+    );
+    std::future::ready(Ok(res))
+}
+
+/// By default only denials carry `RateLimit-Policy`/`RateLimit`; with
+/// `headers_on_success(true)` admitted responses carry them too, on every decision path
+/// (the in-process table, the durable store, a rolling window decided one quota at a time)
+/// and whether or not the inner response already has header fields.
+#[tokio::test]
+async fn admitted_responses_carry_fields_only_when_enabled() {
+    let dir = tempfile::tempdir().unwrap();
+    for on in [false, true] {
+        for (kind, store) in [
+            (
+                "memory",
+                QuotaStore::Memory(MemoryCounterStore::new(Arc::new(clock()))),
+            ),
+            (
+                "durable",
+                QuotaStore::Durable(
+                    DurableCounterStore::open(
+                        dir.path().join(format!("fields-{on}.redb")),
+                        DurableOptions {
+                            clock: Arc::new(clock()),
+                            ..Default::default()
+                        },
+                    )
+                    .unwrap(),
+                ),
+            ),
+        ] {
+            for (window, typed) in [
+                (Window::month(), false),
+                (Window::month(), true),
+                (
+                    Window::rolling(Duration::from_secs(3600), 60).unwrap(),
+                    false,
+                ),
+            ] {
+                let c = clock();
+                let rolling = window.is_rolling();
+                let mut b = QuotaLayer::builder()
+                    .store(store.clone())
+                    .plan("free", [Quota::new("monthly", 2, window)])
+                    .clock(Arc::new(c.clone()));
+                if on {
+                    b = b.headers_on_success(true);
+                }
+                let layer = b.build().unwrap();
+                let inner = if typed { ok_typed } else { ok_plain };
+                let call = |id: &str| {
+                    let svc = ServiceBuilder::new()
+                        .layer(layer.clone())
+                        .service_fn(inner as fn(Request<()>) -> ReadyOk);
+                    let mut req = Request::get("/x").body(()).unwrap();
+                    req.extensions_mut().insert(
+                        Principal::new(
+                            format!("{id}-{kind}-{rolling}-{typed}"),
+                            CredentialKind::ApiKey,
+                        )
+                        .with_plan("free"),
+                    );
+                    svc.oneshot(req)
+                };
+                let case = format!("{kind} rolling={rolling} typed={typed} on={on}");
+                for left in [1, 0] {
+                    let res = call("a").await.unwrap();
+                    assert_eq!(res.status(), 200, "{case}");
+                    assert_eq!(res.headers().contains_key("content-type"), typed, "{case}");
+                    if on {
+                        assert_eq!(
+                            res.headers()["ratelimit-policy"],
+                            if rolling {
+                                r#""monthly";q=2;w=3600"#
+                            } else {
+                                r#""monthly";q=2;w=2592000"#
+                            },
+                            "{case}"
+                        );
+                        let rl = res.headers()["ratelimit"].to_str().unwrap();
+                        assert!(
+                            rl.starts_with(&format!(r#""monthly";r={left};t="#)),
+                            "{case}: {rl}"
+                        );
+                        assert_eq!(res.headers().get_all("ratelimit").iter().count(), 1);
+                    } else {
+                        assert!(res.headers().get("ratelimit").is_none(), "{case}");
+                        assert!(res.headers().get("ratelimit-policy").is_none(), "{case}");
+                    }
+                }
+                // the denial carries both fields either way
+                let res = call("a").await.unwrap();
+                assert_eq!(res.status(), 429, "{case}");
+                let rl = res.headers()["ratelimit"].to_str().unwrap();
+                assert!(rl.starts_with(r#""monthly";r=0;t="#), "{case}: {rl}");
+                assert!(res.headers().contains_key("ratelimit-policy"), "{case}");
+            }
+        }
+    }
 }

@@ -50,6 +50,7 @@ fn config(dir: &Path, key_hash: &str) -> String {
         route = "POST /reviews"
         scopes = ["products:read"]
         [quota]
+        headers = true
         [quota.plans]
         free = [{{ name = "daily", limit = 3, window = "day" }}]
         [sanitize]

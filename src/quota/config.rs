@@ -7,7 +7,7 @@
 //! count = "refund_server_errors"     # or "every_call", "success_only"
 //! failure_mode = "reject"            # store failure: "reject" (503), "allow", "local_fallback"
 //! shadow = false
-//! headers = true                     # RateLimit fields on admitted responses
+//! headers = true                     # RateLimit fields on admitted responses too (default false)
 //!
 //! [quota.plans]
 //! free = [{ name = "monthly", limit = 6000, window = "month" }]
@@ -83,7 +83,7 @@ pub struct QuotaConfig {
     /// Shadow mode.
     #[serde(default)]
     pub shadow: bool,
-    /// RateLimit fields on admitted responses (default true).
+    /// RateLimit fields on admitted responses too (default false; denials always carry them).
     pub headers: Option<bool>,
     /// Cost of a request on no weighted route (default 1).
     pub default_cost: Option<u64>,
@@ -304,7 +304,7 @@ impl QuotaConfig {
             .count_policy(self.count)
             .failure_mode(failure_mode)
             .shadow(self.shadow)
-            .headers_on_success(self.headers.unwrap_or(true))
+            .headers_on_success(self.headers.unwrap_or(false))
             .default_cost(self.default_cost.unwrap_or(1));
         if self.plans.is_empty() {
             return Err(ConfigError::invalid(

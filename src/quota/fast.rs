@@ -52,6 +52,21 @@ impl<const N: usize> Buf<N> {
         self.extend_spilled(bytes);
     }
 
+    /// Appends the first `len` bytes of a padded piece: while it fits inline, the whole
+    /// block is copied at once (a fixed-size copy, no `memcpy` call) and the length moves
+    /// by `len` only.
+    #[inline(always)]
+    pub(crate) fn extend_padded(&mut self, piece: &Padded) {
+        let len = self.len as usize;
+        let n = piece.len();
+        if self.heap.is_empty() && len + PADDED <= N {
+            self.inline[len..len + PADDED].copy_from_slice(&piece.bytes);
+            self.len = (len + n) as u32;
+            return;
+        }
+        self.extend_from_slice(piece.as_slice());
+    }
+
     /// Appends a copy of `range` of the contents.
     #[inline]
     pub(crate) fn extend_from_within(&mut self, range: std::ops::RangeTo<usize>) {
@@ -132,6 +147,38 @@ impl<const N: usize> Buf<N> {
     /// The contents as text (they are built from `&str` pieces only).
     pub(crate) fn as_str(&self) -> &str {
         std::str::from_utf8(self.as_slice()).unwrap_or_default()
+    }
+}
+
+/// Size of a [`Padded`] block.
+pub(crate) const PADDED: usize = 32;
+
+/// Up to 32 bytes in a zero-padded block, appended to a [`Buf`] with one fixed-size copy.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Padded {
+    bytes: [u8; PADDED],
+    len: u8,
+}
+
+impl Padded {
+    /// `None` when `b` is longer than the block.
+    pub(crate) fn new(b: &[u8]) -> Option<Self> {
+        let mut bytes = [0u8; PADDED];
+        bytes.get_mut(..b.len())?.copy_from_slice(b);
+        Some(Self {
+            bytes,
+            len: b.len() as u8,
+        })
+    }
+
+    #[inline(always)]
+    pub(crate) fn len(&self) -> usize {
+        usize::from(self.len)
+    }
+
+    #[inline(always)]
+    pub(crate) fn as_slice(&self) -> &[u8] {
+        &self.bytes[..self.len()]
     }
 }
 
@@ -263,6 +310,23 @@ mod tests {
     }
 
     #[test]
+    fn padded_pieces_append_their_length_only_and_spill_like_slices() {
+        let a = Padded::new(b"quota:{p%3A").unwrap();
+        assert!(Padded::new(&[b'x'; 33]).is_none());
+        let mut b = Buf::<40>::default();
+        b.extend_padded(&a);
+        b.extend_from_slice(b"id");
+        b.extend_padded(&Padded::new(b"}:monthly:").unwrap());
+        assert_eq!(b.as_slice(), b"quota:{p%3Aid}:monthly:");
+        // no room for a whole block: copied as a slice, then spilled to the heap
+        b.extend_padded(&Padded::new(b"2026-12").unwrap());
+        assert_eq!(b.as_slice(), b"quota:{p%3Aid}:monthly:2026-12");
+        b.extend_padded(&Padded::new(&[b'y'; 32]).unwrap());
+        assert_eq!(b.len(), 30 + 32);
+        assert!(b.as_slice().ends_with(&[b'y'; 32]));
+    }
+
+    #[test]
     fn list_keeps_order_past_the_inline_slots() {
         let mut l = List::default();
         for i in 0..5 {
@@ -366,6 +430,20 @@ impl CachedSpan {
         })
     }
 
+    /// The window's label as a padded block (the cache holds labels of at most
+    /// [`SpanCache::LABEL_MAX`] = [`PADDED`] bytes).
+    #[inline(always)]
+    pub(crate) fn label_padded(&self) -> Padded {
+        let mut bytes = [0u8; PADDED];
+        for (i, w) in self.label.iter().enumerate() {
+            bytes[i * 8..i * 8 + 8].copy_from_slice(&w.to_le_bytes());
+        }
+        Padded {
+            bytes,
+            len: self.len.min(PADDED) as u8,
+        }
+    }
+
     /// The window's label bytes.
     pub(crate) fn label(&self) -> LabelBytes {
         let mut b = [0u8; SpanCache::LABEL_MAX];
@@ -403,7 +481,7 @@ pub(crate) fn nanos(t: SystemTime) -> Option<u64> {
 }
 
 impl SpanCache {
-    pub(crate) const LABEL_MAX: usize = 32;
+    pub(crate) const LABEL_MAX: usize = PADDED;
 
     /// The cached window when it contains `now` (nanoseconds since the epoch).
     #[inline]

@@ -14,7 +14,7 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::fast::{Buf, CachedSpan, List, SpanCache, nanos};
+use super::fast::{Buf, CachedSpan, List, Padded, SpanCache, nanos};
 use super::store::{Charge, MemoryCounterStore, QuotaStore, Table};
 use super::window::Window;
 use crate::body::BodyFromBytes;
@@ -55,6 +55,9 @@ struct QuotaCache {
     policy: Option<HeaderValue>,
     /// The start of its `RateLimit` item (`"monthly";r=`).
     r_prefix: Box<[u8]>,
+    /// `:<key name>:`, the part of its store keys between the caller and the window label,
+    /// when it fits a padded block.
+    key_mid: Option<Padded>,
 }
 
 impl PartialEq for Quota {
@@ -89,6 +92,13 @@ impl Quota {
             window,
             cache: Arc::new(QuotaCache {
                 span: SpanCache::default(),
+                key_mid: {
+                    let mut mid = Buf::<0>::default();
+                    mid.push(b':');
+                    mid.extend_from_slice(key_name.as_slice());
+                    mid.push(b':');
+                    Padded::new(mid.as_slice())
+                },
                 key_name: key_name.as_slice().into(),
                 policy,
                 r_prefix: r_prefix.into(),
@@ -397,6 +407,8 @@ struct Shared<St> {
     prefix: String,
     /// `<prefix>{`
     key_head: String,
+    /// `<prefix>{p%3A`: the start of a principal's store keys, when it fits a padded block.
+    principal_head: Option<Padded>,
     /// Where the hash tag starts in a store key (`key_head.len()`), when the prefix has no
     /// braces of its own.
     tag_at: Option<usize>,
@@ -545,7 +557,9 @@ impl<St: CounterStore + Clone> QuotaLayerBuilder<St> {
         self
     }
 
-    /// Whether admitted responses carry `RateLimit-Policy`/`RateLimit` (default true).
+    /// Whether admitted responses carry `RateLimit-Policy`/`RateLimit` too (default false:
+    /// denials always carry them). The draft lets servers omit them on success; on a
+    /// response without other header fields they cost the header map's allocations.
     pub fn headers_on_success(mut self, on: bool) -> Self {
         self.headers_on_success = on;
         self
@@ -637,6 +651,7 @@ impl<St: CounterStore + Clone> QuotaLayerBuilder<St> {
                 shadow: self.shadow,
                 headers_on_success: self.headers_on_success,
                 key_head: format!("{}{{", self.prefix),
+                principal_head: Padded::new(format!("{}{{p%3A", self.prefix).as_bytes()),
                 tag_at: (!self.prefix.contains(['{', '}'])).then_some(self.prefix.len() + 1),
                 prefix: self.prefix,
                 clock,
@@ -687,7 +702,7 @@ impl QuotaLayer<QuotaStore> {
             policy: CountPolicy::default(),
             failure_mode: FailureMode::Reject,
             shadow: false,
-            headers_on_success: true,
+            headers_on_success: false,
             prefix: "quota:".into(),
             clock: None,
             renderer: Renderer::default(),
@@ -1350,21 +1365,53 @@ type BoxFut<R, E> = Pin<Box<dyn Future<Output = Result<R, E>> + Send + 'static>>
 
 /// How an admitted request's units are given back.
 enum Refund {
-    /// Counters of the built-in in-process table: one shard, `(key hash, id)` per quota.
-    Local { shard: u32, ids: List<(u64, u64)> },
+    /// Counters of the built-in in-process table: one shard, `(key hash, id)` of each of
+    /// the first `n` (one or two) quotas.
+    Local {
+        shard: u32,
+        n: u32,
+        ids: [(u64, u64); 2],
+    },
+    /// The same for more than two quotas.
+    LocalMany { shard: u32, ids: Box<[(u64, u64)]> },
     /// Another immediate store: the keys are rebuilt from the caller and the time.
     Keys(Box<(Limits, KeySource, SystemTime)>),
 }
 
+impl Refund {
+    #[inline]
+    fn local(shard: usize, charges: &[Charge]) -> Self {
+        let shard = shard as u32;
+        match charges {
+            [a] => Self::Local {
+                shard,
+                n: 1,
+                ids: [(a.hash, a.id), (0, 0)],
+            },
+            [a, b] => Self::Local {
+                shard,
+                n: 2,
+                ids: [(a.hash, a.id), (b.hash, b.id)],
+            },
+            _ => Self::LocalMany {
+                shard,
+                ids: charges.iter().map(|c| (c.hash, c.id)).collect(),
+            },
+        }
+    }
+}
+
 /// What is left to do when the inner service answers an admitted request (in-process
-/// stores only; their calls complete at once): refunds and the `RateLimit` fields.
+/// stores only; their calls complete at once): the refund, unless every call counts.
 struct After<St> {
     shared: Arc<Shared<St>>,
     refund: Refund,
     cost: u64,
-    /// `RateLimit-Policy` and `RateLimit`, when admitted responses carry the fields.
-    fields: Option<(Option<HeaderValue>, Option<HeaderValue>)>,
 }
+
+/// `RateLimit-Policy` and `RateLimit` of an admitted response (with
+/// [`QuotaLayerBuilder::headers_on_success`]).
+type Fields = (Option<HeaderValue>, Option<HeaderValue>);
 
 impl<St: CounterStore> After<St> {
     #[inline]
@@ -1376,11 +1423,6 @@ impl<St: CounterStore> After<St> {
         {
             self.refund();
         }
-        if let Ok(res) = result
-            && let Some((policy, ratelimit)) = &mut self.fields
-        {
-            append_fields(res.headers_mut(), policy.take(), ratelimit.take());
-        }
     }
 
     #[cold]
@@ -1388,7 +1430,13 @@ impl<St: CounterStore> After<St> {
     fn refund(&self) {
         let shared = &*self.shared;
         match &self.refund {
-            Refund::Local { shard, ids } => {
+            Refund::Local { shard, n, ids } => {
+                if let Some(t) = local_table(&shared.store) {
+                    let ids = &ids[..(*n as usize).min(ids.len())];
+                    t.refund_ids(*shard as usize, ids.iter().copied(), self.cost);
+                }
+            }
+            Refund::LocalMany { shard, ids } => {
                 if let Some(t) = local_table(&shared.store) {
                     t.refund_ids(*shard as usize, ids.iter().copied(), self.cost);
                 }
@@ -1423,6 +1471,13 @@ pin_project! {
             fut: F,
             after: Option<After<St>>,
         },
+        /// Passed on; the response gets the `RateLimit` fields.
+        WithFields {
+            #[pin]
+            fut: F,
+            after: Option<After<St>>,
+            fields: Fields,
+        },
         /// Refused (boxed: keeps the future small for the common, admitted case).
         Denied { res: Option<Box<Response<B>>> },
         /// Deciding with a remote store (or handling a store failure).
@@ -1437,24 +1492,53 @@ where
 {
     type Output = Result<Response<B>, E>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // the common variant stays small enough to be inlined into the caller's poll; the
+        // others are out of line
         match self.project() {
             RfProj::Inner { fut, after } => {
                 let mut out = std::task::ready!(fut.poll(cx));
-                // finished in place: the response is not moved through the refund and the
-                // fields
+                // finished in place: the response is not moved through the refund
                 if let Some(a) = after {
                     a.finish(&mut out);
                     *after = None;
                 }
                 Poll::Ready(out)
             }
-            RfProj::Denied { res } => Poll::Ready(Ok(*res
-                .take()
-                .expect("ResponseFuture polled after completion"))),
+            RfProj::WithFields { fut, after, fields } => poll_with_fields(fut, after, fields, cx),
+            RfProj::Denied { res } => Poll::Ready(Ok(take_denied(res))),
             RfProj::Waiting { fut } => fut.as_mut().poll(cx),
         }
     }
+}
+
+#[inline(never)]
+fn poll_with_fields<F, St, B, E>(
+    fut: Pin<&mut F>,
+    after: &mut Option<After<St>>,
+    fields: &mut Fields,
+    cx: &mut Context<'_>,
+) -> Poll<Result<Response<B>, E>>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    St: CounterStore,
+{
+    let mut out = std::task::ready!(fut.poll(cx));
+    if let Some(a) = after {
+        a.finish(&mut out);
+        *after = None;
+    }
+    if let Ok(res) = &mut out {
+        append_fields(res.headers_mut(), fields.0.take(), fields.1.take());
+    }
+    Poll::Ready(out)
+}
+
+#[cold]
+#[inline(never)]
+fn take_denied<B>(res: &mut Option<Box<Response<B>>>) -> Response<B> {
+    *res.take().expect("ResponseFuture polled after completion")
 }
 
 impl<St> fmt::Debug for After<St> {
@@ -1491,21 +1575,8 @@ enum KeyRef<'a> {
 }
 
 impl<'a> KeyRef<'a> {
-    /// The caller of a request: its principal, or the fallback. `None` when the caller
-    /// cannot be identified.
-    /// `ip` is the client address when the fallback needs it ([`fallback_ip`]).
-    #[inline]
-    fn of<B>(
-        req: &'a Request<B>,
-        shared: &Shared<impl Sized>,
-        ip: Option<std::net::IpAddr>,
-    ) -> Option<Self> {
-        if let Some(p) = req.extensions().get::<Principal>() {
-            return Some(Self::Principal(p));
-        }
-        Self::fallback(req, shared, ip)
-    }
-
+    /// The fallback caller of a request without a principal (`ip`: its client address,
+    /// when callers are keyed by address). `None` when the caller cannot be identified.
     fn fallback<B>(
         req: &'a Request<B>,
         shared: &Shared<impl Sized>,
@@ -1585,18 +1656,6 @@ fn cost_of(shared: &Shared<impl Sized>, method: &Method, path: &str, query: Opti
     }
 }
 
-/// The client address (IPv6 by /64) when the request has no principal and callers are
-/// keyed by address (resolving it may record it in the request's extensions).
-#[inline]
-fn fallback_ip<B>(req: &mut Request<B>, shared: &Shared<impl Sized>) -> Option<std::net::IpAddr> {
-    if !matches!(shared.key_fallback, KeyFallback::ClientIp)
-        || req.extensions().get::<Principal>().is_some()
-    {
-        return None;
-    }
-    client_ip_of(req, &shared.resolver).map(|ip| ip.prefix_key(64))
-}
-
 /// The Redis store behind a store type, if it is one.
 #[cfg(feature = "redis")]
 #[inline]
@@ -1627,7 +1686,6 @@ const BLANK: Charge = Charge {
     at: (0, 0),
     hash: 0,
     limit: 0,
-    end: UNIX_EPOCH,
     end_ns: 0,
     used: 0,
     exceeded: false,
@@ -1638,7 +1696,6 @@ const BLANK: Charge = Charge {
 /// into one buffer, hashed once each, and charged all or nothing under one shard lock.
 /// `None` when a quota cannot take this path (a rolling window, an uncacheable label).
 #[inline]
-#[allow(clippy::too_many_arguments)]
 fn decide_local<St>(
     shared: &Shared<St>,
     table: &Table,
@@ -1646,12 +1703,19 @@ fn decide_local<St>(
     limits: &[Quota],
     charges: &mut [Charge],
     cost: u64,
-    now: SystemTime,
     now_ns: u64,
 ) -> Option<Result<(bool, usize), StoreError>> {
     let mut keys = Buf::<160>::default();
-    keys.extend_from_slice(shared.key_head.as_bytes());
-    caller.write_escaped(&mut keys);
+    match (caller, &shared.principal_head) {
+        (KeyRef::Principal(p), Some(head)) => {
+            keys.extend_padded(head);
+            push_escaped(&mut keys, p.id().as_bytes());
+        }
+        _ => {
+            keys.extend_from_slice(shared.key_head.as_bytes());
+            caller.write_escaped(&mut keys);
+        }
+    }
     keys.push(b'}');
     let head = keys.len();
     // the hash tag is the escaped caller, unless the prefix has braces of its own
@@ -1670,17 +1734,22 @@ fn decide_local<St>(
             keys.extend_from_within(..head);
             start
         };
-        q.push_suffix(&mut keys, span.label().as_slice());
+        match &q.cache.key_mid {
+            Some(mid) => {
+                keys.extend_padded(mid);
+                keys.extend_padded(&span.label_padded());
+            }
+            None => q.push_suffix(&mut keys, span.label().as_slice()),
+        }
         let end = keys.len();
         c.at = (start as u32, end as u32);
         c.hash = table.hash_key(&keys.as_slice()[start..end]);
         c.limit = q.limit;
-        c.end = span.end();
         c.end_ns = span.end_nanos();
     }
     Some(
         table
-            .charge(shard, keys.as_slice(), charges, cost, now)
+            .charge(shard, keys.as_slice(), charges, cost, now_ns)
             .map(|counted| (counted, shard)),
     )
 }
@@ -1711,10 +1780,108 @@ fn local_outcomes(charges: &[Charge]) -> List<Outcome> {
             used: c.used,
             exceeded: c.exceeded,
             counted: false,
-            reset_at: c.end,
+            reset_at: UNIX_EPOCH + Duration::from_nanos(c.end_ns),
         });
     }
     out
+}
+
+/// Decides the request of `$caller` (borrowed from `$req`) and passes it on or refuses it:
+/// the body of [`QuotaService::call`] and [`anonymous`], expanded in both.
+macro_rules! admit {
+    ($layer:ident, $inner:ident, $req:ident, $caller:ident) => {{
+        let shared = &*$layer.shared;
+    let principal = $caller.principal();
+    let plan = principal.and_then(|p| p.plan());
+    // the plan table's entries carry their `RateLimit-Policy` value; a provider's
+    // limits get theirs built per request
+    let owned;
+    let (limits, policy): (&Limits, Option<&HeaderValue>) = match &shared.plans {
+        Some(table) => match table.entry(plan) {
+            Some(e) => (&e.limits, e.policy.as_ref()),
+            None => return unknown_plan($layer, $req, $inner),
+        },
+        None => {
+            let mut key = CallerKey::default();
+            $caller.write(&mut key);
+            owned = $layer.limits_for(&Caller {
+                principal,
+                plan,
+                key: key.as_str(),
+            });
+            match &owned {
+                Some(l) => (l, None),
+                None => return unknown_plan($layer, $req, $inner),
+            }
+        }
+    };
+    let cost = cost_of(shared, $req.method(), $req.uri().path(), $req.uri().query());
+    if cost == 0 || limits.is_empty() {
+        return ResponseFuture::Inner {
+            fut: inner_call($inner, $req),
+            after: None,
+        };
+    }
+    let now = shared.clock.wall();
+
+    // The built-in in-process stores: decide here under one lock, without boxing.
+    let mut failed = false;
+    let mut inline = [BLANK; 2];
+    let mut heap = Vec::new();
+    let charges: &mut [Charge] = if limits.len() <= inline.len() {
+        &mut inline[..limits.len()]
+    } else {
+        heap.resize(limits.len(), BLANK);
+        &mut heap
+    };
+    if let Some(table) = local_table(&shared.store)
+        && let Some(now_ns) = nanos(now)
+        && let Some(decided) = decide_local(shared, table, $caller, limits, charges, cost, now_ns)
+    {
+        let (counted, shard) = match decided {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(error = %e, "quota store failed");
+                failed = true;
+                let source = $caller.to_owned();
+                return call_slow($layer, $inner, $req, source, limits.clone(), cost, now, failed);
+            }
+        };
+        let charges = &*charges;
+        if !counted {
+            let outcomes = local_outcomes(charges);
+            let d = QuotaLayer::<St>::denial_of(limits, &outcomes, now);
+            return deny_counted($layer, d, $req, $inner);
+        }
+        let fields = shared.headers_on_success.then(|| {
+            let policy = match policy {
+                Some(p) => Some(p.clone()),
+                None => policy_value(limits),
+            };
+            (policy, local_ratelimit(limits, charges, now_ns))
+        });
+        let after = (shared.policy != CountPolicy::EveryCall).then(|| After {
+            shared: $layer.shared.clone(),
+            refund: Refund::local(shard, charges),
+            cost,
+        });
+        // admitted responses without fields (the default) keep the future's state small
+        return match fields {
+            None => ResponseFuture::Inner {
+                fut: inner_call($inner, $req),
+                after,
+            },
+            Some(fields) => ResponseFuture::WithFields {
+                fut: inner_call($inner, $req),
+                after,
+                fields,
+            },
+        };
+    }
+    let limits = limits.clone();
+    let source = $caller.to_owned();
+    call_slow($layer, $inner, $req, source, limits, cost, now, failed)
+    }};
 }
 
 impl<S, St, ReqB, ResB> Service<Request<ReqB>> for QuotaService<S, St>
@@ -1734,112 +1901,64 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
+    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         let layer = &self.layer;
-        let shared = &*layer.shared;
-
-        let ip = fallback_ip(&mut req, shared);
-        let Some(caller) = KeyRef::of(&req, shared, ip) else {
-            let d = Denial::new(StatusCode::FORBIDDEN, "quota", "quota_key_missing")
-                .with_detail("The caller could not be identified for quota accounting.");
-            return deny_or_shadow(layer, d, req, inner);
+        // the principal is looked up once; a request without one takes the fallback
+        let caller = match req.extensions().get::<Principal>() {
+            Some(p) => KeyRef::Principal(p),
+            None => return anonymous(layer, inner, req),
         };
-        let principal = caller.principal();
-        let plan = principal.and_then(|p| p.plan());
-        // the plan table's entries carry their `RateLimit-Policy` value; a provider's
-        // limits get theirs built per request
-        let owned;
-        let (limits, policy): (&Limits, Option<&HeaderValue>) = match &shared.plans {
-            Some(table) => match table.entry(plan) {
-                Some(e) => (&e.limits, e.policy.as_ref()),
-                None => return unknown_plan(layer, req, inner),
-            },
-            None => {
-                let mut key = CallerKey::default();
-                caller.write(&mut key);
-                owned = layer.limits_for(&Caller {
-                    principal,
-                    plan,
-                    key: key.as_str(),
-                });
-                match &owned {
-                    Some(l) => (l, None),
-                    None => return unknown_plan(layer, req, inner),
-                }
-            }
-        };
-        let cost = cost_of(shared, req.method(), req.uri().path(), req.uri().query());
-        if cost == 0 || limits.is_empty() {
-            return ResponseFuture::Inner {
-                fut: inner_call(inner, req),
-                after: None,
-            };
-        }
-        let now = shared.clock.wall();
-
-        // The built-in in-process stores: decide here under one lock, without boxing.
-        let mut failed = false;
-        let mut inline = [BLANK; 2];
-        let mut heap = Vec::new();
-        let charges: &mut [Charge] = if limits.len() <= inline.len() {
-            &mut inline[..limits.len()]
-        } else {
-            heap.resize(limits.len(), BLANK);
-            &mut heap
-        };
-        if let Some(table) = local_table(&shared.store)
-            && let Some(now_ns) = nanos(now)
-            && let Some(decided) =
-                decide_local(shared, table, caller, limits, charges, cost, now, now_ns)
-        {
-            let (counted, shard) = match decided {
-                Ok(d) => d,
-                Err(e) => {
-                    tracing::warn!(error = %e, "quota store failed");
-                    failed = true;
-                    let source = caller.to_owned();
-                    return call_slow(layer, inner, req, source, limits.clone(), cost, now, failed);
-                }
-            };
-            let charges = &*charges;
-            if !counted {
-                let outcomes = local_outcomes(charges);
-                let d = QuotaLayer::<St>::denial_of(limits, &outcomes, now);
-                return deny_counted(layer, d, req, inner);
-            }
-            let fields = shared.headers_on_success.then(|| {
-                let policy = match policy {
-                    Some(p) => Some(p.clone()),
-                    None => policy_value(limits),
-                };
-                (policy, local_ratelimit(limits, charges, now_ns))
-            });
-            let after = (fields.is_some() || shared.policy != CountPolicy::EveryCall).then(|| {
-                let mut ids = List::default();
-                for c in charges {
-                    ids.push((c.hash, c.id));
-                }
-                After {
-                    shared: layer.shared.clone(),
-                    refund: Refund::Local {
-                        shard: shard as u32,
-                        ids,
-                    },
-                    cost,
-                    fields,
-                }
-            });
-            return ResponseFuture::Inner {
-                fut: inner_call(inner, req),
-                after,
-            };
-        }
-        let limits = limits.clone();
-        let source = caller.to_owned();
-        call_slow(layer, inner, req, source, limits, cost, now, failed)
+        // the decision is expanded here, not called: the request and the inner future are
+        // then moved fewer times
+        admit!(layer, inner, req, caller)
     }
+}
+
+/// A request without a principal: keyed by the fallback (resolving the client address may
+/// record it in the request's extensions).
+#[inline(never)]
+fn anonymous<S, St, ReqB, ResB>(
+    layer: &QuotaLayer<St>,
+    inner: S,
+    mut req: Request<ReqB>,
+) -> ResponseFuture<S::Future, St, ResB, S::Error>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    St: CounterStore + Clone,
+    ReqB: Send + 'static,
+    ResB: BodyFromBytes + Send + 'static,
+{
+    let shared = &*layer.shared;
+    let ip = match shared.key_fallback {
+        KeyFallback::ClientIp => {
+            client_ip_of(&mut req, &shared.resolver).map(|ip| ip.prefix_key(64))
+        }
+        _ => None,
+    };
+    let Some(caller) = KeyRef::fallback(&req, shared, ip) else {
+        return key_missing(layer, req, inner);
+    };
+    admit!(layer, inner, req, caller)
+}
+
+#[cold]
+#[inline(never)]
+fn key_missing<S, St, ReqB, ResB>(
+    layer: &QuotaLayer<St>,
+    req: Request<ReqB>,
+    inner: S,
+) -> ResponseFuture<S::Future, St, ResB, S::Error>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>>,
+    ResB: BodyFromBytes,
+{
+    let d = Denial::new(StatusCode::FORBIDDEN, "quota", "quota_key_missing")
+        .with_detail("The caller could not be identified for quota accounting.");
+    deny_or_shadow(layer, d, req, inner)
 }
 
 /// Any store but the built-in in-process table (or a rolling window): an immediate
@@ -1889,15 +2008,21 @@ where
                 ratelimit_value(&limits, &outcomes, now),
             )
         });
-        let after = (fields.is_some() || shared.policy != CountPolicy::EveryCall).then(|| After {
+        let after = (shared.policy != CountPolicy::EveryCall).then(|| After {
             shared: layer.shared.clone(),
             refund: Refund::Keys(Box::new((limits, source, now))),
             cost,
-            fields,
         });
-        return ResponseFuture::Inner {
-            fut: inner.call(req),
-            after,
+        return match fields {
+            None => ResponseFuture::Inner {
+                fut: inner.call(req),
+                after,
+            },
+            Some(fields) => ResponseFuture::WithFields {
+                fut: inner.call(req),
+                after,
+                fields,
+            },
         };
     }
 

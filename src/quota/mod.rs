@@ -12,7 +12,8 @@
 //! - counts every admitted call, refunds on 5xx, or counts only successes ([`CountPolicy`]);
 //! - refuses with `429` problem+json (`…#quota-exceeded`, `violated-policies`),
 //!   `Retry-After` = seconds to the real reset, and `RateLimit-Policy`/`RateLimit` fields
-//!   (gRPC: `RESOURCE_EXHAUSTED` through the [`Renderer`](crate::Renderer));
+//!   (gRPC: `RESOURCE_EXHAUSTED` through the [`Renderer`](crate::Renderer)); admitted
+//!   responses carry the fields too with [`QuotaLayerBuilder::headers_on_success`];
 //! - can run in shadow mode, and reads usage back for dashboards ([`QuotaLayer::usage_of`]).
 //!
 //! Windows ([`Window`]) are calendar hours, days, weeks, months and years in UTC, a fixed
@@ -36,6 +37,7 @@
 //! let quota = QuotaLayer::builder()
 //!     .plan("free", [Quota::new("monthly", 2, Window::month()), Quota::new("daily", 500, Window::day())])
 //!     .weight("GET /products?search", 10)
+//!     .headers_on_success(true) // admitted responses carry the fields too (denials always do)
 //!     .clock(Arc::new(clock))
 //!     .build()
 //!     .unwrap();

@@ -41,7 +41,8 @@ struct Entry {
     id: u64,
     key: Box<[u8]>,
     used: u64,
-    expires: SystemTime,
+    /// Nanoseconds since the Unix epoch.
+    expires: u64,
     dirty: bool,
 }
 
@@ -130,7 +131,7 @@ fn find_id(map: &mut Map, hash: u64, id: u64) -> Option<&mut Entry> {
 impl Shard {
     /// Makes room for `n` new counters (sweeping expired ones when the shard has grown),
     /// or fails when the shard is full.
-    fn room_for(&mut self, n: usize, max: usize, now: SystemTime) -> Result<(), StoreError> {
+    fn room_for(&mut self, n: usize, max: usize, now: u64) -> Result<(), StoreError> {
         if self.len + n > self.next_sweep.max(64).min(max) {
             self.sweep(now);
             self.next_sweep = self.len * 2;
@@ -141,7 +142,7 @@ impl Shard {
         Ok(())
     }
 
-    fn sweep(&mut self, now: SystemTime) {
+    fn sweep(&mut self, now: u64) {
         let keep = |e: &Entry| e.expires > now || e.dirty;
         let mut len = 0;
         self.map.retain(|_, b| {
@@ -159,14 +160,7 @@ impl Shard {
     }
 
     /// Inserts a counter that is not in the shard; returns its id.
-    fn insert(
-        &mut self,
-        hash: u64,
-        key: &[u8],
-        used: u64,
-        expires: SystemTime,
-        dirty: bool,
-    ) -> u64 {
+    fn insert(&mut self, hash: u64, key: &[u8], used: u64, expires: u64, dirty: bool) -> u64 {
         self.next_id += 1;
         let id = self.next_id;
         let e = Entry {
@@ -209,8 +203,7 @@ pub(crate) struct Charge {
     pub(crate) at: (u32, u32),
     pub(crate) hash: u64,
     pub(crate) limit: u64,
-    pub(crate) end: SystemTime,
-    /// `end` in nanoseconds since the epoch (for the `RateLimit` field).
+    /// The end of the window, in nanoseconds since the Unix epoch.
     pub(crate) end_ns: u64,
     /// Units used after the decision (counted) or before it (refused).
     pub(crate) used: u64,
@@ -226,6 +219,15 @@ pub(crate) struct Table {
     clock: SharedClock,
     max_keys_per_shard: usize,
     track_dirty: bool,
+}
+
+/// Nanoseconds since the Unix epoch, saturating (0 before it, `u64::MAX` after 2554).
+#[inline]
+pub(crate) fn ns(t: SystemTime) -> u64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => u64::try_from(d.as_nanos()).unwrap_or(u64::MAX),
+        Err(_) => 0,
+    }
 }
 
 fn lock(m: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
@@ -282,7 +284,7 @@ impl Table {
         keys: &[u8],
         charges: &mut [Charge],
         cost: u64,
-        now: SystemTime,
+        now: u64,
     ) -> Result<bool, StoreError> {
         let key = |c: &Charge| &keys[c.at.0 as usize..c.at.1 as usize];
         let mut guard = lock(&self.shards[shard]);
@@ -298,7 +300,7 @@ impl Table {
                 return Ok(false);
             }
             e.used += cost;
-            e.expires = e.expires.max(c.end);
+            e.expires = e.expires.max(c.end_ns);
             c.used = e.used;
             c.id = e.id;
             Shard::mark(self.track_dirty, &mut shard.dirty, c.hash, e);
@@ -339,14 +341,14 @@ impl Table {
             if let Some(e) = find_mut(&mut shard.map, c.hash, key(c)) {
                 e.used = if e.expires > now { e.used } else { 0 }.saturating_add(cost);
                 e.expires = if e.expires > now {
-                    e.expires.max(c.end)
+                    e.expires.max(c.end_ns)
                 } else {
-                    c.end
+                    c.end_ns
                 };
                 c.id = e.id;
                 Shard::mark(track, &mut shard.dirty, c.hash, e);
             } else {
-                c.id = shard.insert(c.hash, key(c), c.used, c.end, track);
+                c.id = shard.insert(c.hash, key(c), c.used, c.end_ns, track);
             }
         }
         Ok(true)
@@ -376,14 +378,13 @@ impl Table {
         limit: u64,
         window_end: SystemTime,
     ) -> Result<CounterDecision, StoreError> {
-        let now = self.clock.wall();
+        let now = ns(self.clock.wall());
         let (shard, hash) = self.locate(key);
         let mut charge = [Charge {
             at: (0, key.len() as u32),
             hash,
             limit,
-            end: window_end,
-            end_ns: 0,
+            end_ns: ns(window_end),
             used: 0,
             exceeded: false,
             id: 0,
@@ -409,6 +410,7 @@ impl Table {
 
     /// The live count of `key` at `now`.
     pub(crate) fn get_at(&self, key: &[u8], now: SystemTime) -> u64 {
+        let now = ns(now);
         let (shard, hash) = self.locate(key);
         let mut guard = lock(&self.shards[shard]);
         find_mut(&mut guard.map, hash, key)
@@ -421,6 +423,7 @@ impl Table {
     }
 
     fn load(&self, key: &[u8], used: u64, expires: SystemTime) {
+        let expires = ns(expires);
         let (shard, hash) = self.locate(key);
         let mut guard = lock(&self.shards[shard]);
         match find_mut(&mut guard.map, hash, key) {
@@ -443,7 +446,11 @@ impl Table {
             for (hash, id) in std::mem::take(&mut shard.dirty) {
                 if let Some(e) = find_id(&mut shard.map, hash, id) {
                     e.dirty = false;
-                    out.push((e.key.clone(), e.used, e.expires));
+                    out.push((
+                        e.key.clone(),
+                        e.used,
+                        UNIX_EPOCH + Duration::from_nanos(e.expires),
+                    ));
                 }
             }
         }
