@@ -481,7 +481,7 @@ fn quick_lookup(
     if q.exact.len() + q.prefixes.len() > Quick::MAX_LITERAL || q.bases.len() > Quick::MAX_BASES {
         return None;
     }
-    q.bases.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+    q.bases.sort_by_key(|b| std::cmp::Reverse(b.0.len()));
     Some(q)
 }
 

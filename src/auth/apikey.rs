@@ -399,8 +399,7 @@ impl ApiKeyFormat {
                 return None;
             }
         };
-        if id_len < 4
-            || id_len > 32
+        if !(4..=32).contains(&id_len)
             || n - id_len - 1 < MIN_SECRET_LEN + CHECKSUM_LEN
             || rest[id_len] != b'_'
         {
