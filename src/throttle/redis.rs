@@ -2,8 +2,9 @@
 //! one script per batch of decisions ([`RedisRateStore::batched`]).
 //!
 //! # Wire format
-//! Both scripts take, per decision, one key and four arguments: emission interval, burst,
-//! cost and max wait (microseconds, decimal). A decision's reply is four decimal integers
+//! A decision has one key and four arguments: emission interval, burst, cost and max wait
+//! (microseconds, decimal); the batch script takes each distinct set of four once and a
+//! limit number per decision ([`GCRA_BATCH_LUA`]). A decision's reply is four decimal integers
 //! separated by single spaces, `"<allowed> <wait-or-retry-after> <remaining> <reset-after>"`
 //! (`allowed` is `1` or `0`; times in microseconds); a batch's reply is its decisions' replies
 //! joined by single spaces, in order. Any other reply is a [`StoreError::Protocol`].
