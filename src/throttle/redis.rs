@@ -30,7 +30,7 @@ use crate::store::{Gcra, RateDecision, RateStore, StoreError};
 /// GCRA in one script. Time is the Redis server's (`TIME`), so every instance of a fleet
 /// decides against the same clock. Values are microseconds.
 ///
-/// KEYS[1] = rate key; ARGV = emission interval, burst, cost, max wait.
+/// `KEYS[1]` = rate key; `ARGV` = emission interval, burst, cost, max wait.
 /// Returns `"<allowed (1|0)> <wait-or-retry-after> <remaining> <reset-after>"`.
 pub const GCRA_LUA: &str = r"
 local t = redis.call('TIME')
@@ -51,9 +51,9 @@ end
 return string.format('1 0 %d %d', math.floor((now + tau - new_tat) / interval), new_tat - now)
 ";
 
-/// [`GCRA_LUA`] for a batch. ARGV[1] = the number of distinct limits L, then per limit its
+/// [`GCRA_LUA`] for a batch. `ARGV[1]` = the number of distinct limits L, then per limit its
 /// emission interval, burst, cost and max wait, then per decision `i` the number of its
-/// limit (1 ..= L); KEYS[i] is decision `i`'s key. One `TIME` and one `MGET` for the batch;
+/// limit (1 ..= L); `KEYS[i]` is decision `i`'s key. One `TIME` and one `MGET` for the batch;
 /// decisions on the same key see the earlier ones of the batch; each admitted key is
 /// written once, with its last schedule. Returns the decisions' replies joined by spaces.
 pub const GCRA_BATCH_LUA: &str = r"
