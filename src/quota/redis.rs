@@ -134,18 +134,21 @@ local function get(key)
   return v
 end
 local out = {}
+local used = {}
+local oldest = {}
+local pgen = {}
+local pval = {}
+local r = 0
 local a = 1
 local k = 1
 while a <= #ARGV do
+  r = r + 1
   local cost = tonumber(ARGV[a])
   local n = tonumber(ARGV[a + 1])
   a = a + 2
   local a0 = a
   local k0 = k
   local ok = 1
-  local used = {}
-  local oldest = {}
-  local pend = {}
   for i = 1, n do
     local key = KEYS[k]
     local nprev = tonumber(ARGV[a + 2])
@@ -158,15 +161,18 @@ while a <= #ARGV do
         if old == 0 then old = nprev - j + 1 end
       end
     end
-    local u = prev + get(key) + (pend[key] or 0)
-    pend[key] = (pend[key] or 0) + cost
+    local pend = 0
+    if pgen[key] == r then pend = pval[key] end
+    local u = prev + get(key) + pend
+    pgen[key] = r
+    pval[key] = pend + cost
     if u + cost > tonumber(ARGV[a]) then ok = 0 end
     used[i] = u
     oldest[i] = old
     k = k + 1 + nprev
     a = a + 3
   end
-  local parts = {ok}
+  out[#out + 1] = ok
   for i = 1, n do
     if ok == 1 then
       local key = KEYS[k0]
@@ -179,11 +185,10 @@ while a <= #ARGV do
       exp[key] = ARGV[a0 + 1]
       used[i] = used[i] + cost
     end
-    parts[i + 1] = string.format('%d %d', used[i], oldest[i])
+    out[#out + 1] = string.format('%d %d', used[i], oldest[i])
     k0 = k0 + 1 + tonumber(ARGV[a0 + 2])
     a0 = a0 + 3
   end
-  out[#out + 1] = table.concat(parts, ' ')
 end
 for j = 1, #order do
   local key = order[j]
