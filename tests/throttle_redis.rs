@@ -288,6 +288,54 @@ mod batched {
         assert_eq!(redis.cli(&["EXISTS", "many:throttle:{big}"]), "0");
     }
 
+    /// Decisions of different limits, costs and max waits in the same batches.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn batched_decisions_keep_their_own_limits() {
+        let redis = RedisServer::start();
+        let s = store(&redis.url(), "mixed", 64).await;
+        let minute = Gcra {
+            emission_interval: Duration::from_secs(60),
+            burst: 4,
+        };
+        // (key, limit, cost, max wait)
+        let cases = [
+            ("a", SLOW, 1, Duration::ZERO),
+            ("b", minute, 2, Duration::ZERO),
+            ("c", minute, 1, Duration::from_secs(120)),
+        ];
+        let mut tasks = Vec::new();
+        for i in 0..90 {
+            let s = s.clone();
+            let (key, limit, cost, max_wait) = cases[i % 3];
+            tasks.push(tokio::spawn(async move {
+                (
+                    key,
+                    s.check(key.as_bytes(), limit, cost, max_wait)
+                        .await
+                        .unwrap(),
+                )
+            }));
+        }
+        let mut waits: std::collections::BTreeMap<&str, Vec<Duration>> = Default::default();
+        for t in tasks {
+            let (key, d) = t.await.unwrap();
+            if let RateDecision::Allowed { wait, .. } = d {
+                waits.entry(key).or_default().push(wait);
+            }
+        }
+        assert_eq!(waits["a"].len(), 10);
+        assert!(waits["a"].iter().all(Duration::is_zero));
+        // a cost of 2 against a burst of 4: two admitted
+        assert_eq!(waits["b"].len(), 2);
+        // the burst of 4 at once, then two paced slots within the 120 s max wait
+        let c = waits.get_mut("c").unwrap();
+        c.sort_unstable();
+        assert_eq!(c.len(), 6, "{c:?}");
+        assert!(c[..4].iter().all(Duration::is_zero), "{c:?}");
+        assert!(c[4] > Duration::from_secs(59) && c[4] <= Duration::from_secs(60));
+        assert!(c[5] > Duration::from_secs(119) && c[5] <= Duration::from_secs(120));
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn batched_store_fails_fast_while_redis_is_down_and_resumes() {
         let mut redis = RedisServer::start();

@@ -62,10 +62,10 @@ return redis.call('DECRBY', KEYS[1], ARGV[1])
     ///
     /// When any quota's used units (earlier buckets + counter) plus the cost would exceed
     /// its limit, nothing is counted. Otherwise every counter is increased by the cost and
-    /// expires at its window's end. Returns {counted (1|0), used_1, oldest_1, ...}: used
-    /// after counting (or before, when refused) and, for a rolling window, how many buckets
-    /// back the oldest non-empty earlier bucket is (0: none). A counter named twice sees
-    /// its own earlier charge.
+    /// expires at its window's end. Returns one string, `counted (1|0) used_1 oldest_1 ...`
+    /// (decimal integers separated by single spaces): used after counting (or before, when
+    /// refused) and, for a rolling window, how many buckets back the oldest non-empty
+    /// earlier bucket is (0: none). A counter named twice sees its own earlier charge.
     pub const CHARGE: &str = r#"
 local cost = tonumber(ARGV[1])
 local n = tonumber(ARGV[2])
@@ -105,7 +105,13 @@ if out[1] == 1 then
     a = a + 3
   end
 end
-return out
+if n == 1 then
+  return string.format('%d %d %d', out[1], out[2], out[3])
+end
+for i = 1, #out do
+  out[i] = string.format('%d', out[i])
+end
+return table.concat(out, ' ')
 "#;
 
     /// [`CHARGE`] for a batch of requests, decided one after the other: per request, ARGV
@@ -128,18 +134,21 @@ local function get(key)
   return v
 end
 local out = {}
+local used = {}
+local oldest = {}
+local pgen = {}
+local pval = {}
+local r = 0
 local a = 1
 local k = 1
 while a <= #ARGV do
+  r = r + 1
   local cost = tonumber(ARGV[a])
   local n = tonumber(ARGV[a + 1])
   a = a + 2
   local a0 = a
   local k0 = k
   local ok = 1
-  local used = {}
-  local oldest = {}
-  local pend = {}
   for i = 1, n do
     local key = KEYS[k]
     local nprev = tonumber(ARGV[a + 2])
@@ -152,15 +161,18 @@ while a <= #ARGV do
         if old == 0 then old = nprev - j + 1 end
       end
     end
-    local u = prev + get(key) + (pend[key] or 0)
-    pend[key] = (pend[key] or 0) + cost
+    local pend = 0
+    if pgen[key] == r then pend = pval[key] end
+    local u = prev + get(key) + pend
+    pgen[key] = r
+    pval[key] = pend + cost
     if u + cost > tonumber(ARGV[a]) then ok = 0 end
     used[i] = u
     oldest[i] = old
     k = k + 1 + nprev
     a = a + 3
   end
-  local parts = {ok}
+  out[#out + 1] = ok
   for i = 1, n do
     if ok == 1 then
       local key = KEYS[k0]
@@ -173,11 +185,10 @@ while a <= #ARGV do
       exp[key] = ARGV[a0 + 1]
       used[i] = used[i] + cost
     end
-    parts[i + 1] = string.format('%d %d', used[i], oldest[i])
+    out[#out + 1] = string.format('%d %d', used[i], oldest[i])
     k0 = k0 + 1 + tonumber(ARGV[a0 + 2])
     a0 = a0 + 3
   end
-  out[#out + 1] = table.concat(parts, ' ')
 end
 for j = 1, #order do
   local key = order[j]
@@ -287,20 +298,25 @@ impl BatchJob for ChargeJob {
         }
     }
     fn parse(&self, fields: &mut ReplyFields<'_>) -> Option<Self::Output> {
-        let counted = match fields.next_u64()? {
-            0 => false,
-            1 => true,
-            _ => return None,
-        };
-        let mut charged = Vec::with_capacity(self.quotas);
-        for _ in 0..self.quotas {
-            charged.push(Charged {
-                used: fields.next_u64()?,
-                oldest_back: u32::try_from(fields.next_u64()?).ok()?,
-            });
-        }
-        Some((counted, charged))
+        parse_charge(fields, self.quotas)
     }
+}
+
+/// One request's charge reply, `counted used_1 oldest_1 ...` for `quotas` quotas.
+fn parse_charge(fields: &mut ReplyFields<'_>, quotas: usize) -> Option<(bool, Vec<Charged>)> {
+    let counted = match fields.next_u64()? {
+        0 => false,
+        1 => true,
+        _ => return None,
+    };
+    let mut charged = Vec::with_capacity(quotas);
+    for _ in 0..quotas {
+        charged.push(Charged {
+            used: fields.next_u64()?,
+            oldest_back: u32::try_from(fields.next_u64()?).ok()?,
+        });
+    }
+    Some((counted, charged))
 }
 
 /// The largest batch [`RedisCounterStore::batched`] accepts.
@@ -399,18 +415,14 @@ impl RedisCounterStore {
             .iter()
             .map(|a| a as &dyn crate::store::redis::ToRedisArgsDyn)
             .collect();
-        let out: Vec<i64> = self.conn.eval(&CHARGE, &key_refs, &arg_refs).await?;
-        if out.len() != 1 + 2 * specs.len() {
-            return Err(StoreError::Protocol("unexpected quota script reply".into()));
+        let reply: redis::Value = self.conn.eval(&CHARGE, &key_refs, &arg_refs).await?;
+        let bad = || StoreError::Protocol("unexpected quota script reply".into());
+        let mut fields = ReplyFields::of(&reply).ok_or_else(bad)?;
+        let out = parse_charge(&mut fields, specs.len()).ok_or_else(bad)?;
+        if !fields.is_done() {
+            return Err(bad());
         }
-        let charged = out[1..]
-            .chunks_exact(2)
-            .map(|c| Charged {
-                used: u64::try_from(c[0]).unwrap_or(0),
-                oldest_back: u32::try_from(c[1]).unwrap_or(0),
-            })
-            .collect();
-        Ok((out[0] == 1, charged))
+        Ok(out)
     }
 
     /// Gives `cost` back to each counter of `keys` (floored at 0, keeping the expiry) in
@@ -487,6 +499,36 @@ impl CounterStore for RedisCounterStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn charge_of(s: &str, quotas: usize) -> Option<(bool, Vec<Charged>)> {
+        let v = redis::Value::BulkString(s.as_bytes().to_vec());
+        let mut f = ReplyFields::of(&v)?;
+        let out = parse_charge(&mut f, quotas)?;
+        f.is_done().then_some(out)
+    }
+
+    #[test]
+    fn charge_replies_parse_exactly() {
+        let c = |used, oldest_back| Charged { used, oldest_back };
+        assert_eq!(charge_of("1 5 0", 1), Some((true, vec![c(5, 0)])));
+        assert_eq!(
+            charge_of("0 8 2 40 0", 2),
+            Some((false, vec![c(8, 2), c(40, 0)]))
+        );
+        for bad in [
+            "",
+            "1 5",
+            "1 5 0 ",
+            "2 5 0",
+            "1 -5 0",
+            "1 5 0 7",
+            "1 5 4294967296",
+            "1 5e3 0",
+        ] {
+            assert_eq!(charge_of(bad, 1), None, "{bad:?}");
+        }
+        assert!(ReplyFields::of(&redis::Value::Array(vec![redis::Value::Int(1)])).is_none());
+    }
 
     #[test]
     fn add_within_replies_map_to_decisions() {

@@ -339,7 +339,7 @@ impl<'a> ReplyFields<'a> {
     }
 
     /// Whether every field was read.
-    pub(crate) fn is_done(mut self) -> bool {
+    pub(crate) fn is_done(&mut self) -> bool {
         self.0.next().is_none()
     }
 }
@@ -354,6 +354,19 @@ pub(crate) trait BatchJob: Send + Sync + 'static {
     fn push_keys(&self, cmd: &mut redis::Cmd);
     /// Appends its arguments.
     fn push_args(&self, cmd: &mut redis::Cmd);
+    /// Appends the keys of every job of a batch, then their arguments; a job type may
+    /// override it to share arguments between jobs.
+    fn push_batch<'a>(jobs: impl Iterator<Item = &'a Self> + Clone, cmd: &mut redis::Cmd)
+    where
+        Self: 'a,
+    {
+        for j in jobs.clone() {
+            j.push_keys(cmd);
+        }
+        for j in jobs {
+            j.push_args(cmd);
+        }
+    }
     /// Reads its answer from the batch's reply; `None` when the reply is malformed.
     fn parse(&self, fields: &mut ReplyFields<'_>) -> Option<Self::Output>;
 }
@@ -519,12 +532,7 @@ impl<J: BatchJob> Batcher<J> {
             bytes += b;
         }
         let mut cmd = evalsha_cmd(&self.script, keys, keys + args, bytes);
-        for (j, _) in batch {
-            j.push_keys(&mut cmd);
-        }
-        for (j, _) in batch {
-            j.push_args(&mut cmd);
-        }
+        J::push_batch(batch.iter().map(|(j, _)| j), &mut cmd);
         let reply: redis::Value = self.conn.eval_cmd(&self.script, &cmd).await?;
         let bad = || StoreError::Protocol(format!("unexpected {} batch reply", self.what));
         let mut fields = ReplyFields::of(&reply).ok_or_else(bad)?;

@@ -2,8 +2,9 @@
 //! one script per batch of decisions ([`RedisRateStore::batched`]).
 //!
 //! # Wire format
-//! Both scripts take, per decision, one key and four arguments: emission interval, burst,
-//! cost and max wait (microseconds, decimal). A decision's reply is four decimal integers
+//! A decision has one key and four arguments: emission interval, burst, cost and max wait
+//! (microseconds, decimal); the batch script takes each distinct set of four once and a
+//! limit number per decision ([`GCRA_BATCH_LUA`]). A decision's reply is four decimal integers
 //! separated by single spaces, `"<allowed> <wait-or-retry-after> <remaining> <reset-after>"`
 //! (`allowed` is `1` or `0`; times in microseconds); a batch's reply is its decisions' replies
 //! joined by single spaces, in order. Any other reply is a [`StoreError::Protocol`].
@@ -29,7 +30,7 @@ use crate::store::{Gcra, RateDecision, RateStore, StoreError};
 /// GCRA in one script. Time is the Redis server's (`TIME`), so every instance of a fleet
 /// decides against the same clock. Values are microseconds.
 ///
-/// KEYS[1] = rate key; ARGV = emission interval, burst, cost, max wait.
+/// `KEYS[1]` = rate key; `ARGV` = emission interval, burst, cost, max wait.
 /// Returns `"<allowed (1|0)> <wait-or-retry-after> <remaining> <reset-after>"`.
 pub const GCRA_LUA: &str = r"
 local t = redis.call('TIME')
@@ -50,28 +51,37 @@ end
 return string.format('1 0 %d %d', math.floor((now + tau - new_tat) / interval), new_tat - now)
 ";
 
-/// [`GCRA_LUA`] for a batch: decision `i` has key KEYS[i] and arguments ARGV[4i-3..4i]. One
-/// `TIME` and one `MGET` for the batch; decisions on the same key see the earlier ones of
-/// the batch; each admitted key is written once, with its last schedule. Returns the
-/// decisions' replies joined by spaces.
+/// [`GCRA_LUA`] for a batch. `ARGV[1]` = the number of distinct limits L, then per limit its
+/// emission interval, burst, cost and max wait, then per decision `i` the number of its
+/// limit (1 ..= L); `KEYS[i]` is decision `i`'s key. One `TIME` and one `MGET` for the batch;
+/// decisions on the same key see the earlier ones of the batch; each admitted key is
+/// written once, with its last schedule. Returns the decisions' replies joined by spaces.
 pub const GCRA_BATCH_LUA: &str = r"
 local t = redis.call('TIME')
 local now = t[1] * 1000000 + t[2]
 local cur = redis.call('MGET', unpack(KEYS))
+local nl = tonumber(ARGV[1])
+local lims = {}
+for l = 1, nl do
+  local b = 4 * l - 2
+  local interval = tonumber(ARGV[b])
+  lims[l] = {interval, interval * tonumber(ARGV[b + 1]), interval * tonumber(ARGV[b + 2]), now + tonumber(ARGV[b + 3])}
+end
+local base = 1 + 4 * nl
 local tats = {}
 local order = {}
 local out = {}
 for i = 1, #KEYS do
   local key = KEYS[i]
-  local a = 4 * i - 3
-  local interval = tonumber(ARGV[a])
-  local tau = interval * tonumber(ARGV[a + 1])
+  local lim = lims[tonumber(ARGV[base + i])]
+  local interval = lim[1]
+  local tau = lim[2]
   local tat = tats[key]
   if tat == nil then tat = tonumber(cur[i] or '0') end
   if tat < now then tat = now end
-  local new_tat = tat + interval * tonumber(ARGV[a + 2])
+  local new_tat = tat + lim[3]
   local allow_at = new_tat - tau
-  if allow_at > now + tonumber(ARGV[a + 3]) then
+  if allow_at > lim[4] then
     out[i] = string.format('0 %d 0 %d', allow_at - now, tat - now)
     if tats[key] == nil then tats[key] = tat end
   else
@@ -242,14 +252,39 @@ struct Decision {
 impl BatchJob for Decision {
     type Output = RateDecision;
     fn size(&self) -> (usize, usize, usize) {
-        (1, 4, self.key.len() + 40)
+        (1, 5, self.key.len() + 48)
     }
     fn push_keys(&self, cmd: &mut redis::Cmd) {
         cmd.arg(self.key.as_slice());
     }
     fn push_args(&self, cmd: &mut redis::Cmd) {
         let [a, b, c, d] = self.args;
-        cmd.arg(a).arg(b).arg(c).arg(d);
+        cmd.arg(1).arg(a).arg(b).arg(c).arg(d).arg(1);
+    }
+    /// The keys, the distinct limits (a batch usually holds a few policies' decisions; the
+    /// distinct ones come from the configuration, so the search stays short), then each
+    /// decision's limit number.
+    fn push_batch<'a>(jobs: impl Iterator<Item = &'a Self> + Clone, cmd: &mut redis::Cmd) {
+        let mut limits: Vec<[u64; 4]> = Vec::new();
+        let mut which: Vec<usize> = Vec::new();
+        for j in jobs {
+            cmd.arg(j.key.as_slice());
+            let n = match limits.iter().position(|l| *l == j.args) {
+                Some(n) => n,
+                None => {
+                    limits.push(j.args);
+                    limits.len() - 1
+                }
+            };
+            which.push(n + 1);
+        }
+        cmd.arg(limits.len());
+        for [a, b, c, d] in limits {
+            cmd.arg(a).arg(b).arg(c).arg(d);
+        }
+        for n in which {
+            cmd.arg(n);
+        }
     }
     fn parse(&self, fields: &mut ReplyFields<'_>) -> Option<RateDecision> {
         parse_decision(fields)
