@@ -1383,7 +1383,7 @@ enum Refund {
 }
 
 impl Refund {
-    #[inline]
+    #[inline(always)]
     fn local(shard: usize, charges: &[Charge]) -> Self {
         let shard = shard as u32;
         match charges {
@@ -1885,11 +1885,15 @@ macro_rules! admit {
             };
             (policy, local_ratelimit(limits, charges, now_ns))
         });
-        let after = (shared.policy != CountPolicy::EveryCall).then(|| After {
-            shared: $layer.shared.clone(),
-            refund: Refund::local(shard, charges),
-            cost,
-        });
+        let after = if shared.policy != CountPolicy::EveryCall {
+            Some(After {
+                shared: $layer.shared.clone(),
+                refund: Refund::local(shard, charges),
+                cost,
+            })
+        } else {
+            None
+        };
         // admitted responses without fields (the default) keep the future's state small
         return match fields {
             None => ResponseFuture::Inner {
