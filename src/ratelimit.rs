@@ -34,7 +34,7 @@ pub(crate) const RATELIMIT_NAME: http::HeaderName = http::HeaderName::from_stati
 /// The two fields of one policy (or of one set of policies) on an admitted response, built
 /// once and shared by the throttle and the quota layer.
 ///
-/// `map` holds `RateLimit-Policy: <policy>` and a placeholder `RateLimit`: a response
+/// `map` holds a placeholder `RateLimit` and `RateLimit-Policy: <policy>`: a response
 /// without any header field gets a clone of it (the allocations an empty map needs anyway,
 /// and no hashing of the two custom names) with the `RateLimit` value replaced; other
 /// responses get both fields appended.
@@ -56,7 +56,7 @@ impl FieldTemplate {
     pub(crate) fn add_to(&self, map: &mut http::HeaderMap, ratelimit: HeaderValue) {
         if map.is_empty() {
             *map = self.map.clone();
-            if let Some(v) = map.values_mut().nth(1) {
+            if let Some(v) = map.values_mut().next() {
                 *v = ratelimit;
             }
         } else {
@@ -83,9 +83,10 @@ pub(crate) fn intern_template(v: &HeaderValue) -> Option<&'static FieldTemplate>
     let leaked: &'static str = Box::leak(s.to_owned().into_boxed_str());
     // `to_str` succeeded: only visible ASCII, which `from_static` accepts
     let policy = HeaderValue::from_static(leaked);
+    // the placeholder first: it is the first value a clone's iterator yields
     let mut map = http::HeaderMap::with_capacity(2);
-    map.append(RATELIMIT_POLICY_NAME, policy.clone());
     map.append(RATELIMIT_NAME, HeaderValue::from_static(""));
+    map.append(RATELIMIT_POLICY_NAME, policy.clone());
     let t: &'static FieldTemplate = Box::leak(Box::new(FieldTemplate { policy, map }));
     set.insert(leaked, t);
     Some(t)
