@@ -152,16 +152,34 @@ fn memory_per_key(_c: &mut Criterion) {
     );
 }
 
-/// Instruction-count probe for callgrind: `THROTTLE_IR_PROBE=<config>:<iterations>` runs one
-/// configuration at 1 key and exits before criterion starts (compare total `Ir` of two
-/// iteration counts to get the per-request cost without setup).
+/// Every key of `addrs` once, outside `run` (not counted by `--toggle-collect='throttle::run*'`).
+fn prime<S>(svc: &mut S, addrs: &[SocketAddr])
+where
+    S: Service<Request<Body>, Response = Response<Body>>,
+    S::Error: std::fmt::Debug,
+{
+    for a in addrs {
+        black_box(svc.call(req(*a)).now_or_never().unwrap().unwrap());
+    }
+}
+
+/// Instruction-count probe for callgrind: `THROTTLE_IR_PROBE=<config>:<iterations>[:<keys>]`
+/// runs one configuration (at 1 key, or cycling through `keys` keys that are all tracked
+/// first) and exits before criterion starts. Run it under
+/// `valgrind --tool=callgrind --toggle-collect='throttle::run*'`, or compare the total `Ir`
+/// of two iteration counts, to get the per-request cost without setup.
 fn ir_probe(_c: &mut Criterion) {
     let Ok(spec) = std::env::var("THROTTLE_IR_PROBE") else {
         return;
     };
-    let (cfg, n) = spec.split_once(':').expect("<config>:<iterations>");
-    let n: usize = n.parse().expect("iterations");
-    let addrs = ips(1);
+    let mut parts = spec.split(':');
+    let cfg = parts.next().expect("<config>:<iterations>[:<keys>]");
+    let n: usize = parts
+        .next()
+        .and_then(|n| n.parse().ok())
+        .expect("iterations");
+    let keys: u32 = parts.next().map_or(1, |k| k.parse().expect("keys"));
+    let addrs = ips(keys);
     let mut i = 0;
     let mut gov_builder = GovernorConfigBuilder::default();
     gov_builder.per_second(1).burst_size(u32::MAX);
@@ -169,19 +187,23 @@ fn ir_probe(_c: &mut Criterion) {
         "bare" => (0..n).for_each(|_| run(&mut bare(), &addrs, &mut i)),
         "shield" => {
             let mut s = shield(false).layer(bare());
+            prime(&mut s, &addrs);
             (0..n).for_each(|_| run(&mut s, &addrs, &mut i))
         }
         "shield_headers" => {
             let mut s = shield(true).layer(bare());
+            prime(&mut s, &addrs);
             (0..n).for_each(|_| run(&mut s, &addrs, &mut i))
         }
         "governor" => {
             let mut s = GovernorLayer::new(Arc::new(gov_builder.finish().unwrap())).layer(bare());
+            prime(&mut s, &addrs);
             (0..n).for_each(|_| run(&mut s, &addrs, &mut i))
         }
         "governor_headers" => {
             let conf = gov_builder.use_headers().finish().unwrap();
             let mut s = GovernorLayer::new(Arc::new(conf)).layer(bare());
+            prime(&mut s, &addrs);
             (0..n).for_each(|_| run(&mut s, &addrs, &mut i))
         }
         other => panic!("unknown probe {other}"),

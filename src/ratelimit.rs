@@ -25,6 +25,73 @@ pub static RATELIMIT_POLICY: http::HeaderName = http::HeaderName::from_static("r
 /// Header name `RateLimit`.
 pub static RATELIMIT: http::HeaderName = http::HeaderName::from_static("ratelimit");
 
+/// `RateLimit-Policy` as a constant: each use is a fresh static name (no clone call).
+pub(crate) const RATELIMIT_POLICY_NAME: http::HeaderName =
+    http::HeaderName::from_static("ratelimit-policy");
+/// `RateLimit` as a constant.
+pub(crate) const RATELIMIT_NAME: http::HeaderName = http::HeaderName::from_static("ratelimit");
+
+/// The two fields of one policy (or of one set of policies) on an admitted response, built
+/// once and shared by the throttle and the quota layer.
+///
+/// `map` holds a placeholder `RateLimit` and `RateLimit-Policy: <policy>`: a response
+/// without any header field gets a clone of it (the allocations an empty map needs anyway,
+/// and no hashing of the two custom names) with the `RateLimit` value replaced; other
+/// responses get both fields appended.
+pub(crate) struct FieldTemplate {
+    /// The `RateLimit-Policy` value (static: cloning it touches no reference count).
+    pub(crate) policy: HeaderValue,
+    map: http::HeaderMap,
+}
+
+impl std::fmt::Debug for FieldTemplate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("FieldTemplate").field(&self.policy).finish()
+    }
+}
+
+impl FieldTemplate {
+    /// Adds `RateLimit-Policy` (this template's) and `RateLimit: <ratelimit>` to `map`.
+    #[inline]
+    pub(crate) fn add_to(&self, map: &mut http::HeaderMap, ratelimit: HeaderValue) {
+        if map.is_empty() {
+            *map = self.map.clone();
+            if let Some(v) = map.values_mut().next() {
+                *v = ratelimit;
+            }
+        } else {
+            map.reserve(2);
+            map.append(RATELIMIT_POLICY_NAME, self.policy.clone());
+            map.append(RATELIMIT_NAME, ratelimit);
+        }
+    }
+}
+
+/// The field template of a `RateLimit-Policy` value (`None` when it is not visible ASCII).
+/// Templates are interned: each distinct value is leaked once per process (a handful of
+/// configured policy strings; rebuilding a layer with the same policies reuses them).
+pub(crate) fn intern_template(v: &HeaderValue) -> Option<&'static FieldTemplate> {
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+    static VALUES: Mutex<BTreeMap<&'static str, &'static FieldTemplate>> =
+        Mutex::new(BTreeMap::new());
+    let s = v.to_str().ok()?;
+    let mut set = VALUES.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(t) = set.get(s) {
+        return Some(t);
+    }
+    let leaked: &'static str = Box::leak(s.to_owned().into_boxed_str());
+    // `to_str` succeeded: only visible ASCII, which `from_static` accepts
+    let policy = HeaderValue::from_static(leaked);
+    // the placeholder first: it is the first value a clone's iterator yields
+    let mut map = http::HeaderMap::with_capacity(2);
+    map.append(RATELIMIT_NAME, HeaderValue::from_static(""));
+    map.append(RATELIMIT_POLICY_NAME, policy.clone());
+    let t: &'static FieldTemplate = Box::leak(Box::new(FieldTemplate { policy, map }));
+    set.insert(leaked, t);
+    Some(t)
+}
+
 /// One policy's state, rendered into both header fields.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RateLimitField {
@@ -239,6 +306,25 @@ mod tests {
             policy_value(&[f]).unwrap(),
             r#""c";q=4;qu="concurrent-requests""#
         );
+    }
+
+    #[test]
+    fn templates_are_interned_and_fill_empty_and_non_empty_maps_alike() {
+        let p = HeaderValue::from_static(r#""t";q=5;w=60"#);
+        let t = intern_template(&p).unwrap();
+        assert!(std::ptr::eq(t, intern_template(&p.clone()).unwrap()));
+        assert!(intern_template(&HeaderValue::from_bytes(b"\xff").unwrap()).is_none());
+        let mut empty = http::HeaderMap::new();
+        t.add_to(&mut empty, HeaderValue::from_static(r#""t";r=4;t=60"#));
+        let mut typed = http::HeaderMap::new();
+        typed.insert("content-type", HeaderValue::from_static("text/plain"));
+        t.add_to(&mut typed, HeaderValue::from_static(r#""t";r=4;t=60"#));
+        for m in [&empty, &typed] {
+            assert_eq!(m["ratelimit-policy"], r#""t";q=5;w=60"#);
+            assert_eq!(m["ratelimit"], r#""t";r=4;t=60"#);
+            assert_eq!(m.get_all("ratelimit").iter().count(), 1);
+        }
+        assert_eq!((empty.len(), typed.len()), (2, 3));
     }
 
     #[test]

@@ -24,7 +24,7 @@ use crate::denial::{Denial, Renderer};
 use crate::error::ConfigError;
 use crate::fast_hash::Seeds;
 use crate::principal::Principal;
-use crate::ratelimit::{self, RateLimitField};
+use crate::ratelimit::{self, FieldTemplate, RateLimitField};
 use crate::route::{RoutePattern, RouteSet};
 use crate::store::{CounterDecision, CounterStore, FailureMode, StoreError};
 
@@ -236,13 +236,17 @@ impl LimitProvider for PlanTable {
 struct PlanEntry {
     limits: Limits,
     policy: Option<HeaderValue>,
+    /// The fields of an admitted response, built once (interned by policy value).
+    template: Option<&'static FieldTemplate>,
 }
 
 impl PlanEntry {
     fn new(limits: &Limits) -> Self {
+        let policy = policy_value(limits);
         Self {
             limits: limits.clone(),
-            policy: policy_value(limits),
+            template: policy.as_ref().and_then(ratelimit::intern_template),
+            policy,
         }
     }
 }
@@ -1379,7 +1383,7 @@ enum Refund {
 }
 
 impl Refund {
-    #[inline]
+    #[inline(always)]
     fn local(shard: usize, charges: &[Charge]) -> Self {
         let shard = shard as u32;
         match charges {
@@ -1411,7 +1415,15 @@ struct After<St> {
 
 /// `RateLimit-Policy` and `RateLimit` of an admitted response (with
 /// [`QuotaLayerBuilder::headers_on_success`]).
-type Fields = (Option<HeaderValue>, Option<HeaderValue>);
+type Fields = (FieldPolicy, Option<HeaderValue>);
+
+/// The `RateLimit-Policy` part of [`Fields`].
+enum FieldPolicy {
+    /// A plan table's, with its shared field template.
+    Template(&'static FieldTemplate),
+    /// Rendered for this request (a custom provider's limits), if it could be.
+    Value(Option<HeaderValue>),
+}
 
 impl<St: CounterStore> After<St> {
     #[inline]
@@ -1530,7 +1542,17 @@ where
         *after = None;
     }
     if let Ok(res) = &mut out {
-        append_fields(res.headers_mut(), fields.0.take(), fields.1.take());
+        let ratelimit = fields.1.take();
+        match (&mut fields.0, ratelimit) {
+            // an empty map gets the template (no inner `RateLimit` to keep)
+            (FieldPolicy::Template(t), Some(rl)) if res.headers().is_empty() => {
+                t.add_to(res.headers_mut(), rl)
+            }
+            (FieldPolicy::Template(t), rl) => {
+                append_fields(res.headers_mut(), Some(t.policy.clone()), rl)
+            }
+            (FieldPolicy::Value(p), rl) => append_fields(res.headers_mut(), p.take(), rl),
+        }
     }
     Poll::Ready(out)
 }
@@ -1796,9 +1818,9 @@ macro_rules! admit {
     // the plan table's entries carry their `RateLimit-Policy` value; a provider's
     // limits get theirs built per request
     let owned;
-    let (limits, policy): (&Limits, Option<&HeaderValue>) = match &shared.plans {
+    let (limits, entry): (&Limits, Option<&PlanEntry>) = match &shared.plans {
         Some(table) => match table.entry(plan) {
-            Some(e) => (&e.limits, e.policy.as_ref()),
+            Some(e) => (&e.limits, Some(e)),
             None => return unknown_plan($layer, $req, $inner),
         },
         None => {
@@ -1854,17 +1876,24 @@ macro_rules! admit {
             return deny_counted($layer, d, $req, $inner);
         }
         let fields = shared.headers_on_success.then(|| {
-            let policy = match policy {
-                Some(p) => Some(p.clone()),
-                None => policy_value(limits),
+            let policy = match entry {
+                Some(PlanEntry {
+                    template: Some(t), ..
+                }) => FieldPolicy::Template(t),
+                Some(e) => FieldPolicy::Value(e.policy.clone()),
+                None => FieldPolicy::Value(policy_value(limits)),
             };
             (policy, local_ratelimit(limits, charges, now_ns))
         });
-        let after = (shared.policy != CountPolicy::EveryCall).then(|| After {
-            shared: $layer.shared.clone(),
-            refund: Refund::local(shard, charges),
-            cost,
-        });
+        let after = if shared.policy != CountPolicy::EveryCall {
+            Some(After {
+                shared: $layer.shared.clone(),
+                refund: Refund::local(shard, charges),
+                cost,
+            })
+        } else {
+            None
+        };
         // admitted responses without fields (the default) keep the future's state small
         return match fields {
             None => ResponseFuture::Inner {
@@ -2004,7 +2033,7 @@ where
         }
         let fields = shared.headers_on_success.then(|| {
             (
-                policy_value(&limits),
+                FieldPolicy::Value(policy_value(&limits)),
                 ratelimit_value(&limits, &outcomes, now),
             )
         });

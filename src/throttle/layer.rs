@@ -25,7 +25,10 @@ use crate::denial::{Denial, Renderer};
 use crate::error::ConfigError;
 use crate::fast_hash::{FastHasher, Seeds};
 use crate::principal::Principal;
-use crate::ratelimit::{RateLimitField, ceil_secs};
+use crate::ratelimit::{
+    FieldTemplate, RATELIMIT_NAME, RATELIMIT_POLICY_NAME, RateLimitField, ceil_secs,
+    intern_template as intern,
+};
 use crate::route::{MatchedRoute, RouteSet};
 #[cfg(feature = "redis")]
 use crate::store::{FailureMode, Gcra, RateDecision, RateStore};
@@ -96,41 +99,6 @@ struct Shared {
     single_ip_rate: bool,
     #[cfg(feature = "redis")]
     redis: Option<RedisBackend>,
-}
-
-/// The two fields of one policy on an allowed response, built once and shared.
-///
-/// `map` holds `RateLimit-Policy: <policy>` and a placeholder `RateLimit`: a response
-/// without any header field gets a clone of it (its allocation, no name hashing) with the
-/// `RateLimit` value replaced; other responses get both fields appended.
-pub(crate) struct FieldTemplate {
-    /// The `RateLimit-Policy` value (static: cloning it touches no reference count).
-    policy: HeaderValue,
-    map: http::HeaderMap,
-}
-
-/// The field template of a `RateLimit-Policy` value. Templates are interned: each distinct
-/// value is leaked once per process (a handful of policy strings; rebuilding a layer with
-/// the same policies reuses them).
-fn intern(v: &HeaderValue) -> Option<&'static FieldTemplate> {
-    use std::collections::BTreeMap;
-    use std::sync::Mutex;
-    static VALUES: Mutex<BTreeMap<&'static str, &'static FieldTemplate>> =
-        Mutex::new(BTreeMap::new());
-    let s = v.to_str().ok()?;
-    let mut set = VALUES.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(t) = set.get(s) {
-        return Some(t);
-    }
-    let leaked: &'static str = Box::leak(s.to_owned().into_boxed_str());
-    // `to_str` succeeded: only visible ASCII, which `from_static` accepts
-    let policy = HeaderValue::from_static(leaked);
-    let mut map = http::HeaderMap::with_capacity(2);
-    map.append(RATELIMIT_POLICY_NAME, policy.clone());
-    map.append(RATELIMIT_NAME, HeaderValue::from_static(""));
-    let t: &'static FieldTemplate = Box::leak(Box::new(FieldTemplate { policy, map }));
-    set.insert(leaked, t);
-    Some(t)
 }
 
 /// Builder for [`ThrottleLayer`].
@@ -1150,29 +1118,12 @@ pin_project! {
     }
 }
 
-/// The field names as constants: each use is a fresh static name (no clone call).
-const RATELIMIT_POLICY_NAME: http::HeaderName = http::HeaderName::from_static("ratelimit-policy");
-const RATELIMIT_NAME: http::HeaderName = http::HeaderName::from_static("ratelimit");
-
 #[inline]
 fn add_headers<B>(res: &mut Response<B>, headers: RateLimitFields) {
     let map = res.headers_mut();
     match headers.0 {
         Fields::None => {}
-        Fields::One(t, r) => {
-            if map.is_empty() {
-                // the shared template: one clone (the allocation an empty map needs anyway)
-                // instead of hashing both custom names
-                *map = t.map.clone();
-                if let Some(v) = map.values_mut().nth(1) {
-                    *v = r;
-                }
-            } else {
-                map.reserve(2);
-                map.append(RATELIMIT_POLICY_NAME, t.policy.clone());
-                map.append(RATELIMIT_NAME, r);
-            }
-        }
+        Fields::One(t, r) => t.add_to(map, r),
         Fields::Many(all) => {
             map.reserve(2 * all.len());
             for (p, r) in all {
