@@ -89,7 +89,6 @@ mod lockout;
 mod lockout_redis;
 mod login;
 
-use std::borrow::Cow;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -992,16 +991,16 @@ impl Core {
         }
     }
 
-    fn required_scopes<'r>(&'r self, rule: &'r RouteRule, method: &Method) -> Cow<'r, [String]> {
+    fn required_scopes<'r>(&'r self, rule: &'r RouteRule, method: &Method) -> &'r [String] {
         if !rule.scopes.is_empty() {
-            return Cow::Borrowed(&rule.scopes);
+            return &rule.scopes;
         }
         match &self.default_scopes {
             Some((read, write)) if std::ptr::eq(rule, &self.default_rule) => {
                 let safe = matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS);
-                Cow::Owned(vec![if safe { read.clone() } else { write.clone() }])
+                std::slice::from_ref(if safe { read } else { write })
             }
-            _ => Cow::Borrowed(&[]),
+            _ => &[],
         }
     }
 
@@ -1016,7 +1015,7 @@ impl Core {
         if required.iter().all(|s| p.has_scope(s)) {
             Ok(())
         } else {
-            Err(self.insufficient_scope(&required))
+            Err(self.insufficient_scope(required))
         }
     }
 }
