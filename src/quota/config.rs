@@ -29,6 +29,8 @@
 //! # url_env = "QUOTA_REDIS_URL"      # or url = "redis://:pw@host:6379/0"
 //! # timeout_ms = 50                  # per call; then failure_mode applies
 //! # key_prefix = "shop"
+//! # batch = 64                      # optional: charges queued while a script is in flight
+//! #                                 # share one script (single Redis, not Redis Cluster)
 //! # failure_mode = "local_fallback"  # overrides quota.failure_mode
 //! ```
 //!
@@ -150,6 +152,9 @@ pub struct StoreConfig {
     pub key_prefix: Option<String>,
     /// Failure mode of the store (overrides `quota.failure_mode`).
     pub failure_mode: Option<FailureMode>,
+    /// Redis only: batch up to this many charges per script (1..=1024; see
+    /// `RedisCounterStore::batched`). Single Redis only, not Redis Cluster.
+    pub batch: Option<usize>,
 }
 
 /// Store kinds.
@@ -247,6 +252,7 @@ impl QuotaConfig {
                 (self.store.url_env.is_some(), "url_env"),
                 (self.store.timeout_ms.is_some(), "timeout_ms"),
                 (self.store.key_prefix.is_some(), "key_prefix"),
+                (self.store.batch.is_some(), "batch"),
             ] {
                 if set {
                     return Err(ConfigError::invalid(
@@ -402,6 +408,14 @@ impl QuotaConfig {
                 ));
             }
         };
+        if let Some(n) = st.batch
+            && !(1..=super::redis::MAX_BATCH).contains(&n)
+        {
+            return Err(ConfigError::invalid(
+                "quota.store.batch",
+                format!("must be between 1 and {}, got {n}", super::redis::MAX_BATCH),
+            ));
+        }
         let timeout = st.timeout_ms.unwrap_or(50);
         if timeout == 0 {
             return Err(ConfigError::invalid(
@@ -429,9 +443,11 @@ impl QuotaConfig {
             ConfigError::Invalid { reason, .. } => ConfigError::invalid(url_key, reason),
             other => other,
         })?;
-        Ok(QuotaStore::Redis(super::redis::RedisCounterStore::new(
-            conn,
-        )))
+        let store = match st.batch {
+            Some(n) => super::redis::RedisCounterStore::batched(conn, n)?,
+            None => super::redis::RedisCounterStore::new(conn),
+        };
+        Ok(QuotaStore::Redis(store))
     }
 
     #[cfg(not(feature = "redis"))]
@@ -498,6 +514,7 @@ mod tests {
         const P: &str =
             "[plans]\nfree = [{ name = \"m\", limit = 1, window = \"day\" }]\n[store]\n";
         assert!(err(&format!("{P}url = \"redis://h\"")).starts_with("quota.store.url"));
+        assert!(err(&format!("{P}batch = 8")).starts_with("quota.store.batch"));
         #[cfg(feature = "redis")]
         {
             assert!(err(&format!("{P}kind = \"redis\"")).starts_with("quota.store.url"));
@@ -513,6 +530,13 @@ mod tests {
                 ))
                 .starts_with("quota.store.timeout_ms")
             );
+            for bad in ["0", "1025"] {
+                let e = err(&format!(
+                    "{P}kind = \"redis\"\nurl = \"redis://h\"\nbatch = {bad}"
+                ));
+                assert!(e.starts_with("quota.store.batch"), "{e}");
+                assert!(e.contains(&format!("got {bad}")), "{e}");
+            }
             let e = err(&format!("{P}kind = \"redis\"\nurl = \"nope://:hunter2@h\""));
             assert!(e.starts_with("quota.store.url"), "{e}");
             assert!(!e.contains("hunter2"), "{e}");
@@ -543,6 +567,26 @@ mod tests {
         .unwrap();
         let layer = cfg.build().unwrap();
         assert!(!format!("{layer:?}").contains("pw@"));
+    }
+
+    #[cfg(feature = "redis")]
+    #[tokio::test]
+    async fn redis_batch_picks_the_batched_store() {
+        let text = |batch: &str| {
+            format!(
+                "[plans]\nfree = [{{ name = \"m\", limit = 1, window = \"day\" }}]\n\
+                 [store]\nkind = \"redis\"\nurl = \"redis://127.0.0.1:1/0\"\n{batch}"
+            )
+        };
+        let batched: QuotaConfig = toml::from_str(&text("batch = 16")).unwrap();
+        let single: QuotaConfig = toml::from_str(&text("")).unwrap();
+        let max_batch = |c: &QuotaConfig| match c.redis_store().unwrap() {
+            QuotaStore::Redis(r) => r.max_batch(),
+            _ => panic!("not a redis store"),
+        };
+        assert_eq!(max_batch(&batched), Some(16));
+        assert_eq!(max_batch(&single), None);
+        batched.build().unwrap();
     }
 
     #[test]
