@@ -21,14 +21,18 @@ use tower_shield::{CredentialKind, Principal};
 mod redis_server;
 use redis_server::RedisServer;
 
-fn store(url: &str, prefix: &str) -> RedisCounterStore {
-    let conn = RedisConn::builder(url)
+/// A lazily connecting client with short timeouts, so failure tests stay fast.
+fn conn(url: &str, prefix: &str) -> RedisConn {
+    RedisConn::builder(url)
         .key_prefix(prefix)
         .timeout(Duration::from_millis(300))
         .connect_timeout(Duration::from_millis(200))
         .build_lazy()
-        .unwrap();
-    RedisCounterStore::new(conn)
+        .unwrap()
+}
+
+fn store(url: &str, prefix: &str) -> RedisCounterStore {
+    RedisCounterStore::new(conn(url, prefix))
 }
 
 fn layer(url: &str, prefix: &str, quotas: Vec<Quota>, mode: FailureMode) -> QuotaLayer {
@@ -387,13 +391,7 @@ mod batched {
     use tower_shield::store::StoreError;
 
     fn batched_store(url: &str, prefix: &str, max: usize) -> RedisCounterStore {
-        let conn = RedisConn::builder(url)
-            .key_prefix(prefix)
-            .timeout(Duration::from_millis(300))
-            .connect_timeout(Duration::from_millis(200))
-            .build_lazy()
-            .unwrap();
-        RedisCounterStore::batched(conn, max).unwrap()
+        RedisCounterStore::batched(conn(url, prefix), max).unwrap()
     }
 
     fn evalsha_calls(redis: &RedisServer) -> usize {

@@ -31,16 +31,20 @@ fn req() -> Request<()> {
     r
 }
 
-fn layer(url: &str, prefix: &str, burst: u32, mode: FailureMode) -> ThrottleLayer {
-    let conn = RedisConn::builder(url)
+/// A lazily connecting client with short timeouts, so failure tests stay fast.
+fn conn(url: &str, prefix: &str) -> RedisConn {
+    RedisConn::builder(url)
         .key_prefix(prefix)
         .timeout(Duration::from_millis(300))
         .connect_timeout(Duration::from_millis(200))
         .build_lazy()
-        .unwrap();
+        .unwrap()
+}
+
+fn layer(url: &str, prefix: &str, burst: u32, mode: FailureMode) -> ThrottleLayer {
     ThrottleLayer::builder()
         .policy(Policy::rate("per-ip", Rate::per_hour(1)).burst(burst))
-        .redis(RedisRateStore::new(conn), mode)
+        .redis(RedisRateStore::new(conn(url, prefix)), mode)
         .build()
         .unwrap()
 }
@@ -159,13 +163,7 @@ mod batched {
     use tower_shield::store::{Gcra, RateDecision, RateStore, StoreError};
 
     async fn store(url: &str, prefix: &str, max_batch: usize) -> RedisRateStore {
-        let conn = RedisConn::builder(url)
-            .key_prefix(prefix)
-            .timeout(Duration::from_millis(300))
-            .connect_timeout(Duration::from_millis(200))
-            .build_lazy()
-            .unwrap();
-        RedisRateStore::batched(conn, max_batch).unwrap()
+        RedisRateStore::batched(conn(url, prefix), max_batch).unwrap()
     }
 
     const SLOW: Gcra = Gcra {
