@@ -16,7 +16,7 @@
 //! for two values of N: the difference of the totals over the difference of decisions is
 //! the client's cost per decision.
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group};
@@ -24,6 +24,10 @@ use tower_shield::store::redis::RedisConn;
 use tower_shield::store::{Gcra, RateDecision, RateStore};
 use tower_shield::throttle::RedisRateStore;
 use tower_shield::throttle::redis::GCRA_LUA;
+
+#[path = "support/redis.rs"]
+mod redis_support;
+use redis_support::{RedisServer, evalsha_stats, reset_stats, start};
 
 const TASKS: u64 = 64;
 /// Keys spread over the tasks (eight clients, as in the quota bench).
@@ -33,40 +37,6 @@ const LIMIT: Gcra = Gcra {
     emission_interval: Duration::from_micros(1),
     burst: u32::MAX,
 };
-
-struct RedisServer {
-    port: u16,
-    child: Child,
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start() -> RedisServer {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("redis-server must be installed");
-    for _ in 0..200 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    RedisServer { port, child }
-}
 
 /// `redis-benchmark` with the same script and arguments the store sends; its requests/s.
 fn redis_benchmark(port: u16, sha: &str) -> Option<f64> {
@@ -98,32 +68,6 @@ fn redis_benchmark(port: u16, sha: &str) -> Option<f64> {
     // CSV: "test","rps",...; the second line holds the numbers
     let line = text.lines().nth(1)?;
     line.split(',').nth(1)?.trim_matches('"').parse().ok()
-}
-
-/// `(EVALSHA calls, server µs per call)` since the last `CONFIG RESETSTAT`.
-fn evalsha_stats(port: u16) -> (f64, f64) {
-    let out = Command::new("redis-cli")
-        .args(["-p", &port.to_string(), "INFO", "commandstats"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text
-        .lines()
-        .find(|l| l.starts_with("cmdstat_evalsha:"))
-        .unwrap_or("");
-    let field = |name: &str| -> f64 {
-        line.split(&[':', ','][..])
-            .find_map(|kv| kv.strip_prefix(name))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0)
-    };
-    (field("calls="), field("usec_per_call="))
-}
-
-fn reset_stats(port: u16) {
-    let _ = Command::new("redis-cli")
-        .args(["-p", &port.to_string(), "CONFIG", "RESETSTAT"])
-        .output();
 }
 
 /// Runs `per` decisions on each of 64 tasks; returns the elapsed time and, if asked, every
