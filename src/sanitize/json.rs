@@ -8,7 +8,7 @@ use std::cell::RefCell;
 use std::collections::HashSet;
 use std::ops::Range;
 
-use super::detect::{B_STOP, CLASS, classes};
+use super::detect::{B_DOT, B_NONPLAIN, B_STOP, CLASS, classes};
 use super::policy::Limits;
 
 /// One segment of the location of a string.
@@ -140,7 +140,8 @@ pub(crate) trait JsonVisitor {
     ) -> Result<Option<String>, Self::Stop>;
 
     /// Whether `visit` would surely do nothing with this string (its bytes; then it is not
-    /// called).
+    /// called). `mask` holds at least the [`SUMMARY`] bits of [`classes`]`(value)` (the
+    /// scan computes the other classes only for strings it visits).
     fn skip(&self, _value: &[u8], _mask: u32) -> bool {
         false
     }
@@ -253,36 +254,53 @@ fn skip_ws(b: &[u8], mut i: usize) -> usize {
     i
 }
 
+/// The bits of [`CLASS`] the plain-string pre-filter looks at (`inputs::candidate_bytes`):
+/// what [`scan_string`] reports about a string's raw content.
+pub(crate) const SUMMARY: u32 = B_NONPLAIN | B_DOT;
+
 /// Scans a string token starting after the opening quote at `i`. Returns the end of the
-/// raw content (index of the closing quote), whether it contains escapes, and the byte
-/// classes ([`classes`]) of the raw content (of the value itself when it has no escapes).
+/// raw content (index of the closing quote), whether it contains escapes, and the
+/// [`SUMMARY`] bits of [`classes`] of the raw content (whether it has a byte that is not
+/// plain, and a `.`). The full classes of a string are computed only for strings that are
+/// visited.
 #[inline(always)]
 fn scan_string(b: &[u8], mut i: usize) -> Result<(usize, bool, u32), JsonError> {
     let mut escaped = false;
-    let mut mask = 0u32;
+    let mut summary = 0u32;
     loop {
-        // 4 bytes at a time while none ends the plain part (`"`, `\`, a control character)
-        while i + 4 <= b.len() {
-            let t = CLASS[b[i] as usize]
-                | CLASS[b[i + 1] as usize]
-                | CLASS[b[i + 2] as usize]
-                | CLASS[b[i + 3] as usize];
-            if t & B_STOP != 0 {
-                break;
+        // 16 bytes at a time while 16 are left in the input (the bytes after the closing
+        // quote are read but not counted), then byte by byte
+        'plain: loop {
+            #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+            if let Some(c) = b.get(i..i + 16) {
+                let (stop, nonplain, dot) = sse2::classify16(c.try_into().expect("16 bytes"));
+                // the bytes before the first stop byte (all 16 when there is none)
+                let before = stop.wrapping_sub(1) & !stop;
+                if nonplain & before != 0 {
+                    summary |= B_NONPLAIN;
+                }
+                if dot & before != 0 {
+                    summary |= B_DOT;
+                }
+                if stop != 0 {
+                    i += stop.trailing_zeros() as usize;
+                    break 'plain;
+                }
+                i += 16;
+                continue 'plain;
             }
-            mask |= t;
-            i += 4;
-        }
-        while i < b.len() {
-            let t = CLASS[b[i] as usize];
-            if t & B_STOP != 0 {
-                break;
+            while i < b.len() {
+                let t = CLASS[b[i] as usize];
+                if t & B_STOP != 0 {
+                    break;
+                }
+                summary |= t & SUMMARY;
+                i += 1;
             }
-            mask |= t;
-            i += 1;
+            break 'plain;
         }
         match b.get(i) {
-            Some(b'"') => return Ok((i, escaped, mask)),
+            Some(b'"') => return Ok((i, escaped, summary)),
             Some(b'\\') => {
                 escaped = true;
                 match b.get(i + 1) {
@@ -298,6 +316,71 @@ fn scan_string(b: &[u8], mut i: usize) -> Result<(usize, bool, u32), JsonError> 
             }
             _ => return Err(JsonError::Syntax),
         }
+    }
+}
+
+/// SSE2 (part of every x86_64 CPU) classification of 16 bytes for [`scan_string`].
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+mod sse2 {
+    use std::arch::x86_64::{
+        __m128i, _mm_cmpeq_epi8, _mm_min_epu8, _mm_movemask_epi8, _mm_or_si128, _mm_set_epi64x,
+        _mm_set1_epi8, _mm_sub_epi8,
+    };
+
+    #[inline]
+    #[target_feature(enable = "sse2")]
+    fn splat(c: u8) -> __m128i {
+        _mm_set1_epi8(c as i8)
+    }
+
+    /// `x <= max` per byte, unsigned.
+    #[inline]
+    #[target_feature(enable = "sse2")]
+    fn at_most(x: __m128i, max: u8) -> __m128i {
+        _mm_cmpeq_epi8(_mm_min_epu8(x, splat(max)), x)
+    }
+
+    /// Bit `k` of each mask is about byte `k`: (ends the plain part of a string: `"`, `\`
+    /// or a control character below 0x20; is not plain: not an ASCII letter, digit, `_`,
+    /// `-`, `@` or `.` (`B_NONPLAIN`); is `.`).
+    #[inline(always)]
+    #[allow(unsafe_code)]
+    pub(super) fn classify16(c: &[u8; 16]) -> (u32, u32, u32) {
+        // SAFETY: the module is compiled only where SSE2 is enabled for the whole build
+        // (`target_feature = "sse2"`, the x86_64 baseline), so the feature is present.
+        unsafe { classify16_sse2(c) }
+    }
+
+    #[inline]
+    #[target_feature(enable = "sse2")]
+    fn classify16_sse2(c: &[u8; 16]) -> (u32, u32, u32) {
+        let lo = u64::from_le_bytes(c[..8].try_into().expect("8 bytes"));
+        let hi = u64::from_le_bytes(c[8..].try_into().expect("8 bytes"));
+        let v = _mm_set_epi64x(hi as i64, lo as i64);
+        let stop = _mm_or_si128(
+            _mm_or_si128(
+                _mm_cmpeq_epi8(v, splat(b'"')),
+                _mm_cmpeq_epi8(v, splat(b'\\')),
+            ),
+            at_most(v, 0x1f),
+        );
+        let digit = at_most(_mm_sub_epi8(v, splat(b'0')), 9);
+        // `| 0x20` maps exactly `A-Z` onto `a-z`
+        let alpha = at_most(_mm_sub_epi8(_mm_or_si128(v, splat(0x20)), splat(b'a')), 25);
+        let dot = _mm_cmpeq_epi8(v, splat(b'.'));
+        let other = _mm_or_si128(
+            _mm_or_si128(
+                _mm_cmpeq_epi8(v, splat(b'_')),
+                _mm_cmpeq_epi8(v, splat(b'-')),
+            ),
+            _mm_or_si128(_mm_cmpeq_epi8(v, splat(b'@')), dot),
+        );
+        let plain = _mm_or_si128(_mm_or_si128(digit, alpha), other);
+        (
+            _mm_movemask_epi8(stop) as u32,
+            !(_mm_movemask_epi8(plain) as u32) & 0xffff,
+            _mm_movemask_epi8(dot) as u32,
+        )
     }
 }
 
@@ -482,6 +565,9 @@ fn scan_with<'a, V: JsonVisitor>(
                     &b[i + 1..end]
                 };
                 if !visitor.skip(value, mask) {
+                    if !escaped {
+                        mask = classes(value);
+                    }
                     let value = if escaped {
                         text.as_str()
                     } else {
@@ -644,6 +730,9 @@ fn member<'a, V: JsonVisitor>(
         _ => segs.push(seg),
     }
     if !visitor.skip(key, mask) {
+        if !escaped {
+            mask = classes(key);
+        }
         let key = if escaped {
             owned.as_str()
         } else {
@@ -866,6 +955,24 @@ mod tests {
         }
     }
 
+    /// Every byte value in every lane is classified as the table classifies it.
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+    #[test]
+    fn sse2_classes_agree_with_the_table() {
+        for c in 0..=255u8 {
+            for lane in 0..16 {
+                let mut w = [b'a'; 16];
+                w[lane] = c;
+                let (stop, nonplain, dot) = sse2::classify16(&w);
+                let t = CLASS[c as usize];
+                let bit = 1u32 << lane;
+                assert_eq!(stop, if t & B_STOP != 0 { bit } else { 0 }, "stop {c:#x}");
+                assert_eq!(nonplain, if t & B_NONPLAIN != 0 { bit } else { 0 }, "{c:#x}");
+                assert_eq!(dot, if t & B_DOT != 0 { bit } else { 0 }, "dot {c:#x}");
+            }
+        }
+    }
+
     #[test]
     fn string_scan_agrees_with_a_byte_loop() {
         const PIECES: &[&[u8]] = &[
@@ -897,6 +1004,16 @@ mod tests {
             b"\t",
             b"\n",
             b"abcdefgh",
+            b"ABCXYZ",
+            b"@",
+            b"-",
+            b"`",
+            b"[",
+            b"^",
+            b"~",
+            b"9",
+            b"0123456789abcdef",
+            b"..",
         ];
         let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
         let mut next = move || {
@@ -915,7 +1032,7 @@ mod tests {
             doc.extend_from_slice(tail);
             assert_eq!(
                 scan_string(&doc, 0),
-                scan_string_bytewise(&doc, 0),
+                scan_string_bytewise(&doc, 0).map(|(e, esc, m)| (e, esc, m & SUMMARY)),
                 "{:?}",
                 String::from_utf8_lossy(&doc)
             );
