@@ -96,7 +96,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, CONTENT_TYPE, COOKIE, HeaderName, TRANSFER_ENCODING};
+use http::header::{
+    CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, COOKIE, HeaderName, TRANSFER_ENCODING,
+};
+use http::HeaderMap;
 use http::request::Parts;
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body::Body;
@@ -107,7 +110,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::body::BodyFromBytes;
-use crate::denial::{Denial, Renderer, RequestHead, is_grpc};
+use crate::denial::{Denial, Renderer, RequestHead};
 use crate::error::ConfigError;
 use crate::facts::{self, InputFinding};
 use crate::future::ShieldFuture;
@@ -669,16 +672,17 @@ impl<'a> Inspector<'a> {
         if let Some(q) = parts.uri.query() {
             self.inspect_pairs(q, false)?;
         }
-        for name in &self.shared.headers {
-            for v in parts.headers.get_all(name) {
+        let shared = self.shared;
+        for name in &shared.headers {
+            each_value(&parts.headers, name, |v| {
                 let s = std::str::from_utf8(v.as_bytes())
                     .map_err(|_| invalid_encoding(&format!("header.{name}")))?;
                 self.check_len(s)?;
-                self.check_header(Loc::Header(name.as_str()), s)?;
-            }
+                self.check_header(Loc::Header(name.as_str()), s)
+            })?;
         }
-        if self.shared.cookies {
-            for v in parts.headers.get_all(COOKIE) {
+        if shared.cookies {
+            each_value(&parts.headers, &COOKIE, |v| {
                 let s = std::str::from_utf8(v.as_bytes())
                     .map_err(|_| invalid_encoding("header.cookie"))?;
                 self.check_len(s)?;
@@ -686,7 +690,8 @@ impl<'a> Inspector<'a> {
                     self.check(Loc::Cookie(name), name, true, false)?;
                     self.check(Loc::Cookie(name), value, false, false)?;
                 }
-            }
+                Ok::<(), Deny>(())
+            })?;
         }
         Ok(())
     }
@@ -849,8 +854,74 @@ enum BodyPlan {
     Refuse,
 }
 
-fn plan(parts: &Parts, shared: &Shared, empty: bool) -> Result<BodyPlan, Deny> {
-    if is_grpc(&parts.headers) {
+/// Maps with at most this many values are read in one pass instead of hashed lookups.
+const SMALL_HEADERS: usize = 8;
+
+/// Calls `f` with each value of the header `name`, in order (as `get_all`; a small map is
+/// walked instead of hashing the name).
+#[inline]
+fn each_value<E>(
+    h: &HeaderMap,
+    name: &HeaderName,
+    mut f: impl FnMut(&HeaderValue) -> Result<(), E>,
+) -> Result<(), E> {
+    if h.len() <= SMALL_HEADERS {
+        for (n, v) in h {
+            if n == name {
+                f(v)?;
+            }
+        }
+    } else {
+        for v in h.get_all(name) {
+            f(v)?;
+        }
+    }
+    Ok(())
+}
+
+/// The headers that decide how a body is handled (each the first value, as `get`).
+#[derive(Default)]
+struct BodyHeaders<'h> {
+    content_type: Option<&'h HeaderValue>,
+    content_encoding: Option<&'h HeaderValue>,
+    content_length: Option<&'h HeaderValue>,
+}
+
+impl<'h> BodyHeaders<'h> {
+    fn of(h: &'h HeaderMap) -> Self {
+        if h.len() > SMALL_HEADERS {
+            return BodyHeaders {
+                content_type: h.get(CONTENT_TYPE),
+                content_encoding: h.get(CONTENT_ENCODING),
+                content_length: h.get(CONTENT_LENGTH),
+            };
+        }
+        let mut out = BodyHeaders::default();
+        for (name, v) in h {
+            let slot = if name == CONTENT_TYPE {
+                &mut out.content_type
+            } else if name == CONTENT_ENCODING {
+                &mut out.content_encoding
+            } else if name == CONTENT_LENGTH {
+                &mut out.content_length
+            } else {
+                continue;
+            };
+            slot.get_or_insert(v);
+        }
+        out
+    }
+
+    /// `content-type: application/grpc*` (as [`crate::denial::is_grpc`]).
+    fn is_grpc(&self) -> bool {
+        self.content_type.is_some_and(|v| {
+            v.as_bytes().len() >= 16 && v.as_bytes()[..16].eq_ignore_ascii_case(b"application/grpc")
+        })
+    }
+}
+
+fn plan(head: &BodyHeaders<'_>, shared: &Shared, empty: bool) -> Result<BodyPlan, Deny> {
+    if head.is_grpc() {
         return Ok(match shared.grpc {
             ContentPolicy::Pass => BodyPlan::Pass,
             ContentPolicy::Refuse => BodyPlan::Refuse,
@@ -859,11 +930,10 @@ fn plan(parts: &Parts, shared: &Shared, empty: bool) -> Result<BodyPlan, Deny> {
     if empty {
         return Ok(BodyPlan::Pass);
     }
-    let encoded = parts
-        .headers
-        .get(http::header::CONTENT_ENCODING)
+    let encoded = head
+        .content_encoding
         .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
-    let Some(ct) = parts.headers.get(CONTENT_TYPE).filter(|_| !encoded) else {
+    let Some(ct) = head.content_type.filter(|_| !encoded) else {
         return Ok(match shared.other {
             ContentPolicy::Pass => BodyPlan::Pass,
             ContentPolicy::Refuse => BodyPlan::Refuse,
@@ -1013,7 +1083,12 @@ where
             return deny(d, &parts, &ins.findings, &self.layer.renderer);
         }
         let empty = body.is_end_stream() || body.size_hint().exact() == Some(0);
-        let kind = match plan(&parts, shared, empty) {
+        let head = BodyHeaders::of(&parts.headers);
+        let declared = head
+            .content_length
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let kind = match plan(&head, shared, empty) {
             Ok(BodyPlan::Pass) => {
                 publish(&mut parts.extensions, std::mem::take(&mut ins.findings));
                 let req = Request::from_parts(parts, body);
@@ -1026,11 +1101,6 @@ where
             Err(d) => return deny(d, &parts, &ins.findings, &self.layer.renderer),
         };
         let max = shared.limits.max_body_bytes;
-        let declared = parts
-            .headers
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > max as u64) || body.size_hint().lower() > max as u64 {
             return deny(too_large(max), &parts, &ins.findings, &self.layer.renderer);
         }
@@ -1484,6 +1554,45 @@ mod tests {
         for ct in ["application/jsonx", "application/+jsonp", "json"] {
             let (res, _) = run(&l, post("/x", ct, body)).await;
             assert_eq!(res.status(), 200, "{ct}");
+        }
+    }
+
+    /// Small header maps are walked once, large ones looked up by name: the same answers.
+    #[tokio::test]
+    async fn headers_read_the_same_in_small_and_large_maps() {
+        let l = layer();
+        let with_extra = |mut req: Request<Full<Bytes>>, n: usize| {
+            for i in 0..n {
+                req.headers_mut().insert(
+                    HeaderName::try_from(format!("x-extra-{i}")).unwrap(),
+                    HeaderValue::from_static("1"),
+                );
+            }
+            req
+        };
+        for extra in [0, 3, 12] {
+            let bad = r#"{"user":{"$ne":""}}"#;
+            let (res, _) = run(&l, with_extra(post("/x", "application/json", bad), extra)).await;
+            assert_eq!(res.status(), 400, "json body, {extra} extra headers");
+            let mut req = with_extra(post("/x", "application/json", "{}"), extra);
+            req.headers_mut()
+                .append(http::header::REFERER, HeaderValue::from_static("https://ok.example/"));
+            req.headers_mut().append(
+                http::header::REFERER,
+                HeaderValue::from_static("javascript:alert(1)"),
+            );
+            let (res, _) = run(&l, req).await;
+            assert_eq!(res.status(), 400, "second referer value, {extra} extra headers");
+            let mut req = with_extra(post("/x", "application/json", bad), extra);
+            req.headers_mut()
+                .insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+            let (res, _) = run(&l, req).await;
+            assert_eq!(res.status(), 200, "encoded body passes, {extra} extra headers");
+            let mut req = with_extra(post("/x", "application/json", bad), extra);
+            req.headers_mut()
+                .insert(CONTENT_LENGTH, HeaderValue::from(10u64 << 30));
+            let (res, _) = run(&l, req).await;
+            assert_eq!(res.status(), 413, "declared length, {extra} extra headers");
         }
     }
 
