@@ -713,12 +713,14 @@ fn sha256(data: &[u8]) -> [u8; 32] {
     if n > ONE_BLOCK {
         return Sha256::digest(data).into();
     }
-    let mut block = [0u8; 64];
+    // built in place as the block type `compress256` takes (no copy of the array)
+    let mut blocks = [sha2::digest::generic_array::GenericArray::default()];
+    let block = &mut blocks[0];
     block[..n].copy_from_slice(data);
     block[n] = 0x80;
     block[56..].copy_from_slice(&((n as u64) * 8).to_be_bytes());
     let mut state = SHA256_IV;
-    sha2::compress256(&mut state, &[block.into()]);
+    sha2::compress256(&mut state, &blocks);
     let mut out = [0u8; 32];
     for (o, w) in out.chunks_exact_mut(4).zip(state) {
         o.copy_from_slice(&w.to_be_bytes());
