@@ -139,10 +139,14 @@ fn checksum(body: &[u8]) -> [u8; CHECKSUM_LEN] {
 /// Whether `sum` (base62, already checked) is the checksum of `body`: the presented digits
 /// are decoded and compared with the CRC (the encoding is a bijection on 6 base62 digits).
 fn checksum_matches(body: &[u8], sum: &[u8]) -> bool {
-    let presented = sum
-        .iter()
-        .fold(0u64, |n, &b| n * 62 + u64::from(BASE62_VALUE[b as usize]));
-    presented == u64::from(crc32fast::hash(body))
+    presented_checksum(sum) == u64::from(crc32fast::hash(body))
+}
+
+/// The value of the base62 checksum digits `sum`.
+#[inline(always)]
+fn presented_checksum(sum: &[u8]) -> u64 {
+    sum.iter()
+        .fold(0u64, |n, &b| n * 62 + u64::from(BASE62_VALUE[b as usize]))
 }
 
 /// The key without its checksum, when `key` ends in a valid checksum.
@@ -161,12 +165,24 @@ fn random_base62(len: usize) -> String {
 }
 
 /// The shape of API keys: prefix and length of the random part.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct ApiKeyFormat {
     prefix: String,
     secret_len: usize,
     lead: Lead,
+    /// A fresh CRC32 state, cloned for each presented key: the CPU feature detection of
+    /// `crc32fast::hash` is done once.
+    crc: crc32fast::Hasher,
 }
+
+impl PartialEq for ApiKeyFormat {
+    fn eq(&self, other: &Self) -> bool {
+        // `lead` is a function of the prefix, `crc` a constant
+        self.prefix == other.prefix && self.secret_len == other.secret_len
+    }
+}
+
+impl Eq for ApiKeyFormat {}
 
 impl fmt::Debug for ApiKeyFormat {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -320,6 +336,7 @@ impl ApiKeyFormat {
             prefix: prefix.to_owned(),
             secret_len,
             lead: Lead::new(prefix),
+            crc: crc32fast::Hasher::new(),
         }
     }
 
@@ -414,7 +431,9 @@ impl ApiKeyFormat {
             return None;
         }
         let split = b.len() - CHECKSUM_LEN;
-        if !checksum_matches(&b[..split], &b[split..]) {
+        let mut crc = self.crc.clone();
+        crc.update(&b[..split]);
+        if presented_checksum(&b[split..]) != u64::from(crc.finalize()) {
             return None;
         }
         Some(RawKey {
@@ -694,12 +713,14 @@ fn sha256(data: &[u8]) -> [u8; 32] {
     if n > ONE_BLOCK {
         return Sha256::digest(data).into();
     }
-    let mut block = [0u8; 64];
+    // built in place as the block type `compress256` takes (no copy of the array)
+    let mut blocks = [sha2::digest::generic_array::GenericArray::default()];
+    let block = &mut blocks[0];
     block[..n].copy_from_slice(data);
     block[n] = 0x80;
     block[56..].copy_from_slice(&((n as u64) * 8).to_be_bytes());
     let mut state = SHA256_IV;
-    sha2::compress256(&mut state, &[block.into()]);
+    sha2::compress256(&mut state, &blocks);
     let mut out = [0u8; 32];
     for (o, w) in out.chunks_exact_mut(4).zip(state) {
         o.copy_from_slice(&w.to_be_bytes());

@@ -612,16 +612,22 @@ fn challenge(realm: &str, rest: &str) -> HeaderValue {
 }
 
 impl Core {
+    #[cold]
+    #[inline(never)]
     fn no_credentials(&self) -> Denial {
         Denial::new(StatusCode::UNAUTHORIZED, LAYER, "missing_credentials")
             .with_detail("Authentication is required.")
             .with_www_authenticate(challenge(&self.realm, ""))
     }
+    #[cold]
+    #[inline(never)]
     fn invalid_request(&self, detail: &'static str) -> Denial {
         Denial::new(StatusCode::BAD_REQUEST, LAYER, "invalid_request")
             .with_detail(detail)
             .with_www_authenticate(challenge(&self.realm, "error=\"invalid_request\""))
     }
+    #[cold]
+    #[inline(never)]
     fn invalid_token(&self, reason: &'static str, description: &'static str) -> Denial {
         Denial::new(StatusCode::UNAUTHORIZED, LAYER, reason)
             .with_detail(description)
@@ -630,6 +636,8 @@ impl Core {
                 &format!("error=\"invalid_token\", error_description=\"{description}\""),
             ))
     }
+    #[cold]
+    #[inline(never)]
     fn insufficient_scope(&self, scopes: &[String]) -> Denial {
         let list = scopes.join(" ");
         Denial::new(StatusCode::FORBIDDEN, LAYER, "insufficient_scope")
@@ -640,11 +648,15 @@ impl Core {
             ))
             .with_member("required-scopes", serde_json::json!(scopes))
     }
+    #[cold]
+    #[inline(never)]
     fn banned(&self, wait: Duration, status: StatusCode) -> Denial {
         Denial::new(status, LAYER, "locked_out")
             .with_detail("Too many failed authentication attempts; try again later.")
             .with_retry_after(wait)
     }
+    #[cold]
+    #[inline(never)]
     fn lockout_unavailable(&self) -> Denial {
         Denial::new(
             StatusCode::SERVICE_UNAVAILABLE,
