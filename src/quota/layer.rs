@@ -338,6 +338,7 @@ pub enum CountPolicy {
 }
 
 impl CountPolicy {
+    #[inline]
     fn refunds(&self, status: Option<StatusCode>) -> bool {
         match (self, status) {
             (CountPolicy::EveryCall, _) => false,

@@ -260,7 +260,8 @@ impl Table {
     /// The shard of a caller, from its hash tag (the escaped caller key).
     #[inline]
     pub(crate) fn shard_of_tag(&self, tag: &[u8]) -> usize {
-        (self.hasher.hash_one(tag) >> 32) as usize % SHARDS
+        // one `write` (it mixes in the length itself), not `hash_one`'s length prefix too
+        (self.hash_key(tag) >> 32) as usize % SHARDS
     }
 
     /// The keyed hash of a counter key.
