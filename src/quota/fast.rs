@@ -72,6 +72,13 @@ impl<const N: usize> Buf<N> {
     pub(crate) fn extend_from_within(&mut self, range: std::ops::RangeTo<usize>) {
         let len = self.len as usize;
         let end = range.end;
+        // a short head is copied as one fixed-size block (no `memmove` call); the bytes
+        // past `end` it carries along lie beyond the new length
+        if self.heap.is_empty() && end <= 64 && len + 64 <= N {
+            self.inline.copy_within(..64, len);
+            self.len = (len + end) as u32;
+            return;
+        }
         if self.heap.is_empty() && len + end <= N {
             self.inline.copy_within(..end, len);
             self.len = (len + end) as u32;
