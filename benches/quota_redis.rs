@@ -102,9 +102,15 @@ fn probe() -> bool {
     };
     charge_rate(&rt, &store, 2);
     reset_stats(redis.port);
-    charge_rate(&rt, &store, per);
-    let (calls, _) = evalsha_stats(redis.port);
-    eprintln!("probe {which}: {} charges in {calls} scripts", per * TASKS);
+    let rate = charge_rate(&rt, &store, per);
+    let (calls, usec) = evalsha_stats(redis.port);
+    let charges = (per * TASKS) as f64;
+    eprintln!(
+        "probe {which}: {charges} charges in {calls} scripts ({:.1} per script), {rate:.0} charges/s; \
+         server {usec:.2} us per script = {:.2} us per charge (load-dependent: compare within one run)",
+        charges / calls.max(1.0),
+        usec * calls / charges,
+    );
     true
 }
 

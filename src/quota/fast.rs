@@ -72,6 +72,13 @@ impl<const N: usize> Buf<N> {
     pub(crate) fn extend_from_within(&mut self, range: std::ops::RangeTo<usize>) {
         let len = self.len as usize;
         let end = range.end;
+        // a short head is copied as one fixed-size block (no `memmove` call); the bytes
+        // past `end` it carries along lie beyond the new length
+        if self.heap.is_empty() && end <= 64 && len + 64 <= N {
+            self.inline.copy_within(..64, len);
+            self.len = (len + end) as u32;
+            return;
+        }
         if self.heap.is_empty() && len + end <= N {
             self.inline.copy_within(..end, len);
             self.len = (len + end) as u32;
@@ -169,6 +176,59 @@ impl Padded {
             bytes,
             len: b.len() as u8,
         })
+    }
+
+    /// As [`Padded::new`], copying with a few fixed-size moves (no `memcpy` call).
+    #[inline(always)]
+    pub(crate) fn new_short(b: &[u8]) -> Option<Self> {
+        let n = b.len();
+        let mut bytes = [0u8; PADDED];
+        if n > PADDED {
+            return None;
+        }
+        // two (possibly overlapping) reads cover the bytes; the second is shifted so that
+        // its bytes land at their place (and the overlap is dropped): no `memcpy` call
+        if n >= 16 {
+            let lo = u128::from_le_bytes(b[..16].try_into().unwrap_or_default());
+            let last = u128::from_le_bytes(b[n - 16..].try_into().unwrap_or_default());
+            let hi = last.checked_shr(((32 - n) * 8) as u32).unwrap_or(0);
+            bytes[..16].copy_from_slice(&lo.to_le_bytes());
+            bytes[16..].copy_from_slice(&hi.to_le_bytes());
+        } else if n >= 8 {
+            let lo = u64::from_le_bytes(b[..8].try_into().unwrap_or_default());
+            let last = u64::from_le_bytes(b[n - 8..].try_into().unwrap_or_default());
+            let hi = last.checked_shr(((16 - n) * 8) as u32).unwrap_or(0);
+            bytes[..8].copy_from_slice(&lo.to_le_bytes());
+            bytes[8..16].copy_from_slice(&hi.to_le_bytes());
+        } else if n >= 4 {
+            let lo = u32::from_le_bytes(b[..4].try_into().unwrap_or_default());
+            let last = u32::from_le_bytes(b[n - 4..].try_into().unwrap_or_default());
+            let hi = last.checked_shr(((8 - n) * 8) as u32).unwrap_or(0);
+            bytes[..4].copy_from_slice(&lo.to_le_bytes());
+            bytes[4..8].copy_from_slice(&hi.to_le_bytes());
+        } else {
+            for (d, s) in bytes.iter_mut().zip(b) {
+                *d = *s;
+            }
+        }
+        Some(Self {
+            bytes,
+            len: n as u8,
+        })
+    }
+
+    /// Whether the block holds a byte that store keys %-escape (`{`, `}`, `%`, `:`); the
+    /// padding is zeros. One branch-free pass over the whole block.
+    #[inline(always)]
+    pub(crate) fn needs_escape(&self) -> bool {
+        let mut any = 0u8;
+        for &b in &self.bytes {
+            any |= u8::from(b == b'{')
+                | u8::from(b == b'}')
+                | u8::from(b == b'%')
+                | u8::from(b == b':');
+        }
+        any != 0
     }
 
     #[inline(always)]
@@ -324,6 +384,38 @@ mod tests {
         b.extend_padded(&Padded::new(&[b'y'; 32]).unwrap());
         assert_eq!(b.len(), 30 + 32);
         assert!(b.as_slice().ends_with(&[b'y'; 32]));
+    }
+
+    #[test]
+    fn short_padded_blocks_copy_every_length_and_find_escaped_bytes() {
+        let src: Vec<u8> = (b'a'..=b'z').chain(b'A'..=b'Z').collect();
+        for n in 0..=40 {
+            let got = Padded::new_short(&src[..n]);
+            if n > PADDED {
+                assert!(got.is_none());
+                continue;
+            }
+            let got = got.unwrap();
+            assert_eq!(got.as_slice(), &src[..n], "len {n}");
+            assert!(got.bytes[n..].iter().all(|&b| b == 0), "padding of len {n}");
+            assert!(!got.needs_escape());
+            for (at, c) in [
+                (0, b'{'),
+                (n / 2, b'}'),
+                (n.saturating_sub(1), b'%'),
+                (n / 3, b':'),
+            ] {
+                if n == 0 {
+                    continue;
+                }
+                let mut v = src[..n].to_vec();
+                v[at] = c;
+                assert!(
+                    Padded::new_short(&v).unwrap().needs_escape(),
+                    "len {n}, {c} at {at}"
+                );
+            }
+        }
     }
 
     #[test]
@@ -509,6 +601,37 @@ impl SpanCache {
             label,
             len: len.min(Self::LABEL_MAX),
         })
+    }
+
+    /// The end (nanoseconds since the epoch) and label of the cached window when it contains
+    /// `now`: what a decision needs, read straight into a padded block.
+    #[inline(always)]
+    pub(crate) fn get_padded(&self, now: u64) -> Option<(u64, Padded)> {
+        let s1 = self.seq.load(Ordering::Acquire);
+        let start = self.start.load(Ordering::Relaxed);
+        let end = self.end.load(Ordering::Relaxed);
+        let len = self.label_len.load(Ordering::Relaxed);
+        let words = [
+            self.label[0].load(Ordering::Relaxed),
+            self.label[1].load(Ordering::Relaxed),
+            self.label[2].load(Ordering::Relaxed),
+            self.label[3].load(Ordering::Relaxed),
+        ];
+        fence(Ordering::Acquire);
+        if s1 & 1 == 1 || self.seq.load(Ordering::Relaxed) != s1 || !(start <= now && now < end) {
+            return None;
+        }
+        let mut bytes = [0u8; PADDED];
+        for (i, w) in words.iter().enumerate() {
+            bytes[i * 8..i * 8 + 8].copy_from_slice(&w.to_le_bytes());
+        }
+        Some((
+            end,
+            Padded {
+                bytes,
+                len: len.min(PADDED as u64) as u8,
+            },
+        ))
     }
 
     /// Caches a window (when it fits).

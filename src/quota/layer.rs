@@ -338,6 +338,7 @@ pub enum CountPolicy {
 }
 
 impl CountPolicy {
+    #[inline]
     fn refunds(&self, status: Option<StatusCode>) -> bool {
         match (self, status) {
             (CountPolicy::EveryCall, _) => false,
@@ -1488,7 +1489,8 @@ pin_project! {
             #[pin]
             fut: F,
             after: Option<After<St>>,
-            fields: Fields,
+            // boxed: the default variant's future stays small (fewer bytes per move)
+            fields: Box<Fields>,
         },
         /// Refused (boxed: keeps the future small for the common, admitted case).
         Denied { res: Option<Box<Response<B>>> },
@@ -1731,7 +1733,12 @@ fn decide_local<St>(
     match (caller, &shared.principal_head) {
         (KeyRef::Principal(p), Some(head)) => {
             keys.extend_padded(head);
-            push_escaped(&mut keys, p.id().as_bytes());
+            // a short id is copied as one padded block and checked for bytes to escape
+            // in one (vectorised) pass
+            match Padded::new_short(p.id().as_bytes()) {
+                Some(id) if !id.needs_escape() => keys.extend_padded(&id),
+                _ => push_escaped(&mut keys, p.id().as_bytes()),
+            }
         }
         _ => {
             keys.extend_from_slice(shared.key_head.as_bytes());
@@ -1747,7 +1754,10 @@ fn decide_local<St>(
     };
     let shard = table.shard_of_tag(tag);
     for (q, c) in limits.iter().zip(charges.iter_mut()) {
-        let span = q.calendar_span(now_ns)?;
+        let (end_ns, label) = q.cache.span.get_padded(now_ns).or_else(|| {
+            let span = q.calendar_span(now_ns)?;
+            Some((span.end_nanos(), span.label_padded()))
+        })?;
         // the first key starts with the head; the next ones copy it
         let start = if keys.len() == head {
             0
@@ -1759,15 +1769,16 @@ fn decide_local<St>(
         match &q.cache.key_mid {
             Some(mid) => {
                 keys.extend_padded(mid);
-                keys.extend_padded(&span.label_padded());
+                keys.extend_padded(&label);
             }
-            None => q.push_suffix(&mut keys, span.label().as_slice()),
+            None => q.push_suffix(&mut keys, label.as_slice()),
         }
         let end = keys.len();
+        let key = &keys.as_slice()[start..end];
         c.at = (start as u32, end as u32);
-        c.hash = table.hash_key(&keys.as_slice()[start..end]);
+        c.hash = table.hash_key(key);
         c.limit = q.limit;
-        c.end_ns = span.end_nanos();
+        c.end_ns = end_ns;
     }
     Some(
         table
@@ -1903,7 +1914,7 @@ macro_rules! admit {
             Some(fields) => ResponseFuture::WithFields {
                 fut: inner_call($inner, $req),
                 after,
-                fields,
+                fields: Box::new(fields),
             },
         };
     }
@@ -2050,7 +2061,7 @@ where
             Some(fields) => ResponseFuture::WithFields {
                 fut: inner.call(req),
                 after,
-                fields,
+                fields: Box::new(fields),
             },
         };
     }

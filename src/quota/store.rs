@@ -260,7 +260,8 @@ impl Table {
     /// The shard of a caller, from its hash tag (the escaped caller key).
     #[inline]
     pub(crate) fn shard_of_tag(&self, tag: &[u8]) -> usize {
-        (self.hasher.hash_one(tag) >> 32) as usize % SHARDS
+        // one `write` (it mixes in the length itself), not `hash_one`'s length prefix too
+        (self.hash_key(tag) >> 32) as usize % SHARDS
     }
 
     /// The keyed hash of a counter key.
@@ -304,6 +305,33 @@ impl Table {
             c.used = e.used;
             c.id = e.id;
             Shard::mark(self.track_dirty, &mut shard.dirty, c.hash, e);
+            return Ok(true);
+        }
+        // two quotas with live counters under different hashes (the common two-quota
+        // plan): one lookup each, both entries held at once
+        if let [a, b] = charges
+            && a.hash != b.hash
+            && let Shard { map, dirty, .. } = shard
+            && let [Some(ba), Some(bb)] = map.get_disjoint_mut([&a.hash, &b.hash])
+            && let Some(ea) = ba.find_mut(key(a))
+            && let Some(eb) = bb.find_mut(key(b))
+            && ea.expires > now
+            && eb.expires > now
+        {
+            a.exceeded = ea.used.saturating_add(cost) > a.limit;
+            b.exceeded = eb.used.saturating_add(cost) > b.limit;
+            if a.exceeded || b.exceeded {
+                a.used = ea.used;
+                b.used = eb.used;
+                return Ok(false);
+            }
+            for (c, e) in [(a, ea), (b, eb)] {
+                e.used += cost;
+                e.expires = e.expires.max(c.end_ns);
+                c.used = e.used;
+                c.id = e.id;
+                Shard::mark(self.track_dirty, dirty, c.hash, e);
+            }
             return Ok(true);
         }
         let mut refused = false;
@@ -954,6 +982,84 @@ mod tests {
             s.add_within(b"k", 1, 5, end(&clock, 60)).await.unwrap(),
             CounterDecision::Counted { used: 1 }
         );
+    }
+
+    #[test]
+    fn two_live_counters_are_charged_all_or_nothing_and_refunded_by_id() {
+        let clock = ManualClock::at_unix(1_000);
+        let s = MemoryCounterStore::new(Arc::new(clock.clone()));
+        let t = s.table();
+        let keys = b"q:{p%3Aa}:daily:d1q:{p%3Aa}:monthly:m1";
+        let (daily, monthly) = (&keys[..17], &keys[17..]);
+        let (shard, _) = t.locate(daily);
+        assert_eq!(t.locate(monthly).0, shard, "one caller, one shard");
+        let now = ns(clock.wall());
+        let charge_at = |now: u64, limits: [u64; 2], ends: [u64; 2], cost: u64| {
+            let mut c = [daily, monthly].map(|k| Charge {
+                at: (0, 0),
+                hash: t.locate(k).1,
+                limit: 0,
+                end_ns: 0,
+                used: 0,
+                exceeded: false,
+                id: 0,
+            });
+            c[0].at = (0, 17);
+            c[1].at = (17, keys.len() as u32);
+            for (i, c) in c.iter_mut().enumerate() {
+                c.limit = limits[i];
+                c.end_ns = ends[i];
+            }
+            let counted = t.charge(shard, keys, &mut c, cost, now).unwrap();
+            (counted, c)
+        };
+        let charge = |limits, ends, cost| charge_at(now, limits, ends, cost);
+        let ends = [now + 60_000_000_000, now + 600_000_000_000];
+        // the first charge inserts both counters; the next ones find both live
+        let (counted, _) = charge([3, 10], ends, 1);
+        assert!(counted);
+        let (counted, c) = charge([3, 10], ends, 2);
+        assert!(counted);
+        assert_eq!((c[0].used, c[1].used), (3, 3));
+        // the daily quota is full: neither is counted, both report their use before
+        let (counted, c) = charge([3, 10], ends, 1);
+        assert!(!counted);
+        assert_eq!(
+            (c[0].used, c[0].exceeded, c[1].used, c[1].exceeded),
+            (3, true, 3, false)
+        );
+        assert_eq!(
+            (
+                t.get_at(daily, clock.wall()),
+                t.get_at(monthly, clock.wall())
+            ),
+            (3, 3)
+        );
+        // the monthly one refuses the same way
+        let (counted, c) = charge([10, 3], ends, 1);
+        assert!(!counted);
+        assert_eq!((c[0].exceeded, c[1].exceeded), (false, true));
+        // counted: ids refund exactly these counters
+        let (counted, c) = charge([10, 10], ends, 4);
+        assert!(counted);
+        assert_eq!((c[0].used, c[1].used), (7, 7));
+        t.refund_ids(shard, c.iter().map(|c| (c.hash, c.id)), 4);
+        assert_eq!(
+            (
+                t.get_at(daily, clock.wall()),
+                t.get_at(monthly, clock.wall())
+            ),
+            (3, 3)
+        );
+        // past the daily window: its counter counts from zero again (the general path)
+        let later = ends[0] + 1;
+        let (counted, c) = charge_at(later, [10, 10], [later + 60_000_000_000, ends[1]], 1);
+        assert!(counted);
+        assert_eq!((c[0].used, c[1].used), (1, 4));
+        // and both are live again for the two-counter path
+        let (counted, c) = charge_at(later, [10, 10], [later + 60_000_000_000, ends[1]], 1);
+        assert!(counted);
+        assert_eq!((c[0].used, c[1].used), (2, 5));
     }
 
     #[tokio::test]
