@@ -967,7 +967,11 @@ mod tests {
                 let t = CLASS[c as usize];
                 let bit = 1u32 << lane;
                 assert_eq!(stop, if t & B_STOP != 0 { bit } else { 0 }, "stop {c:#x}");
-                assert_eq!(nonplain, if t & B_NONPLAIN != 0 { bit } else { 0 }, "{c:#x}");
+                assert_eq!(
+                    nonplain,
+                    if t & B_NONPLAIN != 0 { bit } else { 0 },
+                    "{c:#x}"
+                );
                 assert_eq!(dot, if t & B_DOT != 0 { bit } else { 0 }, "dot {c:#x}");
             }
         }

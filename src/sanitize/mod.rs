@@ -96,10 +96,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use http::HeaderMap;
 use http::header::{
     CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, COOKIE, HeaderName, TRANSFER_ENCODING,
 };
-use http::HeaderMap;
 use http::request::Parts;
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body::Body;
@@ -1575,19 +1575,29 @@ mod tests {
             let (res, _) = run(&l, with_extra(post("/x", "application/json", bad), extra)).await;
             assert_eq!(res.status(), 400, "json body, {extra} extra headers");
             let mut req = with_extra(post("/x", "application/json", "{}"), extra);
-            req.headers_mut()
-                .append(http::header::REFERER, HeaderValue::from_static("https://ok.example/"));
+            req.headers_mut().append(
+                http::header::REFERER,
+                HeaderValue::from_static("https://ok.example/"),
+            );
             req.headers_mut().append(
                 http::header::REFERER,
                 HeaderValue::from_static("javascript:alert(1)"),
             );
             let (res, _) = run(&l, req).await;
-            assert_eq!(res.status(), 400, "second referer value, {extra} extra headers");
+            assert_eq!(
+                res.status(),
+                400,
+                "second referer value, {extra} extra headers"
+            );
             let mut req = with_extra(post("/x", "application/json", bad), extra);
             req.headers_mut()
                 .insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
             let (res, _) = run(&l, req).await;
-            assert_eq!(res.status(), 200, "encoded body passes, {extra} extra headers");
+            assert_eq!(
+                res.status(),
+                200,
+                "encoded body passes, {extra} extra headers"
+            );
             let mut req = with_extra(post("/x", "application/json", bad), extra);
             req.headers_mut()
                 .insert(CONTENT_LENGTH, HeaderValue::from(10u64 << 30));
