@@ -277,9 +277,12 @@ impl<'a> RequestHead<'a> {
 
 /// Whether the headers announce a gRPC request (`content-type: application/grpc*`).
 pub fn is_grpc(headers: &HeaderMap) -> bool {
-    headers.get(CONTENT_TYPE).is_some_and(|v| {
-        v.as_bytes().len() >= 16 && v.as_bytes()[..16].eq_ignore_ascii_case(b"application/grpc")
-    })
+    headers.get(CONTENT_TYPE).is_some_and(is_grpc_content_type)
+}
+
+/// Whether a `content-type` value is `application/grpc*`.
+pub(crate) fn is_grpc_content_type(v: &http::HeaderValue) -> bool {
+    v.as_bytes().len() >= 16 && v.as_bytes()[..16].eq_ignore_ascii_case(b"application/grpc")
 }
 
 /// Turns a denial into a response.

@@ -110,7 +110,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::body::BodyFromBytes;
-use crate::denial::{Denial, Renderer, RequestHead};
+use crate::denial::{Denial, Renderer, RequestHead, is_grpc_content_type};
 use crate::error::ConfigError;
 use crate::facts::{self, InputFinding};
 use crate::future::ShieldFuture;
@@ -912,11 +912,9 @@ impl<'h> BodyHeaders<'h> {
         out
     }
 
-    /// `content-type: application/grpc*` (as [`crate::denial::is_grpc`]).
+    /// `content-type: application/grpc*`.
     fn is_grpc(&self) -> bool {
-        self.content_type.is_some_and(|v| {
-            v.as_bytes().len() >= 16 && v.as_bytes()[..16].eq_ignore_ascii_case(b"application/grpc")
-        })
+        self.content_type.is_some_and(is_grpc_content_type)
     }
 }
 
