@@ -24,6 +24,9 @@ use http_body_util::Full;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, encode};
 use serde::Deserialize;
 use tower::{Service, ServiceBuilder};
+#[path = "support/paired.rs"]
+mod paired;
+
 use tower_shield::auth::{
     ApiKeyFormat, ApiKeyRecord, AuthLayer, Introspector, JwtVerifier, KeyHasher, MemoryKeyStore,
 };
@@ -117,6 +120,35 @@ fn api_key(c: &mut Criterion) {
     });
     g.bench_function("auth_layer_with_extension", |b| {
         b.iter(|| run(&mut layered, black_box(req_ext())))
+    });
+    // the added cost measured directly: layer and bare service interleaved in every sample
+    // (see benches/support/paired.rs), so drift of the VM's speed between two separate
+    // benchmarks does not enter the difference
+    g.bench_function("added_paired", |b| {
+        b.iter_custom(|iters| {
+            paired::added(
+                iters,
+                || {
+                    black_box(run(&mut bare, black_box(req())));
+                },
+                || {
+                    black_box(run(&mut layered, black_box(req())));
+                },
+            )
+        })
+    });
+    g.bench_function("added_paired_with_extension", |b| {
+        b.iter_custom(|iters| {
+            paired::added(
+                iters,
+                || {
+                    black_box(run(&mut bare, black_box(req_ext())));
+                },
+                || {
+                    black_box(run(&mut layered, black_box(req_ext())));
+                },
+            )
+        })
     });
     g.finish();
 }

@@ -31,6 +31,9 @@ use tower_shield::quota::{
 };
 use tower_shield::{CredentialKind, Principal};
 
+#[path = "support/paired.rs"]
+mod paired;
+
 type Inner = tower::util::ServiceFn<fn(Request<()>) -> Ready>;
 type Ready = std::future::Ready<Result<Response<Full<Bytes>>, Infallible>>;
 
@@ -148,6 +151,45 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
+/// The targets measured directly as added costs: each case interleaved with its bare
+/// service (the same inner service) in every sample (benches/support/paired.rs), so drift of
+/// the machine's speed between two separate benchmarks does not enter the difference. Only
+/// the default configuration (no fields on admitted responses).
+fn bench_paired(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cs = cases(&dir);
+    let mut take = |name: &str| {
+        let at = cs.iter().position(|(n, _)| n == name).expect("bare case");
+        cs.remove(at).1
+    };
+    let (mut bare, mut bare_ct) = (take("bare_service_fn"), take("bare_service_fn_ct"));
+    let mut g = c.benchmark_group("quota_added_paired");
+    for (name, mut f) in cs {
+        if name.contains("_with_fields") {
+            continue;
+        }
+        let base = if name.ends_with("_ct") {
+            &mut bare_ct
+        } else {
+            &mut bare
+        };
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                paired::added(
+                    iters,
+                    || {
+                        black_box(base());
+                    },
+                    || {
+                        black_box(f());
+                    },
+                )
+            })
+        });
+    }
+    g.finish();
+}
+
 fn probe() -> bool {
     let Ok(case) = std::env::var("QUOTA_PROBE") else {
         return false;
@@ -174,7 +216,7 @@ fn probe() -> bool {
     true
 }
 
-criterion_group!(benches, bench);
+criterion_group!(benches, bench, bench_paired);
 
 fn main() {
     if probe() {

@@ -17,6 +17,9 @@ use tower_governor::GovernorLayer;
 use tower_governor::governor::GovernorConfigBuilder;
 use tower_shield::throttle::{Policy, Rate, ThrottleLayer};
 
+#[path = "support/paired.rs"]
+mod paired;
+
 type Ready = std::future::Ready<Result<Response<Body>, Infallible>>;
 fn ok(_req: Request<Body>) -> Ready {
     std::future::ready(Ok(Response::new(Body::empty())))
@@ -132,6 +135,74 @@ fn headers(c: &mut Criterion) {
     let mut svc = GovernorLayer::new(conf).layer(bare());
     g.bench_function("tower_governor_with_headers", |b| {
         b.iter(|| run(&mut svc, &addrs, &mut i))
+    });
+    g.finish();
+}
+
+/// The targets measured directly as added costs: each layered service interleaved with the
+/// bare one in every sample (benches/support/paired.rs), and the fields case interleaved with
+/// the same layer without fields. tower-shield and tower_governor are measured against the
+/// same bare service in the same way, one after the other.
+fn added_paired(c: &mut Criterion) {
+    let mut g = c.benchmark_group("throttle_added_paired");
+    for n in [1u32, 100_000, 1_000_000] {
+        let addrs = ips(n);
+        let (mut i, mut j) = (0, 0);
+        let mut base = bare();
+        let mut svc = shield(false).layer(bare());
+        prime(&mut svc, &addrs);
+        g.bench_with_input(BenchmarkId::new("tower_shield", n), &n, |b, _| {
+            b.iter_custom(|iters| {
+                paired::added(
+                    iters,
+                    || run(&mut base, &addrs, &mut i),
+                    || run(&mut svc, &addrs, &mut j),
+                )
+            })
+        });
+        drop(svc);
+        let conf = Arc::new(
+            GovernorConfigBuilder::default()
+                .per_second(1)
+                .burst_size(u32::MAX)
+                .finish()
+                .unwrap(),
+        );
+        let mut svc = GovernorLayer::new(conf).layer(bare());
+        prime(&mut svc, &addrs);
+        g.bench_with_input(BenchmarkId::new("tower_governor", n), &n, |b, _| {
+            b.iter_custom(|iters| {
+                paired::added(
+                    iters,
+                    || run(&mut base, &addrs, &mut i),
+                    || run(&mut svc, &addrs, &mut j),
+                )
+            })
+        });
+    }
+    let addrs = ips(1);
+    let (mut i, mut j) = (0, 0);
+    let mut without = shield(false).layer(bare());
+    let mut with = shield(true).layer(bare());
+    g.bench_function("ratelimit_fields_over_without/1", |b| {
+        b.iter_custom(|iters| {
+            paired::added(
+                iters,
+                || run(&mut without, &addrs, &mut i),
+                || run(&mut with, &addrs, &mut j),
+            )
+        })
+    });
+    let mut without = shield(false).layer(typed());
+    let mut with = shield(true).layer(typed());
+    g.bench_function("ratelimit_fields_over_without_content_type/1", |b| {
+        b.iter_custom(|iters| {
+            paired::added(
+                iters,
+                || run(&mut without, &addrs, &mut i),
+                || run(&mut with, &addrs, &mut j),
+            )
+        })
     });
     g.finish();
 }
@@ -328,6 +399,7 @@ criterion_group!(
     ir_probe,
     added_cost,
     headers,
+    added_paired,
     memory_per_key
 );
 criterion_main!(benches);

@@ -1,0 +1,50 @@
+//! Paired ("interleaved A/B") measurement of an added cost.
+//!
+//! The speed targets are added costs: a layered service minus the same service without the
+//! layer. Measured as two separate criterion benchmarks, the two means come from runs seconds
+//! apart, and on a shared VM the machine's speed drifts by more than the difference between
+//! them (the same bench has moved by 1.5× between two passes ten minutes apart). Here both
+//! sides run in the same sample, in alternating blocks of [`BLOCK`] calls (the side that goes
+//! first alternates too, so neither always runs on a warmer cache), and the sample's time is
+//! the layered side's time minus the base side's. Criterion's statistics then describe the
+//! added cost itself; a slow stretch of the machine slows both sides of a block alike and
+//! mostly cancels.
+//!
+//! A sample where the base side happened to be slower counts as zero added time (a `Duration`
+//! cannot be negative), which can only bias the figure upwards.
+
+use std::time::{Duration, Instant};
+
+/// Calls per side and block: long enough that the two `Instant::now` calls per block are
+/// noise (< 0.1 ns per call), short enough (tens of µs) that a block rarely straddles a
+/// preemption of only one side.
+pub const BLOCK: u64 = 128;
+
+/// Runs `base` and `layered` `iters` times each, interleaved, and returns the layered side's
+/// total time minus the base side's (the added time for `iters` calls).
+pub fn added(iters: u64, mut base: impl FnMut(), mut layered: impl FnMut()) -> Duration {
+    let mut base_t = Duration::ZERO;
+    let mut layered_t = Duration::ZERO;
+    let mut left = iters;
+    let mut base_first = true;
+    while left > 0 {
+        let n = left.min(BLOCK);
+        for side in [base_first, !base_first] {
+            let t = Instant::now();
+            if side {
+                for _ in 0..n {
+                    base();
+                }
+                base_t += t.elapsed();
+            } else {
+                for _ in 0..n {
+                    layered();
+                }
+                layered_t += t.elapsed();
+            }
+        }
+        base_first = !base_first;
+        left -= n;
+    }
+    layered_t.saturating_sub(base_t)
+}
