@@ -18,6 +18,18 @@ pub trait Clock: Send + Sync + Debug + 'static {
     fn monotonic(&self) -> Duration;
     /// Wall-clock time.
     fn wall(&self) -> SystemTime;
+    /// Wall-clock time read cheaply, at a resolution of a few milliseconds where the
+    /// platform offers such a clock: on Linux `CLOCK_REALTIME_COARSE` (the time of the last
+    /// timer tick, 1–4 ms old; about 7 ns a read against about 20 ns for [`wall`]).
+    ///
+    /// For decisions where milliseconds do not matter: quota windows (hours to years) read
+    /// it on every request. It follows the same clock as [`wall`], steps included, only
+    /// coarser. The default returns [`wall`] (a [`ManualClock`] is exact).
+    ///
+    /// [`wall`]: Clock::wall
+    fn wall_coarse(&self) -> SystemTime {
+        self.wall()
+    }
 }
 
 impl<C: Clock + ?Sized> Clock for Arc<C> {
@@ -26,6 +38,9 @@ impl<C: Clock + ?Sized> Clock for Arc<C> {
     }
     fn wall(&self) -> SystemTime {
         (**self).wall()
+    }
+    fn wall_coarse(&self) -> SystemTime {
+        (**self).wall_coarse()
     }
 }
 
@@ -56,6 +71,17 @@ impl Clock for SystemClock {
     }
     fn wall(&self) -> SystemTime {
         SystemTime::now()
+    }
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[inline]
+    fn wall_coarse(&self) -> SystemTime {
+        use rustix::time::{ClockId, clock_gettime};
+        let t = clock_gettime(ClockId::RealtimeCoarse);
+        match (u64::try_from(t.tv_sec), u32::try_from(t.tv_nsec)) {
+            (Ok(s), Ok(n)) if n < 1_000_000_000 => UNIX_EPOCH + Duration::new(s, n),
+            // before 1970, or an odd reading: the exact clock
+            _ => SystemTime::now(),
+        }
     }
 }
 
@@ -165,6 +191,30 @@ mod tests {
         b.set_wall_unix(3);
         assert_eq!(a.wall(), UNIX_EPOCH + Duration::from_secs(3));
         assert_eq!(a.monotonic(), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn coarse_wall_clock_is_the_wall_clock_within_a_few_milliseconds() {
+        let c = SystemClock::new();
+        for _ in 0..100 {
+            let before = c.wall();
+            let coarse = c.wall_coarse();
+            let after = c.wall();
+            // a coarse reading is the last tick: at most a few ms behind, never ahead
+            assert!(coarse <= after, "{coarse:?} > {after:?}");
+            let lag = before.duration_since(coarse).unwrap_or_default();
+            assert!(
+                lag < Duration::from_millis(50),
+                "coarse clock {lag:?} behind"
+            );
+        }
+        let m = ManualClock::at_unix(1_700_000_000);
+        assert_eq!(m.wall_coarse(), m.wall());
+        m.advance(Duration::from_nanos(1));
+        assert_eq!(
+            m.wall_coarse(),
+            UNIX_EPOCH + Duration::new(1_700_000_000, 1)
+        );
     }
 
     #[test]

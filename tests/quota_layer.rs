@@ -988,3 +988,69 @@ async fn admitted_responses_carry_fields_only_when_enabled() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_refund_reaches_a_shared_store_after_the_admitting_layer_is_dropped() {
+    // The response future keeps only the id of the table that counted the call: the refund
+    // of an upstream 5xx still lands when the layer that admitted the call is gone, as long
+    // as a clone of its store lives (here: the store of a second layer).
+    let c = clock();
+    let store = MemoryCounterStore::new(Arc::new(c.clone()));
+    let build = |store: &MemoryCounterStore| {
+        base(&c)
+            .store(QuotaStore::Memory(store.clone()))
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (build(&store), build(&store));
+    drop(store);
+    let p = Principal::new("kim", CredentialKind::ApiKey).with_plan("free");
+    // an upstream that answers `status` once released
+    let gated = |status: StatusCode| {
+        let (release, wait) = tokio::sync::oneshot::channel::<()>();
+        let wait = Arc::new(tokio::sync::Mutex::new(Some(wait)));
+        let svc = tower::service_fn(move |_req: Request<()>| {
+            let wait = wait.clone();
+            async move {
+                if let Some(w) = wait.lock().await.take() {
+                    let _ = w.await;
+                }
+                let mut res = Response::new(Full::new(Bytes::from("upstream down")));
+                *res.status_mut() = status;
+                Ok::<_, Infallible>(res)
+            }
+        });
+        (release, svc)
+    };
+    let request = || {
+        let mut req = Request::get("/products").body(()).unwrap();
+        req.extensions_mut().insert(p.clone());
+        req
+    };
+    let (release, upstream) = gated(StatusCode::BAD_GATEWAY);
+    let in_flight = tokio::spawn(
+        ServiceBuilder::new()
+            .layer(a)
+            .service(upstream)
+            .oneshot(request()),
+    );
+    tokio::task::yield_now().await;
+    // the admitting layer and its service are gone; the call was counted
+    assert_eq!(b.usage_of(&p).await.unwrap()[0].used, 1);
+    release.send(()).unwrap();
+    assert_eq!(in_flight.await.unwrap().unwrap().status(), 502);
+    assert_eq!(b.usage_of(&p).await.unwrap()[0].used, 0);
+
+    // with every clone of the store gone, the refund has nowhere to go: it is dropped
+    let (release, upstream) = gated(StatusCode::SERVICE_UNAVAILABLE);
+    let lone = base(&c).build().unwrap();
+    let in_flight = tokio::spawn(
+        ServiceBuilder::new()
+            .layer(lone)
+            .service(upstream)
+            .oneshot(request()),
+    );
+    tokio::task::yield_now().await;
+    release.send(()).unwrap();
+    assert_eq!(in_flight.await.unwrap().unwrap().status(), 503);
+}

@@ -872,7 +872,7 @@ impl<St: CounterStore + Clone> QuotaLayer<St> {
         let Some(limits) = self.limits_for(&caller) else {
             return Ok(Vec::new());
         };
-        let now = self.shared.clock.wall();
+        let now = self.shared.clock.wall_coarse();
         let mut out = Vec::with_capacity(limits.len());
         for (i, q) in limits.iter().enumerate() {
             let o = self.measure(&self.shared.store, key, q, i, now, 0).await?;
@@ -1369,36 +1369,44 @@ impl<S: fmt::Debug, St> fmt::Debug for QuotaService<S, St> {
 type BoxFut<R, E> = Pin<Box<dyn Future<Output = Result<R, E>> + Send + 'static>>;
 
 /// How an admitted request's units are given back.
-enum Refund {
-    /// Counters of the built-in in-process table: one shard, `(key hash, id)` of each of
-    /// the first `n` (one or two) quotas.
+enum Refund<St> {
+    /// Counters of the built-in in-process table `table` (its id): one shard, `(key hash,
+    /// id)` of each of the first `n` (one or two) quotas.
     Local {
+        table: u64,
         shard: u32,
         n: u32,
         ids: [(u64, u64); 2],
     },
     /// The same for more than two quotas.
-    LocalMany { shard: u32, ids: Box<[(u64, u64)]> },
+    LocalMany {
+        table: u64,
+        shard: u32,
+        ids: Box<[(u64, u64)]>,
+    },
     /// Another immediate store: the keys are rebuilt from the caller and the time.
-    Keys(Box<(Limits, KeySource, SystemTime)>),
+    Keys(Box<(Arc<Shared<St>>, Limits, KeySource, SystemTime)>),
 }
 
-impl Refund {
+impl<St> Refund<St> {
     #[inline(always)]
-    fn local(shard: usize, charges: &[Charge]) -> Self {
-        let shard = shard as u32;
+    fn local(table: &Table, shard: usize, charges: &[Charge]) -> Self {
+        let (table, shard) = (table.id(), shard as u32);
         match charges {
             [a] => Self::Local {
+                table,
                 shard,
                 n: 1,
                 ids: [(a.hash, a.id), (0, 0)],
             },
             [a, b] => Self::Local {
+                table,
                 shard,
                 n: 2,
                 ids: [(a.hash, a.id), (b.hash, b.id)],
             },
             _ => Self::LocalMany {
+                table,
                 shard,
                 ids: charges.iter().map(|c| (c.hash, c.id)).collect(),
             },
@@ -1409,8 +1417,8 @@ impl Refund {
 /// What is left to do when the inner service answers an admitted request (in-process
 /// stores only; their calls complete at once): the refund, unless every call counts.
 struct After<St> {
-    shared: Arc<Shared<St>>,
-    refund: Refund,
+    policy: CountPolicy,
+    refund: Refund<St>,
     cost: u64,
 }
 
@@ -1430,7 +1438,6 @@ impl<St: CounterStore> After<St> {
     #[inline]
     fn finish<B, E>(&mut self, result: &mut Result<Response<B>, E>) {
         if self
-            .shared
             .policy
             .refunds(result.as_ref().ok().map(|r| r.status()))
         {
@@ -1441,21 +1448,25 @@ impl<St: CounterStore> After<St> {
     #[cold]
     #[inline(never)]
     fn refund(&self) {
-        let shared = &*self.shared;
         match &self.refund {
-            Refund::Local { shard, n, ids } => {
-                if let Some(t) = local_table(&shared.store) {
+            Refund::Local {
+                table,
+                shard,
+                n,
+                ids,
+            } => {
+                if let Some(t) = Table::by_id(*table) {
                     let ids = &ids[..(*n as usize).min(ids.len())];
                     t.refund_ids(*shard as usize, ids.iter().copied(), self.cost);
                 }
             }
-            Refund::LocalMany { shard, ids } => {
-                if let Some(t) = local_table(&shared.store) {
+            Refund::LocalMany { table, shard, ids } => {
+                if let Some(t) = Table::by_id(*table) {
                     t.refund_ids(*shard as usize, ids.iter().copied(), self.cost);
                 }
             }
             Refund::Keys(keys) => {
-                let (limits, source, now) = &**keys;
+                let (shared, limits, source, now) = &**keys;
                 let mut caller = CallerKey::default();
                 source.as_ref().write(&mut caller);
                 let mut key = key_head(shared, caller.as_slice());
@@ -1855,7 +1866,7 @@ macro_rules! admit {
             after: None,
         };
     }
-    let now = shared.clock.wall();
+    let now = shared.clock.wall_coarse();
 
     // The built-in in-process stores: decide here under one lock, without boxing.
     let mut failed = false;
@@ -1898,8 +1909,8 @@ macro_rules! admit {
         });
         let after = if shared.policy != CountPolicy::EveryCall {
             Some(After {
-                shared: $layer.shared.clone(),
-                refund: Refund::local(shard, charges),
+                policy: shared.policy,
+                refund: Refund::local(table, shard, charges),
                 cost,
             })
         } else {
@@ -2049,8 +2060,8 @@ where
             )
         });
         let after = (shared.policy != CountPolicy::EveryCall).then(|| After {
-            shared: layer.shared.clone(),
-            refund: Refund::Keys(Box::new((limits, source, now))),
+            policy: shared.policy,
+            refund: Refund::Keys(Box::new((layer.shared.clone(), limits, source, now))),
             cost,
         });
         return match fields {

@@ -18,10 +18,11 @@
 //! compaction and reloads in time proportional to the live counters, not to the history.
 //! An append-only log would need its own torn-record detection, compaction and replay.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::hash::BuildHasher;
 use std::path::Path;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -214,6 +215,8 @@ pub(crate) struct Charge {
 
 #[derive(Debug)]
 pub(crate) struct Table {
+    /// This table's entry in [`TABLES`].
+    id: u64,
     shards: Box<[Mutex<Shard>]>,
     hasher: Seeds,
     clock: SharedClock,
@@ -227,6 +230,24 @@ pub(crate) fn ns(t: SystemTime) -> u64 {
     match t.duration_since(UNIX_EPOCH) {
         Ok(d) => u64::try_from(d.as_nanos()).unwrap_or(u64::MAX),
         Err(_) => 0,
+    }
+}
+
+/// The live tables by id. An admitted response's future keeps the id of the table that
+/// counted it, not a reference count: the request path then touches no shared counter (two
+/// atomic operations fewer per request), and the rare refund (an upstream 5xx) finds the
+/// table here. A table leaves when it is dropped; a refund for a dropped table has nothing
+/// left to give back to.
+static TABLES: Mutex<BTreeMap<u64, Weak<Table>>> = Mutex::new(BTreeMap::new());
+static NEXT_TABLE_ID: AtomicU64 = AtomicU64::new(1);
+
+fn tables() -> MutexGuard<'static, BTreeMap<u64, Weak<Table>>> {
+    TABLES.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Drop for Table {
+    fn drop(&mut self) {
+        tables().remove(&self.id);
     }
 }
 
@@ -247,8 +268,31 @@ pub(crate) fn tag(key: &[u8]) -> &[u8] {
 }
 
 impl Table {
-    fn new(clock: SharedClock, max_keys: usize, track_dirty: bool) -> Self {
+    /// A new table, registered under a fresh id (see [`TABLES`]).
+    fn shared(clock: SharedClock, max_keys: usize, track_dirty: bool) -> Arc<Self> {
+        let id = NEXT_TABLE_ID.fetch_add(1, Ordering::Relaxed);
+        let table = Arc::new(Self::new(id, clock, max_keys, track_dirty));
+        tables().insert(id, Arc::downgrade(&table));
+        table
+    }
+
+    /// The id to find this table again with [`by_id`](Self::by_id).
+    #[inline]
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The live table with this id.
+    pub(crate) fn by_id(id: u64) -> Option<Arc<Table>> {
+        // upgraded after the lock is released: a last reference dropped while holding it
+        // would take it again in `Drop`
+        let weak = tables().get(&id).cloned();
+        weak.and_then(|w| w.upgrade())
+    }
+
+    fn new(id: u64, clock: SharedClock, max_keys: usize, track_dirty: bool) -> Self {
         Self {
+            id,
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             hasher: Seeds::random(),
             clock,
@@ -526,7 +570,7 @@ impl MemoryCounterStore {
     /// A store holding at most about `max_keys` live counters.
     pub fn with_max_keys(clock: SharedClock, max_keys: usize) -> Self {
         Self {
-            table: Arc::new(Table::new(clock, max_keys, false)),
+            table: Table::shared(clock, max_keys, false),
         }
     }
 
@@ -679,7 +723,7 @@ impl DurableCounterStore {
     /// Opens (or creates) the store file at `path` and loads the live counters.
     pub fn open(path: impl AsRef<Path>, options: DurableOptions) -> Result<Self, StoreError> {
         let db = redb::Database::create(path.as_ref()).map_err(unavailable)?;
-        let table = Arc::new(Table::new(options.clock.clone(), options.max_keys, true));
+        let table = Table::shared(options.clock.clone(), options.max_keys, true);
         let now = millis(options.clock.wall());
         // load live counters, drop expired ones
         let mut expired = Vec::new();
