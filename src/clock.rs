@@ -30,6 +30,13 @@ pub trait Clock: Send + Sync + Debug + 'static {
     fn wall_coarse(&self) -> SystemTime {
         self.wall()
     }
+    /// [`wall_coarse`](Clock::wall_coarse) as nanoseconds since the Unix epoch (`None`
+    /// before it or after the year 2554): what the quota layer keys its windows on, without
+    /// a conversion through `SystemTime` where the clock can give it directly.
+    fn wall_coarse_unix_nanos(&self) -> Option<u64> {
+        let d = self.wall_coarse().duration_since(UNIX_EPOCH).ok()?;
+        u64::try_from(d.as_nanos()).ok()
+    }
 }
 
 impl<C: Clock + ?Sized> Clock for Arc<C> {
@@ -41,6 +48,9 @@ impl<C: Clock + ?Sized> Clock for Arc<C> {
     }
     fn wall_coarse(&self) -> SystemTime {
         (**self).wall_coarse()
+    }
+    fn wall_coarse_unix_nanos(&self) -> Option<u64> {
+        (**self).wall_coarse_unix_nanos()
     }
 }
 
@@ -75,13 +85,29 @@ impl Clock for SystemClock {
     #[cfg(any(target_os = "linux", target_os = "android"))]
     #[inline]
     fn wall_coarse(&self) -> SystemTime {
-        use rustix::time::{ClockId, clock_gettime};
-        let t = clock_gettime(ClockId::RealtimeCoarse);
-        match (u64::try_from(t.tv_sec), u32::try_from(t.tv_nsec)) {
-            (Ok(s), Ok(n)) if n < 1_000_000_000 => UNIX_EPOCH + Duration::new(s, n),
+        match coarse_unix() {
+            Some((s, n)) => UNIX_EPOCH + Duration::new(s, n),
             // before 1970, or an odd reading: the exact clock
-            _ => SystemTime::now(),
+            None => SystemTime::now(),
         }
+    }
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[inline]
+    fn wall_coarse_unix_nanos(&self) -> Option<u64> {
+        let (s, n) = coarse_unix()?;
+        s.checked_mul(1_000_000_000)?.checked_add(u64::from(n))
+    }
+}
+
+/// `CLOCK_REALTIME_COARSE` as (seconds, nanoseconds) since the epoch; `None` before it.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+#[inline]
+fn coarse_unix() -> Option<(u64, u32)> {
+    use rustix::time::{ClockId, clock_gettime};
+    let t = clock_gettime(ClockId::RealtimeCoarse);
+    match (u64::try_from(t.tv_sec), u32::try_from(t.tv_nsec)) {
+        (Ok(s), Ok(n)) if n < 1_000_000_000 => Some((s, n)),
+        _ => None,
     }
 }
 
@@ -208,8 +234,12 @@ mod tests {
                 "coarse clock {lag:?} behind"
             );
         }
+        let fine = c.wall().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64;
+        let coarse = c.wall_coarse_unix_nanos().unwrap();
+        assert!(coarse <= fine + 1_000_000 && fine - coarse.min(fine) < 50_000_000);
         let m = ManualClock::at_unix(1_700_000_000);
         assert_eq!(m.wall_coarse(), m.wall());
+        assert_eq!(m.wall_coarse_unix_nanos(), Some(1_700_000_000_000_000_000));
         m.advance(Duration::from_nanos(1));
         assert_eq!(
             m.wall_coarse(),

@@ -1866,7 +1866,13 @@ macro_rules! admit {
             after: None,
         };
     }
-    let now = shared.clock.wall_coarse();
+    // nanoseconds since the epoch; a `SystemTime` only where one is needed (store calls,
+    // denials)
+    let now_ns = shared.clock.wall_coarse_unix_nanos();
+    let now = || match now_ns {
+        Some(ns) => UNIX_EPOCH + Duration::from_nanos(ns),
+        None => shared.clock.wall_coarse(),
+    };
 
     // The built-in in-process stores: decide here under one lock, without boxing.
     let mut failed = false;
@@ -1879,7 +1885,7 @@ macro_rules! admit {
         &mut heap
     };
     if let Some(table) = local_table(&shared.store)
-        && let Some(now_ns) = nanos(now)
+        && let Some(now_ns) = now_ns
         && let Some(decided) = decide_local(shared, table, $caller, limits, charges, cost, now_ns)
     {
         let (counted, shard) = match decided {
@@ -1888,13 +1894,13 @@ macro_rules! admit {
                 tracing::warn!(error = %e, "quota store failed");
                 failed = true;
                 let source = $caller.to_owned();
-                return call_slow($layer, $inner, $req, source, limits.clone(), cost, now, failed);
+                return call_slow($layer, $inner, $req, source, limits.clone(), cost, now(), failed);
             }
         };
         let charges = &*charges;
         if !counted {
             let outcomes = local_outcomes(charges);
-            let d = QuotaLayer::<St>::denial_of(limits, &outcomes, now);
+            let d = QuotaLayer::<St>::denial_of(limits, &outcomes, now());
             return deny_counted($layer, d, $req, $inner);
         }
         let fields = shared.headers_on_success.then(|| {
@@ -1931,7 +1937,7 @@ macro_rules! admit {
     }
     let limits = limits.clone();
     let source = $caller.to_owned();
-    call_slow($layer, $inner, $req, source, limits, cost, now, failed)
+    call_slow($layer, $inner, $req, source, limits, cost, now(), failed)
     }};
 }
 
