@@ -34,10 +34,14 @@ def run(bench, flt, warm, meas):
         word = line.split(" ", 1)[0]
         if "/" in word and not line.startswith(" "):
             names.append(word)
+    # criterion's directory names are sanitized ids: find each by the id it records
+    index = {}
+    for meta in (ROOT / "target" / "criterion").glob("**/new/benchmark.json"):
+        index[json.loads(meta.read_text())["full_id"]] = meta.parent / "estimates.json"
     res = {}
     for name in names:
-        est = ROOT / "target" / "criterion" / name / "new" / "estimates.json"
-        if est.exists():
+        est = index.get(name)
+        if est is not None and est.exists():
             res[name] = json.loads(est.read_text())["mean"]["point_estimate"]
     return res
 
@@ -57,9 +61,10 @@ def main():
                 means.setdefault(name, []).append(ns)
         print(f"round {r + 1}/{a.rounds} done", file=sys.stderr)
     width = max(len(n) for n in means)
-    print(f"{'benchmark':{width}}  median      min      max  (ns, {a.rounds} rounds)")
+    print(f"{'benchmark':{width}}  median      min      max  (ns, {a.rounds} rounds: each)")
     for name, v in means.items():
-        print(f"{name:{width}}  {statistics.median(v):7.1f}  {min(v):7.1f}  {max(v):7.1f}")
+        each = " ".join(f"{x:.0f}" for x in v)
+        print(f"{name:{width}}  {statistics.median(v):7.1f}  {min(v):7.1f}  {max(v):7.1f}  {each}")
 
 
 if __name__ == "__main__":

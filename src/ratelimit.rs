@@ -14,6 +14,9 @@
 //! assert_eq!(ratelimit_value(&[f]).unwrap(), r#""monthly";r=5873;t=3600"#);
 //! ```
 
+// the field templates serve the throttle and quota layers only
+#![cfg_attr(not(any(feature = "throttle", feature = "quota")), allow(dead_code))]
+
 use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::time::Duration;
