@@ -1027,13 +1027,18 @@ async fn a_refund_reaches_a_shared_store_after_the_admitting_layer_is_dropped() 
         req.extensions_mut().insert(p.clone());
         req
     };
+    // one call through `layer` to `upstream`, in flight until released; the service (and
+    // with it the layer) is dropped once the call is made
+    let call = |layer: QuotaLayer, upstream| {
+        tokio::spawn(
+            ServiceBuilder::new()
+                .layer(layer)
+                .service(upstream)
+                .oneshot(request()),
+        )
+    };
     let (release, upstream) = gated(StatusCode::BAD_GATEWAY);
-    let in_flight = tokio::spawn(
-        ServiceBuilder::new()
-            .layer(a)
-            .service(upstream)
-            .oneshot(request()),
-    );
+    let in_flight = call(a, upstream);
     tokio::task::yield_now().await;
     // the admitting layer and its service are gone; the call was counted
     assert_eq!(b.usage_of(&p).await.unwrap()[0].used, 1);
@@ -1041,15 +1046,10 @@ async fn a_refund_reaches_a_shared_store_after_the_admitting_layer_is_dropped() 
     assert_eq!(in_flight.await.unwrap().unwrap().status(), 502);
     assert_eq!(b.usage_of(&p).await.unwrap()[0].used, 0);
 
-    // with every clone of the store gone, the refund has nowhere to go: it is dropped
+    // with every clone of the store gone, the refund has nowhere to go: it is dropped and
+    // the call still completes with the upstream's answer
     let (release, upstream) = gated(StatusCode::SERVICE_UNAVAILABLE);
-    let lone = base(&c).build().unwrap();
-    let in_flight = tokio::spawn(
-        ServiceBuilder::new()
-            .layer(lone)
-            .service(upstream)
-            .oneshot(request()),
-    );
+    let in_flight = call(base(&c).build().unwrap(), upstream);
     tokio::task::yield_now().await;
     release.send(()).unwrap();
     assert_eq!(in_flight.await.unwrap().unwrap().status(), 503);
