@@ -822,3 +822,36 @@ async fn the_single_policy_path_decides_like_the_general_one() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_peer_is_one_key_whichever_path_resolves_it() {
+    // A request whose only extension is an IPv4 peer address is keyed on a direct path; a
+    // request carrying other extensions too, or the same address written as IPv4-mapped
+    // IPv6, goes through the general resolution. All three must share one bucket.
+    #[derive(Clone)]
+    struct Other;
+    let layer = ThrottleLayer::builder()
+        .clock(Arc::new(ManualClock::at_unix(0)))
+        .policy(Policy::rate("per-ip", Rate::per_second(1)).burst(3))
+        .build()
+        .unwrap();
+    let mut svc = ServiceBuilder::new().layer(layer).service(ok_service());
+    let mut call = async |peer: &str, other: bool| {
+        let mut r = Request::new(());
+        r.extensions_mut()
+            .insert(peer.parse::<SocketAddr>().unwrap());
+        if other {
+            r.extensions_mut().insert(Other);
+        }
+        svc.ready().await.unwrap().call(r).await.unwrap().status()
+    };
+    assert_eq!(call("192.0.2.1:1", false).await, 200);
+    assert_eq!(call("192.0.2.1:2", true).await, 200);
+    assert_eq!(call("[::ffff:192.0.2.1]:3", false).await, 200);
+    // the burst of 3 is spent, whichever way the next request is resolved
+    assert_eq!(call("192.0.2.1:1", false).await, 429);
+    assert_eq!(call("192.0.2.1:1", true).await, 429);
+    assert_eq!(call("[::ffff:192.0.2.1]:3", true).await, 429);
+    // another peer is another key
+    assert_eq!(call("192.0.2.2:1", false).await, 200);
+}

@@ -900,6 +900,55 @@ impl Shared {
         }
     }
 
+    /// The decision of a layer whose only policy is an in-memory rate policy keyed by client
+    /// IP for every route (the common per-IP limit): the same decision as
+    /// [`decide_local`](Self::decide_local) for that one policy, without its loop.
+    #[inline(never)]
+    fn decide_single_ip<B>(&self, req: &Request<B>) -> Result<Allowed, Box<Denial>> {
+        let p = &self.policies[0];
+        let mem = p.mem.as_ref().expect("a rate policy");
+        let hash = match crate::client_ip::direct_peer_v4(req, &self.resolver) {
+            // the same hash `ip_hash` gives this address
+            Some(v4) => {
+                let mut h = self.hasher.build_hasher();
+                h.write_u32(v4);
+                h.finish()
+            }
+            None => self.ip_hash(self.client_ip(req)),
+        };
+        let max_wait = Self::max_wait(p, req, &mut None);
+        match mem.decide(hash, &p.gcra, p.cost, max_wait) {
+            Verdict::Allowed {
+                wait,
+                slack,
+                reset_after,
+            } => {
+                let mut headers = RateLimitFields::NONE;
+                if self.headers_on_allowed {
+                    headers.push(p.fields, p.ratelimit_value(slack, reset_after));
+                }
+                Ok(Allowed {
+                    wait: if p.shadow { 0 } else { wait },
+                    guards: None,
+                    headers,
+                })
+            }
+            Verdict::Limited { retry_after, .. } => {
+                let mut denial = None;
+                p.deny(p.limited(retry_after), req.extensions(), &mut denial);
+                match denial {
+                    Some(d) => Err(d),
+                    // a shadow policy: recorded, let through without fields
+                    None => Ok(Allowed {
+                        wait: 0,
+                        guards: None,
+                        headers: RateLimitFields::NONE,
+                    }),
+                }
+            }
+        }
+    }
+
     /// Every policy decided in memory: in-flight slots first, then the rate policies in
     /// order with one clock read.
     #[inline(never)]
@@ -1184,76 +1233,23 @@ where
         self.inner.poll_ready(cx)
     }
 
-    #[inline]
+    #[inline(always)]
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         let shared = &self.layer.shared;
         #[cfg(feature = "redis")]
         if shared.redis.is_some() {
             return self.call_remote(req);
         }
-        // the hot paths stay small enough to be inlined into the caller (no extra moves of
-        // the request and the response); denials and delays are built out of line
-        if shared.single_ip_rate
-            && let [p] = shared.policies.as_slice()
-            && let Some(mem) = &p.mem
-        {
-            // the same decision as `decide_local` for this one policy, without its loop
-            let ip = shared.client_ip(&req);
-            let hash = shared.ip_hash(ip);
-            let max_wait = Shared::max_wait(p, &req, &mut None);
-            return match mem.decide(hash, &p.gcra, p.cost, max_wait) {
-                Verdict::Allowed {
-                    wait,
-                    slack,
-                    reset_after,
-                } if wait == 0 || p.shadow => {
-                    if shared.headers_on_allowed {
-                        let mut headers = RateLimitFields::NONE;
-                        headers.push(p.fields, p.ratelimit_value(slack, reset_after));
-                        ResponseFuture::Inner {
-                            fut: self.inner.call(req),
-                            guards: None,
-                            headers,
-                        }
-                    } else {
-                        ResponseFuture::Pass {
-                            fut: self.inner.call(req),
-                        }
-                    }
-                }
-                Verdict::Allowed {
-                    wait,
-                    slack,
-                    reset_after,
-                } => {
-                    let mut headers = RateLimitFields::NONE;
-                    if shared.headers_on_allowed {
-                        headers.push(p.fields, p.ratelimit_value(slack, reset_after));
-                    }
-                    let a = Allowed {
-                        wait,
-                        guards: None,
-                        headers,
-                    };
-                    self.call_cold(req, Ok(a))
-                }
-                Verdict::Limited { retry_after, .. } => {
-                    let mut denial = None;
-                    p.deny(p.limited(retry_after), req.extensions(), &mut denial);
-                    let decision = match denial {
-                        Some(d) => Err(d),
-                        // a shadow policy: recorded, let through without fields
-                        None => Ok(Allowed {
-                            wait: 0,
-                            guards: None,
-                            headers: RateLimitFields::NONE,
-                        }),
-                    };
-                    self.call_cold(req, decision)
-                }
-            };
-        }
-        match shared.decide_local(&req) {
+        // `call` itself stays small so that it is inlined into the caller: the request is
+        // then handed to the inner service without being copied again (a 240-byte move per
+        // request when `call` is a separate function). The decision runs out of line and
+        // takes the request by reference.
+        let decision = if shared.single_ip_rate {
+            shared.decide_single_ip(&req)
+        } else {
+            shared.decide_local(&req)
+        };
+        match decision {
             Ok(Allowed {
                 wait: 0,
                 guards: None,
