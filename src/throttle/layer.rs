@@ -11,6 +11,7 @@ use std::time::Duration;
 use http::{HeaderValue, Request, Response, StatusCode};
 use percent_encoding::percent_decode_str;
 use pin_project_lite::pin_project;
+use strength_reduce::StrengthReducedU64;
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -43,6 +44,10 @@ pub(crate) struct PolicyRt {
     gcra: GcraNs,
     /// `tau / t`: the burst in requests.
     burst: u64,
+    /// `t` as a multiply-and-shift divisor (a 64-bit division costs ~10 ns per request).
+    t_div: StrengthReducedU64,
+    /// Both fields of recent allowed-response states, direct-mapped by `(r, t)`.
+    entries: EntrySlots,
     key: Key,
     /// The key is the client IP alone (the common case, hashed without the generic walk).
     ip_only: bool,
@@ -212,6 +217,8 @@ impl ThrottleBuilder {
                 limit: p.limit,
                 gcra,
                 burst: gcra.tau / gcra.t,
+                t_div: StrengthReducedU64::new(gcra.t.max(1)),
+                entries: EntrySlots::default(),
                 ip_only: matches!(p.key.0.as_slice(), [KeyPart::ClientIp]),
                 key: p.key,
                 action: p.action,
@@ -518,7 +525,16 @@ pub struct RateLimitFields(Fields);
 
 enum Fields {
     None,
+    /// Both fields of one policy, interned (the usual case: 8 bytes to move around).
+    Entry(&'static FieldsEntry),
+    /// Anything else, boxed so that it does not widen the response future.
+    Other(Box<OtherFields>),
+}
+
+enum OtherFields {
+    /// One policy's fields past the entry budget.
     One(&'static FieldTemplate, HeaderValue),
+    /// Several policies' `RateLimit-Policy`/`RateLimit` pairs.
     Many(Vec<(HeaderValue, HeaderValue)>),
 }
 
@@ -526,31 +542,40 @@ impl RateLimitFields {
     const NONE: Self = Self(Fields::None);
 
     #[inline]
-    fn push(&mut self, policy: &'static FieldTemplate, value: HeaderValue) {
+    fn push_entry(&mut self, e: &'static FieldsEntry) {
         if matches!(self.0, Fields::None) {
-            self.0 = Fields::One(policy, value);
+            self.0 = Fields::Entry(e);
             return;
         }
+        self.push_more(e.template, e.value.clone());
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn push(&mut self, policy: &'static FieldTemplate, value: HeaderValue) {
         self.push_more(policy, value);
     }
 
     #[cold]
     #[inline(never)]
     fn push_more(&mut self, policy: &'static FieldTemplate, value: HeaderValue) {
-        self.0 = match std::mem::replace(&mut self.0, Fields::None) {
-            Fields::None => Fields::One(policy, value),
-            Fields::One(p, v) => {
-                Fields::Many(vec![(p.policy.clone(), v), (policy.policy.clone(), value)])
-            }
-            Fields::Many(mut all) => {
-                all.push((policy.policy.clone(), value));
-                Fields::Many(all)
-            }
+        let other = match std::mem::replace(&mut self.0, Fields::None) {
+            Fields::None => OtherFields::One(policy, value),
+            Fields::Entry(e) => OtherFields::Many(vec![
+                (e.template.policy.clone(), e.value.clone()),
+                (policy.policy.clone(), value),
+            ]),
+            Fields::Other(o) => match *o {
+                OtherFields::One(p, v) => {
+                    OtherFields::Many(vec![(p.policy.clone(), v), (policy.policy.clone(), value)])
+                }
+                OtherFields::Many(mut all) => {
+                    all.push((policy.policy.clone(), value));
+                    OtherFields::Many(all)
+                }
+            },
         };
-    }
-
-    fn is_none(&self) -> bool {
-        matches!(self.0, Fields::None)
+        self.0 = Fields::Other(Box::new(other));
     }
 }
 
@@ -639,20 +664,151 @@ fn put_u64_rev(buf: &mut [u8; 48], mut end: usize, mut n: u64) -> usize {
     }
 }
 
-impl PolicyRt {
-    /// The `RateLimit` value of an allowed request: `"<name>";r=<remaining>;t=<secs>`.
-    ///
-    /// Values are exact: a small per-thread cache keyed by (policy instance, `r`, `t`)
-    /// returns a shared copy of a value rendered before (a reference-count increment),
-    /// else the value is formatted on the stack into one allocation.
+/// Both fields of one allowed-response state (`r`, `t`) of one policy, leaked once per
+/// process while [`INTERNED_ENTRIES`] lasts. Adding them costs one map clone (an empty
+/// response) or two appends, with no formatting and no reference counting.
+pub(crate) struct FieldsEntry {
+    template: &'static FieldTemplate,
+    r: u64,
+    t: u64,
+    /// `RateLimit: "<name>";r=<r>;t=<t>` (static bytes).
+    value: HeaderValue,
+    /// `RateLimit-Policy` and `RateLimit`: the whole map of a response that had none.
+    map: http::HeaderMap,
+}
+
+impl FieldsEntry {
     #[inline]
-    fn ratelimit_value(&self, slack: u64, reset_after: u64) -> HeaderValue {
-        let remaining = slack / self.gcra.t;
+    fn add_to(&self, map: &mut http::HeaderMap) {
+        if map.is_empty() {
+            *map = self.map.clone();
+        } else {
+            map.reserve(2);
+            map.append(RATELIMIT_POLICY_NAME, self.template.policy.clone());
+            map.append(RATELIMIT_NAME, self.value.clone());
+        }
+    }
+}
+
+/// Most [`FieldsEntry`]s leaked per process (≈ 0.5 KB each: ≈ 2 MB at most). Past the
+/// budget, fields are rendered through the per-thread value cache.
+const INTERNED_ENTRIES: usize = 4096;
+
+/// Slots of a policy's entry cache (2^bits).
+const ENTRY_SLOT_BITS: u32 = 6;
+
+/// A policy's direct-mapped cache of interned entries, shared by all threads: a hit is one
+/// load and two compares.
+struct EntrySlots([std::sync::atomic::AtomicPtr<FieldsEntry>; 1 << ENTRY_SLOT_BITS]);
+
+impl Default for EntrySlots {
+    fn default() -> Self {
+        Self(std::array::from_fn(|_| {
+            std::sync::atomic::AtomicPtr::new(std::ptr::null_mut())
+        }))
+    }
+}
+
+impl EntrySlots {
+    #[inline]
+    fn slot(r: u64, t: u64) -> usize {
+        ((r ^ t.rotate_left(32)).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - ENTRY_SLOT_BITS))
+            as usize
+    }
+
+    #[inline]
+    fn get(&self, r: u64, t: u64) -> Option<&'static FieldsEntry> {
+        let p = self.0[Self::slot(r, t)].load(std::sync::atomic::Ordering::Acquire);
+        // SAFETY: a slot holds null or a pointer from `Box::leak` (see `put`): a
+        // `&'static FieldsEntry` that is never freed nor written through.
+        #[allow(unsafe_code)]
+        let e: &'static FieldsEntry = unsafe { p.as_ref() }?;
+        (e.r == r && e.t == t).then_some(e)
+    }
+
+    fn put(&self, e: &'static FieldsEntry) {
+        let p = std::ptr::from_ref(e).cast_mut();
+        self.0[Self::slot(e.r, e.t)].store(p, std::sync::atomic::Ordering::Release);
+    }
+}
+
+/// The process's entry for `(template, r, t)`, made on first use while the budget lasts.
+fn intern_entry(p: &PolicyRt, r: u64, t: u64) -> Option<&'static FieldsEntry> {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    type Key = (usize, u64, u64);
+    static ENTRIES: Mutex<Option<HashMap<Key, &'static FieldsEntry>>> = Mutex::new(None);
+    let key = (std::ptr::from_ref(p.fields) as usize, r, t);
+    let mut all = ENTRIES.lock().unwrap_or_else(|e| e.into_inner());
+    let all = all.get_or_insert_with(HashMap::new);
+    if let Some(e) = all.get(&key) {
+        return Some(e);
+    }
+    if all.len() >= INTERNED_ENTRIES {
+        return None;
+    }
+    let text = format!("{}{r};t={t}", p.field_prefix);
+    // only visible ASCII and spaces, which `from_static` accepts
+    if !text.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return None;
+    }
+    let value = HeaderValue::from_static(Box::leak(text.into_boxed_str()));
+    let mut map = http::HeaderMap::with_capacity(2);
+    map.append(RATELIMIT_POLICY_NAME, p.fields.policy.clone());
+    map.append(RATELIMIT_NAME, value.clone());
+    let e: &'static FieldsEntry = Box::leak(Box::new(FieldsEntry {
+        template: p.fields,
+        r,
+        t,
+        value,
+        map,
+    }));
+    all.insert(key, e);
+    Some(e)
+}
+
+impl PolicyRt {
+    /// `r` and `t` (whole seconds, rounded up) of an allowed request.
+    #[inline(always)]
+    fn state(&self, slack: u64, reset_after: u64) -> (u64, u64) {
+        let remaining = slack / self.t_div;
         // time until one more unit is available
         let used = self.burst.saturating_sub(remaining);
         let t = reset_after.saturating_sub(used.saturating_sub(1).saturating_mul(self.gcra.t));
-        let r = remaining.min(self.quota);
-        let t = secs_up(t);
+        (remaining.min(self.quota), secs_up(t))
+    }
+
+    /// Adds this policy's fields of an allowed request to `out`: an interned entry when
+    /// there is one (or room for one), else the value through the per-thread cache.
+    #[inline]
+    fn push_fields(&self, out: &mut RateLimitFields, slack: u64, reset_after: u64) {
+        let (r, t) = self.state(slack, reset_after);
+        match self.entries.get(r, t) {
+            Some(e) => out.push_entry(e),
+            None => self.push_fields_slow(out, r, t),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn push_fields_slow(&self, out: &mut RateLimitFields, r: u64, t: u64) {
+        match intern_entry(self, r, t) {
+            Some(e) => {
+                self.entries.put(e);
+                out.push_entry(e);
+            }
+            None => out.push(self.fields, self.ratelimit_value_of(r, t)),
+        }
+    }
+
+    /// The `RateLimit` value of state `(r, t)`: `"<name>";r=<remaining>;t=<secs>`.
+    ///
+    /// Values are exact: a small per-thread cache keyed by (policy instance, `r`, `t`)
+    /// returns a shared copy of a value rendered before (a reference-count increment),
+    /// else the value is formatted on the stack into one allocation. Used once the entry
+    /// budget is spent.
+    #[inline]
+    fn ratelimit_value_of(&self, r: u64, t: u64) -> HeaderValue {
         let slot = ((self.id ^ r.rotate_left(20) ^ t.rotate_left(40))
             .wrapping_mul(0x9e37_79b9_7f4a_7c15)
             >> (64 - VALUE_CACHE_BITS)) as usize;
@@ -925,7 +1081,7 @@ impl Shared {
             } => {
                 let mut headers = RateLimitFields::NONE;
                 if self.headers_on_allowed {
-                    headers.push(p.fields, p.ratelimit_value(slack, reset_after));
+                    p.push_fields(&mut headers, slack, reset_after);
                 }
                 Ok(Allowed {
                     wait: if p.shadow { 0 } else { wait },
@@ -993,8 +1149,7 @@ impl Shared {
                         out.wait = out.wait.max(wait);
                     }
                     if self.headers_on_allowed {
-                        out.headers
-                            .push(p.fields, p.ratelimit_value(slack, reset_after));
+                        p.push_fields(&mut out.headers, slack, reset_after);
                     }
                 }
                 Verdict::Limited { retry_after, .. } => {
@@ -1123,8 +1278,7 @@ impl Shared {
                         out.wait = out.wait.max(wait);
                     }
                     if self.headers_on_allowed {
-                        out.headers
-                            .push(p.fields, p.ratelimit_value(slack, reset_after));
+                        p.push_fields(&mut out.headers, slack, reset_after);
                     }
                 }
                 Verdict::Limited { retry_after, .. } => {
@@ -1169,11 +1323,19 @@ pin_project! {
 
 #[inline]
 fn add_headers<B>(res: &mut Response<B>, headers: RateLimitFields) {
-    let map = res.headers_mut();
     match headers.0 {
         Fields::None => {}
-        Fields::One(t, r) => t.add_to(map, r),
-        Fields::Many(all) => {
+        Fields::Entry(e) => e.add_to(res.headers_mut()),
+        Fields::Other(o) => add_other(res.headers_mut(), *o),
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn add_other(map: &mut http::HeaderMap, fields: OtherFields) {
+    match fields {
+        OtherFields::One(t, r) => t.add_to(map, r),
+        OtherFields::Many(all) => {
             map.reserve(2 * all.len());
             for (p, r) in all {
                 map.append(RATELIMIT_POLICY_NAME, p);
@@ -1202,10 +1364,15 @@ where
                 if guards.is_some() {
                     drop(guards.take());
                 }
-                if !headers.is_none()
-                    && let Ok(res) = &mut out
-                {
-                    add_headers(res, std::mem::replace(headers, RateLimitFields::NONE));
+                if let Ok(res) = &mut out {
+                    match &headers.0 {
+                        Fields::None => {}
+                        // the usual case, without moving the fields out first
+                        Fields::Entry(e) => e.add_to(res.headers_mut()),
+                        Fields::Other(_) => {
+                            add_headers(res, std::mem::replace(headers, RateLimitFields::NONE))
+                        }
+                    }
                 }
                 Poll::Ready(out)
             }
@@ -1400,6 +1567,54 @@ mod tests {
         let p = &layer.shared.policies[0];
         assert_eq!(p.render(3, 1).0, "\"p\";r=3;t=1");
         assert_eq!(p.render(1234, 56).0, "\"p\";r=1234;t=56");
+    }
+
+    #[test]
+    fn fields_stay_exact_past_the_entry_budget() {
+        let layer = ThrottleLayer::builder()
+            .policy(Policy::rate("budget", super::super::Rate::per_second(10)).burst(5))
+            .build()
+            .unwrap();
+        let p = &layer.shared.policies[0];
+        let fields = |f: RateLimitFields| {
+            let mut res = Response::new(());
+            add_headers(&mut res, f);
+            let h = res.headers();
+            (
+                h.get(RATELIMIT_POLICY_NAME).unwrap().clone(),
+                h.get(RATELIMIT_NAME).unwrap().clone(),
+            )
+        };
+        // an interned entry while the budget lasts (shared by the process: it may be
+        // spent already, then the fallback below is what every path gives)
+        let mut f = RateLimitFields::NONE;
+        p.push_fields_slow(&mut f, 3, 1);
+        assert_eq!(fields(f).1, "\"budget\";r=3;t=1");
+        // spend the budget
+        let mut n = 0u64;
+        while intern_entry(p, 1_000 + n, 7).is_some() {
+            n += 1;
+            assert!(n as usize <= INTERNED_ENTRIES);
+        }
+        // a new state is rendered exactly, on an empty and on a non-empty map
+        let mut f = RateLimitFields::NONE;
+        p.push_fields_slow(&mut f, 4, 2);
+        let (policy, value) = fields(f);
+        assert_eq!(value, "\"budget\";r=4;t=2");
+        assert_eq!(policy, p.fields.policy);
+        let mut f = RateLimitFields::NONE;
+        p.push_fields_slow(&mut f, 4, 2);
+        let mut res = Response::new(());
+        res.headers_mut()
+            .insert(http::header::CONTENT_TYPE, HeaderValue::from_static("a/b"));
+        add_headers(&mut res, f);
+        assert_eq!(res.headers().len(), 3);
+        assert_eq!(res.headers()[RATELIMIT_NAME], "\"budget\";r=4;t=2");
+        // interned entries are still found
+        assert_eq!(
+            intern_entry(p, 1_000, 7).unwrap().value,
+            "\"budget\";r=1000;t=7"
+        );
     }
 
     #[test]
