@@ -22,11 +22,15 @@ pub const BLOCK: u64 = 128;
 
 /// Runs `base` and `layered` `iters` times each, interleaved, and returns the layered side's
 /// total time minus the base side's (the added time for `iters` calls).
-pub fn added(iters: u64, mut base: impl FnMut(), mut layered: impl FnMut()) -> Duration {
+pub fn added(iters: u64, base: impl FnMut(), layered: impl FnMut()) -> Duration {
+    if std::env::var_os("PAIRED_MEDIAN").is_some() {
+        return added_median(iters, base, layered);
+    }
     let mut base_t = Duration::ZERO;
     let mut layered_t = Duration::ZERO;
     let mut left = iters;
     let mut base_first = true;
+    let (mut base, mut layered) = (base, layered);
     while left > 0 {
         let n = left.min(BLOCK);
         for side in [base_first, !base_first] {
@@ -47,4 +51,37 @@ pub fn added(iters: u64, mut base: impl FnMut(), mut layered: impl FnMut()) -> D
         left -= n;
     }
     layered_t.saturating_sub(base_t)
+}
+
+/// `PAIRED_MEDIAN=1`: the same interleaving, but the sample is the **median** of the blocks'
+/// per-call differences times `iters`. A block pair hit by a preemption or a burst of
+/// another tenant's load is one outlier among many instead of a share of the sum.
+fn added_median(iters: u64, mut base: impl FnMut(), mut layered: impl FnMut()) -> Duration {
+    let mut diffs = Vec::with_capacity(iters.div_ceil(BLOCK) as usize);
+    let mut left = iters;
+    let mut base_first = true;
+    while left > 0 {
+        let n = left.min(BLOCK);
+        let (mut b, mut l) = (Duration::ZERO, Duration::ZERO);
+        for side in [base_first, !base_first] {
+            let t = Instant::now();
+            if side {
+                for _ in 0..n {
+                    base();
+                }
+                b = t.elapsed();
+            } else {
+                for _ in 0..n {
+                    layered();
+                }
+                l = t.elapsed();
+            }
+        }
+        diffs.push((l.as_nanos() as f64 - b.as_nanos() as f64) / n as f64);
+        base_first = !base_first;
+        left -= n;
+    }
+    diffs.sort_by(f64::total_cmp);
+    let median = diffs[diffs.len() / 2].max(0.0);
+    Duration::from_nanos((median * iters as f64) as u64)
 }
