@@ -308,6 +308,7 @@ fn min_probe(_c: &mut Criterion) {
     let mut b1 = typed();
     const N: u32 = 10_000;
     let mut best = [f64::MAX; 8];
+    let mut all: [Vec<f64>; 8] = Default::default();
     let names = [
         "bare",
         "tower_shield",
@@ -327,6 +328,7 @@ fn min_probe(_c: &mut Criterion) {
             }
             let ns = t.elapsed().as_nanos() as f64 / f64::from(N);
             best[k] = best[k].min(ns);
+            all[k].push(ns);
         };
         time(0, &mut || run(&mut b0, &addrs, &mut i));
         time(1, &mut || run(&mut s0, &addrs, &mut i));
@@ -337,9 +339,22 @@ fn min_probe(_c: &mut Criterion) {
         time(6, &mut || run(&mut s2, &addrs, &mut i));
         time(7, &mut || run(&mut s3, &addrs, &mut i));
     }
-    for (n, b) in names.iter().zip(best) {
-        println!("{n:52} {b:7.1} ns");
+    let med = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let medians: Vec<f64> = all.iter_mut().map(med).collect();
+    for ((n, b), m) in names.iter().zip(best).zip(&medians) {
+        println!("{n:52} {b:7.1} ns (median sample {m:7.1})");
     }
+    println!(
+        "median samples, added: shield {:.1}, governor {:.1} (ratio {:.2}); fields +{:.1} (content-type: fields +{:.1})",
+        medians[1] - medians[0],
+        medians[3] - medians[0],
+        (medians[1] - medians[0]) / (medians[3] - medians[0]),
+        medians[2] - medians[1],
+        medians[7] - medians[6],
+    );
     println!(
         "added: shield {:.1}, governor {:.1} (ratio {:.2}); fields +{:.1} (content-type: shield {:.1}, fields +{:.1}); governor headers +{:.1}",
         best[1] - best[0],
