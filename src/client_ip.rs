@@ -279,9 +279,7 @@ impl ClientIpResolver {
     }
 
     /// Resolves from a known peer address and the request headers.
-    // always inlined: the address is then never returned through memory (reading an
-    // `IpAddr` back right after the callee stored it piecewise stalls store forwarding)
-    #[inline(always)]
+    #[inline]
     pub fn resolve_from(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
         let peer = peer.to_canonical();
         if self.trusted.is_empty() {
