@@ -63,6 +63,22 @@ fn shield(headers: bool) -> ThrottleLayer {
         .unwrap()
 }
 
+/// tower_governor at the same limit as [`shield`] (1 per second, burst `u32::MAX`).
+fn governor_conf() -> Arc<
+    tower_governor::governor::GovernorConfig<
+        tower_governor::key_extractor::PeerIpKeyExtractor,
+        governor::middleware::NoOpMiddleware,
+    >,
+> {
+    Arc::new(
+        GovernorConfigBuilder::default()
+            .per_second(1)
+            .burst_size(u32::MAX)
+            .finish()
+            .unwrap(),
+    )
+}
+
 fn run<S>(svc: &mut S, addrs: &[SocketAddr], i: &mut usize)
 where
     S: Service<Request<Body>, Response = Response<Body>>,
@@ -94,14 +110,7 @@ fn added_cost(c: &mut Criterion) {
             b.iter(|| run(&mut svc, &addrs, &mut i))
         });
         drop(svc);
-        let conf = Arc::new(
-            GovernorConfigBuilder::default()
-                .per_second(1)
-                .burst_size(u32::MAX)
-                .finish()
-                .unwrap(),
-        );
-        let mut svc = GovernorLayer::new(conf).layer(bare());
+        let mut svc = GovernorLayer::new(governor_conf()).layer(bare());
         for _ in 0..n {
             run(&mut svc, &addrs, &mut i);
         }
@@ -172,14 +181,7 @@ fn added_paired(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::new("tower_governor", n), &n, |b, _| {
             let addrs = addrs.get_or_insert_with(|| ips(n));
             let svc = svc.get_or_insert_with(|| {
-                let conf = Arc::new(
-                    GovernorConfigBuilder::default()
-                        .per_second(1)
-                        .burst_size(u32::MAX)
-                        .finish()
-                        .unwrap(),
-                );
-                let mut s = GovernorLayer::new(conf).layer(bare());
+                let mut s = GovernorLayer::new(governor_conf()).layer(bare());
                 prime(&mut s, addrs);
                 s
             });
