@@ -552,12 +552,6 @@ impl RateLimitFields {
 
     #[cold]
     #[inline(never)]
-    fn push(&mut self, policy: &'static FieldTemplate, value: HeaderValue) {
-        self.push_more(policy, value);
-    }
-
-    #[cold]
-    #[inline(never)]
     fn push_more(&mut self, policy: &'static FieldTemplate, value: HeaderValue) {
         let other = match std::mem::replace(&mut self.0, Fields::None) {
             Fields::None => OtherFields::One(policy, value),
@@ -683,9 +677,7 @@ impl FieldsEntry {
         if map.is_empty() {
             *map = self.map.clone();
         } else {
-            map.reserve(2);
-            map.append(RATELIMIT_POLICY_NAME, self.template.policy.clone());
-            map.append(RATELIMIT_NAME, self.value.clone());
+            self.template.add_to(map, self.value.clone());
         }
     }
 }
@@ -747,12 +739,7 @@ fn intern_entry(p: &PolicyRt, r: u64, t: u64) -> Option<&'static FieldsEntry> {
     if all.len() >= INTERNED_ENTRIES {
         return None;
     }
-    let text = format!("{}{r};t={t}", p.field_prefix);
-    // only visible ASCII and spaces, which `from_static` accepts
-    if !text.bytes().all(|b| (0x20..0x7f).contains(&b)) {
-        return None;
-    }
-    let value = HeaderValue::from_static(Box::leak(text.into_boxed_str()));
+    let value = intern_value(&format!("{}{r};t={t}", p.field_prefix))?;
     let mut map = http::HeaderMap::with_capacity(2);
     map.append(RATELIMIT_POLICY_NAME, p.fields.policy.clone());
     map.append(RATELIMIT_NAME, value.clone());
@@ -797,7 +784,7 @@ impl PolicyRt {
                 self.entries.put(e);
                 out.push_entry(e);
             }
-            None => out.push(self.fields, self.ratelimit_value_of(r, t)),
+            None => out.push_more(self.fields, self.ratelimit_value_of(r, t)),
         }
     }
 
@@ -1064,12 +1051,8 @@ impl Shared {
         let p = &self.policies[0];
         let mem = p.mem.as_ref().expect("a rate policy");
         let hash = match crate::client_ip::direct_peer_v4(req, &self.resolver) {
-            // the same hash `ip_hash` gives this address
-            Some(v4) => {
-                let mut h = self.hasher.build_hasher();
-                h.write_u32(v4);
-                h.finish()
-            }
+            // built in registers: `ip_hash` is inlined into this arm alone
+            Some(v4) => self.ip_hash(Some(ClientIp(IpAddr::V4(v4.into())))),
             None => self.ip_hash(self.client_ip(req)),
         };
         let max_wait = Self::max_wait(p, req, &mut None);
@@ -1365,14 +1348,7 @@ where
                     drop(guards.take());
                 }
                 if let Ok(res) = &mut out {
-                    match &headers.0 {
-                        Fields::None => {}
-                        // the usual case, without moving the fields out first
-                        Fields::Entry(e) => e.add_to(res.headers_mut()),
-                        Fields::Other(_) => {
-                            add_headers(res, std::mem::replace(headers, RateLimitFields::NONE))
-                        }
-                    }
+                    add_headers(res, std::mem::replace(headers, RateLimitFields::NONE));
                 }
                 Poll::Ready(out)
             }
