@@ -31,22 +31,32 @@ pub fn added(iters: u64, base: impl FnMut(), layered: impl FnMut()) -> Duration 
     let mut left = iters;
     let mut base_first = true;
     let (mut base, mut layered) = (base, layered);
+    let shift = std::env::var_os("PAIRED_SHIFT").is_some();
+    let mut block = 0usize;
     while left > 0 {
         let n = left.min(BLOCK);
-        for side in [base_first, !base_first] {
-            let t = Instant::now();
-            if side {
-                for _ in 0..n {
-                    base();
+        let mut pair = || {
+            for side in [base_first, !base_first] {
+                let t = Instant::now();
+                if side {
+                    for _ in 0..n {
+                        base();
+                    }
+                    base_t += t.elapsed();
+                } else {
+                    for _ in 0..n {
+                        layered();
+                    }
+                    layered_t += t.elapsed();
                 }
-                base_t += t.elapsed();
-            } else {
-                for _ in 0..n {
-                    layered();
-                }
-                layered_t += t.elapsed();
             }
+        };
+        if shift {
+            shifted(block % DEPTHS, &mut pair);
+        } else {
+            pair();
         }
+        block += 1;
         base_first = !base_first;
         left -= n;
     }
@@ -84,4 +94,18 @@ fn added_median(iters: u64, mut base: impl FnMut(), mut layered: impl FnMut()) -
     diffs.sort_by(f64::total_cmp);
     let median = diffs[diffs.len() / 2].max(0.0);
     Duration::from_nanos((median * iters as f64) as u64)
+}
+
+const DEPTHS: usize = 128;
+
+/// Runs `f` `depth` frames deeper on the stack.
+#[inline(never)]
+fn shifted(depth: usize, f: &mut dyn FnMut()) {
+    if depth == 0 {
+        return f();
+    }
+    let pad = [0u8; 8];
+    std::hint::black_box(&pad);
+    shifted(depth - 1, f);
+    std::hint::black_box(&pad);
 }

@@ -936,6 +936,32 @@ struct Allowed {
     headers: RateLimitFields,
 }
 
+/// A decision as the service acts on it. `Pass` (served at once, at most one interned
+/// fields entry to add) has nothing to drop, so the usual path moves no `Allowed` around.
+enum Decision {
+    Pass(Option<&'static FieldsEntry>),
+    Other(Result<Allowed, Box<Denial>>),
+}
+
+impl From<Result<Allowed, Box<Denial>>> for Decision {
+    #[inline]
+    fn from(d: Result<Allowed, Box<Denial>>) -> Self {
+        match d {
+            Ok(Allowed {
+                wait: 0,
+                guards: None,
+                headers: RateLimitFields(Fields::None),
+            }) => Self::Pass(None),
+            Ok(Allowed {
+                wait: 0,
+                guards: None,
+                headers: RateLimitFields(Fields::Entry(e)),
+            }) => Self::Pass(Some(e)),
+            other => Self::Other(other),
+        }
+    }
+}
+
 impl Shared {
     /// The client IP: an outer layer's [`ClientIp`], else resolved here.
     #[inline(always)]
@@ -1047,7 +1073,7 @@ impl Shared {
     /// IP for every route (the common per-IP limit): the same decision as
     /// [`decide_local`](Self::decide_local) for that one policy, without its loop.
     #[inline(never)]
-    fn decide_single_ip<B>(&self, req: &Request<B>) -> Result<Allowed, Box<Denial>> {
+    fn decide_single_ip<B>(&self, req: &Request<B>) -> Decision {
         let p = &self.policies[0];
         let mem = p.mem.as_ref().expect("a rate policy");
         let hash = match crate::client_ip::direct_peer_v4(req, &self.resolver) {
@@ -1066,23 +1092,24 @@ impl Shared {
                 if self.headers_on_allowed {
                     p.push_fields(&mut headers, slack, reset_after);
                 }
-                Ok(Allowed {
-                    wait: if p.shadow { 0 } else { wait },
-                    guards: None,
-                    headers,
-                })
+                let wait = if p.shadow { 0 } else { wait };
+                match headers.0 {
+                    Fields::None if wait == 0 => Decision::Pass(None),
+                    Fields::Entry(e) if wait == 0 => Decision::Pass(Some(e)),
+                    fields => Decision::Other(Ok(Allowed {
+                        wait,
+                        guards: None,
+                        headers: RateLimitFields(fields),
+                    })),
+                }
             }
             Verdict::Limited { retry_after, .. } => {
                 let mut denial = None;
                 p.deny(p.limited(retry_after), req.extensions(), &mut denial);
                 match denial {
-                    Some(d) => Err(d),
+                    Some(d) => Decision::Other(Err(d)),
                     // a shadow policy: recorded, let through without fields
-                    None => Ok(Allowed {
-                        wait: 0,
-                        guards: None,
-                        headers: RateLimitFields::NONE,
-                    }),
+                    None => Decision::Pass(None),
                 }
             }
         }
@@ -1282,25 +1309,44 @@ type BoxFut<B, E> = Pin<Box<dyn Future<Output = Result<Response<B>, E>> + Send>>
 
 pin_project! {
     /// Response future of [`Throttle`].
-    #[project = RfProj]
-    #[allow(missing_docs)]
-    pub enum ResponseFuture<F, B, E> {
-        /// Passed on as it is (no in-flight slot held, no fields to add).
-        Pass {
-            #[pin]
-            fut: F,
-        },
-        /// Passed on without waiting; slots to release and fields to add when it is done.
+    ///
+    /// At most 8 bytes wider than the inner future: a future is moved at least once per
+    /// request (into a connection task, a combinator or `now_or_never`), and the common paths
+    /// (passed on as it is, or with one policy's interned RateLimit fields) carry only a
+    /// pointer beside it. Everything else (a denial, a delay, in-flight slots to release,
+    /// fields past the interned ones, a remote store) is one boxed future.
+    pub struct ResponseFuture<F, B, E> {
+        #[pin]
+        kind: Kind<F, B, E>,
+        fields: Option<&'static FieldsEntry>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<F, B, E> {
         Inner {
             #[pin]
             fut: F,
-            guards: Option<InFlightGuards>,
-            headers: RateLimitFields,
         },
-        /// Refused.
-        Denied { res: Option<Response<B>> },
-        /// Waiting for a delay or a remote store.
-        Waiting { fut: BoxFut<B, E> },
+        Boxed { fut: BoxFut<B, E> },
+    }
+}
+
+impl<F, B, E> ResponseFuture<F, B, E> {
+    #[inline(always)]
+    fn inner(fut: F, fields: Option<&'static FieldsEntry>) -> Self {
+        Self {
+            kind: Kind::Inner { fut },
+            fields,
+        }
+    }
+
+    fn boxed(fut: BoxFut<B, E>) -> Self {
+        Self {
+            kind: Kind::Boxed { fut },
+            fields: None,
+        }
     }
 }
 
@@ -1336,26 +1382,22 @@ where
 
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project() {
-            RfProj::Pass { fut } => fut.poll(cx),
-            RfProj::Inner {
-                fut,
-                guards,
-                headers,
-            } => {
+        let this = self.project();
+        match this.kind.project() {
+            KindProj::Inner { fut } => {
+                // without fields, the inner poll's output is returned as it is (no copy of
+                // the response through this frame)
+                let Some(e) = *this.fields else {
+                    return fut.poll(cx);
+                };
                 let mut out = std::task::ready!(fut.poll(cx));
-                if guards.is_some() {
-                    drop(guards.take());
-                }
+                *this.fields = None;
                 if let Ok(res) = &mut out {
-                    add_headers(res, std::mem::replace(headers, RateLimitFields::NONE));
+                    e.add_to(res.headers_mut());
                 }
                 Poll::Ready(out)
             }
-            RfProj::Denied { res } => Poll::Ready(Ok(res
-                .take()
-                .expect("ResponseFuture polled after completion"))),
-            RfProj::Waiting { fut } => fut.as_mut().poll(cx),
+            KindProj::Boxed { fut } => fut.as_mut().poll(cx),
         }
     }
 }
@@ -1390,32 +1432,18 @@ where
         let decision = if shared.single_ip_rate {
             shared.decide_single_ip(&req)
         } else {
-            shared.decide_local(&req)
+            Decision::from(shared.decide_local(&req))
         };
         match decision {
-            Ok(Allowed {
-                wait: 0,
-                guards: None,
-                headers: RateLimitFields(Fields::None),
-            }) => ResponseFuture::Pass {
-                fut: self.inner.call(req),
-            },
-            Ok(Allowed {
-                wait: 0,
-                guards,
-                headers,
-            }) => ResponseFuture::Inner {
-                fut: self.inner.call(req),
-                guards,
-                headers,
-            },
-            other => self.call_cold(req, other),
+            Decision::Pass(fields) => ResponseFuture::inner(self.inner.call(req), fields),
+            Decision::Other(other) => self.call_cold(req, other),
         }
     }
 }
 
 impl<S> Throttle<S> {
-    /// A denial or a delayed request.
+    /// A denial, a delayed request, or one with in-flight slots or fields past the interned
+    /// ones.
     #[cold]
     #[inline(never)]
     fn call_cold<ReqB, ResB>(
@@ -1431,29 +1459,34 @@ impl<S> Throttle<S> {
         ResB: BodyFromBytes + Send + 'static,
     {
         match decision {
-            Err(d) => ResponseFuture::Denied {
-                res: Some(self.layer.renderer.respond(*d, &req)),
-            },
-            Ok(a) if a.wait == 0 => ResponseFuture::Inner {
-                fut: self.inner.call(req),
-                guards: a.guards,
-                headers: a.headers,
-            },
+            Err(d) => {
+                let res = self.layer.renderer.respond(*d, &req);
+                ResponseFuture::boxed(Box::pin(std::future::ready(Ok(res))))
+            }
+            Ok(a) if a.wait == 0 => {
+                let fut = self.inner.call(req);
+                ResponseFuture::boxed(Box::pin(async move {
+                    let out = fut.await;
+                    drop(a.guards);
+                    out.map(|mut res| {
+                        add_headers(&mut res, a.headers);
+                        res
+                    })
+                }))
+            }
             Ok(a) => {
                 let clone = self.inner.clone();
                 let mut inner = std::mem::replace(&mut self.inner, clone);
                 let wait = Duration::from_nanos(a.wait);
-                ResponseFuture::Waiting {
-                    fut: Box::pin(async move {
-                        tokio::time::sleep(wait).await;
-                        let out = inner.call(req).await;
-                        drop(a.guards);
-                        out.map(|mut res| {
-                            add_headers(&mut res, a.headers);
-                            res
-                        })
-                    }),
-                }
+                ResponseFuture::boxed(Box::pin(async move {
+                    tokio::time::sleep(wait).await;
+                    let out = inner.call(req).await;
+                    drop(a.guards);
+                    out.map(|mut res| {
+                        add_headers(&mut res, a.headers);
+                        res
+                    })
+                }))
             }
         }
     }
@@ -1476,33 +1509,30 @@ impl<S> Throttle<S> {
         let plan = match self.layer.shared.plan_remote(&req) {
             Ok(plan) => plan,
             Err(d) => {
-                return ResponseFuture::Denied {
-                    res: Some(self.layer.renderer.respond(*d, &req)),
-                };
+                let res = self.layer.renderer.respond(*d, &req);
+                return ResponseFuture::boxed(Box::pin(std::future::ready(Ok(res))));
             }
         };
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let shared = self.layer.shared.clone();
         let renderer = self.layer.renderer.clone();
-        ResponseFuture::Waiting {
-            fut: Box::pin(async move {
-                let backend = shared.redis.as_ref().expect("redis backend");
-                let a = match shared.decide_remote(backend, plan, req.extensions()).await {
-                    Ok(a) => a,
-                    Err(d) => return Ok(renderer.respond(*d, &req)),
-                };
-                if a.wait > 0 {
-                    tokio::time::sleep(Duration::from_nanos(a.wait)).await;
-                }
-                let out = inner.call(req).await;
-                drop(a.guards);
-                out.map(|mut res| {
-                    add_headers(&mut res, a.headers);
-                    res
-                })
-            }),
-        }
+        ResponseFuture::boxed(Box::pin(async move {
+            let backend = shared.redis.as_ref().expect("redis backend");
+            let a = match shared.decide_remote(backend, plan, req.extensions()).await {
+                Ok(a) => a,
+                Err(d) => return Ok(renderer.respond(*d, &req)),
+            };
+            if a.wait > 0 {
+                tokio::time::sleep(Duration::from_nanos(a.wait)).await;
+            }
+            let out = inner.call(req).await;
+            drop(a.guards);
+            out.map(|mut res| {
+                add_headers(&mut res, a.headers);
+                res
+            })
+        }))
     }
 }
 
@@ -1519,6 +1549,21 @@ mod tests {
         assert_eq!(grpc_timeout(&h), Some(Duration::from_secs(2)));
         h.insert("grpc-timeout", HeaderValue::from_static("2x"));
         assert_eq!(grpc_timeout(&h), None);
+    }
+
+    #[test]
+    fn response_future_is_one_pointer_wider_than_the_inner_future() {
+        type Inner = std::future::Ready<Result<Response<String>, std::convert::Infallible>>;
+        type Big = std::future::Ready<Result<Response<String>, [u8; 512]>>;
+        let word = std::mem::size_of::<usize>();
+        assert!(
+            std::mem::size_of::<ResponseFuture<Inner, String, std::convert::Infallible>>()
+                <= std::mem::size_of::<Inner>() + word
+        );
+        assert!(
+            std::mem::size_of::<ResponseFuture<Big, String, [u8; 512]>>()
+                <= std::mem::size_of::<Big>() + word
+        );
     }
 
     #[test]
