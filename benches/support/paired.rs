@@ -99,6 +99,13 @@ fn added_median(iters: u64, mut base: impl FnMut(), mut layered: impl FnMut()) -
 const DEPTHS: usize = 128;
 
 /// Runs `f` `depth` frames deeper on the stack.
+///
+/// `PAIRED_SHIFT=1`: block pair `k` runs `k % DEPTHS` frames (32 bytes each) deeper, so
+/// the samples cover every 32-byte stack offset in 4 KiB. The stack's start is randomized per
+/// process, and a cost that depends on where a stack slot lands (a store-forwarding stall
+/// on an aliased address, a copy split over two cache lines) otherwise differs from one
+/// process to the next; this averages over placements within each run (Mytkowicz et al.,
+/// "Producing Wrong Data Without Doing Anything Obviously Wrong!", ASPLOS 2009).
 #[inline(never)]
 fn shifted(depth: usize, f: &mut dyn FnMut()) {
     if depth == 0 {
