@@ -18,31 +18,29 @@ import pathlib
 import statistics
 import subprocess
 import sys
+import time
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def run(bench, flt, warm, meas):
+    start = time.time()
     out = subprocess.run(
         ["cargo", "bench", "--quiet", "--features", "full", "--bench", bench, "--", flt,
          "--warm-up-time", str(warm), "--measurement-time", str(meas)],
         cwd=ROOT, capture_output=True, text=True)
     if out.returncode != 0:
         sys.exit(out.stderr[-2000:])
-    names = []
-    for line in out.stdout.splitlines():
-        word = line.split(" ", 1)[0]
-        if "/" in word and not line.startswith(" "):
-            names.append(word)
-    # criterion's directory names are sanitized ids: find each by the id it records
-    index = {}
-    for meta in (ROOT / "target" / "criterion").glob("**/new/benchmark.json"):
-        index[json.loads(meta.read_text())["full_id"]] = meta.parent / "estimates.json"
+    # every benchmark this run measured rewrote its estimates (criterion's directory names
+    # are sanitized ids: each is named by the id it records); the run's stdout is not
+    # parsed, as criterion's report lines differ with the id's length and its change notes
     res = {}
-    for name in names:
-        est = index.get(name)
-        if est is not None and est.exists():
-            res[name] = json.loads(est.read_text())["mean"]["point_estimate"]
+    for est in (ROOT / "target" / "criterion").glob("**/new/estimates.json"):
+        if est.stat().st_mtime < start:
+            continue
+        meta = est.parent / "benchmark.json"
+        res[json.loads(meta.read_text())["full_id"]] = \
+            json.loads(est.read_text())["mean"]["point_estimate"]
     return res
 
 
@@ -58,13 +56,14 @@ def main():
         for spec in a.benches:
             bench, flt = spec.split(":", 1)
             for name, ns in run(bench, flt, a.warm_up, a.measurement).items():
-                means.setdefault(name, []).append(ns)
+                means.setdefault(name, [None] * a.rounds)[r] = ns
         print(f"round {r + 1}/{a.rounds} done", file=sys.stderr)
     width = max(len(n) for n in means)
-    print(f"{'benchmark':{width}}  median      min      max  (ns, {a.rounds} rounds: each)")
+    print(f"{'benchmark':{width}}  median      min      max  (ns, {a.rounds} rounds: each; - = not measured)")
     for name, v in means.items():
-        each = " ".join(f"{x:.0f}" for x in v)
-        print(f"{name:{width}}  {statistics.median(v):7.1f}  {min(v):7.1f}  {max(v):7.1f}  {each}")
+        got = [x for x in v if x is not None]
+        each = " ".join("-" if x is None else f"{x:.0f}" for x in v)
+        print(f"{name:{width}}  {statistics.median(got):7.1f}  {min(got):7.1f}  {max(got):7.1f}  {each}")
 
 
 if __name__ == "__main__":
