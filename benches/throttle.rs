@@ -361,24 +361,20 @@ fn min_probe(_c: &mut Criterion) {
     for ((n, b), m) in names.iter().zip(best).zip(&medians) {
         println!("{n:52} {b:7.1} ns (median sample {m:7.1})");
     }
-    println!(
-        "median samples, added: shield {:.1}, governor {:.1} (ratio {:.2}); fields +{:.1} (content-type: fields +{:.1})",
-        medians[1] - medians[0],
-        medians[3] - medians[0],
-        (medians[1] - medians[0]) / (medians[3] - medians[0]),
-        medians[2] - medians[1],
-        medians[7] - medians[6],
-    );
-    println!(
-        "added: shield {:.1}, governor {:.1} (ratio {:.2}); fields +{:.1} (content-type: shield {:.1}, fields +{:.1}); governor headers +{:.1}",
-        best[1] - best[0],
-        best[3] - best[0],
-        (best[1] - best[0]) / (best[3] - best[0]),
-        best[2] - best[1],
-        best[6] - best[5],
-        best[7] - best[6],
-        best[4] - best[3],
-    );
+    let report = |label: &str, v: &[f64]| {
+        println!(
+            "{label}: shield {:.1}, governor {:.1} (ratio {:.2}); fields +{:.1} (content-type: shield {:.1}, fields +{:.1}); governor headers +{:.1}",
+            v[1] - v[0],
+            v[3] - v[0],
+            (v[1] - v[0]) / (v[3] - v[0]),
+            v[2] - v[1],
+            v[6] - v[5],
+            v[7] - v[6],
+            v[4] - v[3],
+        )
+    };
+    report("median samples, added", &medians);
+    report("added", &best);
     std::process::exit(0);
 }
 

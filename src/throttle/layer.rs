@@ -936,6 +936,18 @@ struct Allowed {
     headers: RateLimitFields,
 }
 
+impl Allowed {
+    /// The end of a request that was let through: releases its in-flight slots and adds
+    /// its fields to a response.
+    fn finish<B, E>(self, out: Result<Response<B>, E>) -> Result<Response<B>, E> {
+        drop(self.guards);
+        out.map(|mut res| {
+            add_headers(&mut res, self.headers);
+            res
+        })
+    }
+}
+
 /// A decision as the service acts on it. `Pass` (served at once, at most one interned
 /// fields entry to add) has nothing to drop, so the usual path moves no `Allowed` around.
 enum Decision {
@@ -1092,16 +1104,11 @@ impl Shared {
                 if self.headers_on_allowed {
                     p.push_fields(&mut headers, slack, reset_after);
                 }
-                let wait = if p.shadow { 0 } else { wait };
-                match headers.0 {
-                    Fields::None if wait == 0 => Decision::Pass(None),
-                    Fields::Entry(e) if wait == 0 => Decision::Pass(Some(e)),
-                    fields => Decision::Other(Ok(Allowed {
-                        wait,
-                        guards: None,
-                        headers: RateLimitFields(fields),
-                    })),
-                }
+                Decision::from(Ok(Allowed {
+                    wait: if p.shadow { 0 } else { wait },
+                    guards: None,
+                    headers,
+                }))
             }
             Verdict::Limited { retry_after, .. } => {
                 let mut denial = None;
@@ -1426,9 +1433,9 @@ where
             return self.call_remote(req);
         }
         // `call` itself stays small so that it is inlined into the caller: the request is
-        // then handed to the inner service without being copied again (a 240-byte move per
-        // request when `call` is a separate function). The decision runs out of line and
-        // takes the request by reference.
+        // then moved to the inner service once (one 240-byte copy more per request when
+        // `call` is a separate function). The decision runs out of line and takes the
+        // request by reference.
         let decision = if shared.single_ip_rate {
             shared.decide_single_ip(&req)
         } else {
@@ -1467,11 +1474,7 @@ impl<S> Throttle<S> {
                 let fut = self.inner.call(req);
                 ResponseFuture::boxed(Box::pin(async move {
                     let out = fut.await;
-                    drop(a.guards);
-                    out.map(|mut res| {
-                        add_headers(&mut res, a.headers);
-                        res
-                    })
+                    a.finish(out)
                 }))
             }
             Ok(a) => {
@@ -1481,11 +1484,7 @@ impl<S> Throttle<S> {
                 ResponseFuture::boxed(Box::pin(async move {
                     tokio::time::sleep(wait).await;
                     let out = inner.call(req).await;
-                    drop(a.guards);
-                    out.map(|mut res| {
-                        add_headers(&mut res, a.headers);
-                        res
-                    })
+                    a.finish(out)
                 }))
             }
         }
@@ -1527,11 +1526,7 @@ impl<S> Throttle<S> {
                 tokio::time::sleep(Duration::from_nanos(a.wait)).await;
             }
             let out = inner.call(req).await;
-            drop(a.guards);
-            out.map(|mut res| {
-                add_headers(&mut res, a.headers);
-                res
-            })
+            a.finish(out)
         }))
     }
 }
